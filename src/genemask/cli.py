@@ -1,0 +1,212 @@
+"""The `genemask` command: one thin subcommand per pipeline stage.
+
+Each subcommand parses arguments and calls one function of the package; the logic lives in the
+modules. Errors caused by input or config (GeneMaskError) print as one line and exit with status 2.
+Imports are lazy so that `genemask --help` and light commands start fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .util import GeneMaskError
+
+
+def _p(sub, name, help):
+    return sub.add_parser(name, help=help, description=help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="genemask", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    # ---- sources / genome (sources.py, genome.py) -------------------------------------------
+    p = _p(sub, "fetch", "download a declared source (or copy it from $GENEMASK_MIRROR) and verify its sha256")
+    p.add_argument("--url", required=True)
+    p.add_argument("--sha256", required=True)
+    p.add_argument("--mirror-path", required=True, help="path of the file inside a mirror folder")
+    p.add_argument("--mirror", default=None, help="mirror folder (default: $GENEMASK_MIRROR)")
+    p.add_argument("-o", "--output", required=True)
+
+    p = _p(sub, "index", "validate a FASTA, keep the chosen contigs, write it bgzip-compressed with .fai/.gzi")
+    p.add_argument("fasta")
+    p.add_argument("--contigs", nargs="*", default=None, help="contigs to keep (default: all)")
+    p.add_argument("-o", "--output", required=True, help="output .fa.gz (bgzip)")
+
+    p = _p(sub, "chunks", "split an indexed FASTA into contig windows, one region per line")
+    p.add_argument("fasta")
+    p.add_argument("--size", type=int, required=True, help="window size in bp")
+    p.add_argument("--overlap", type=int, default=9, help="bp shared by neighbouring windows (max_order-1)")
+    p.add_argument("-o", "--output", required=True, help="TSV: chunk, contig, start, end (0-based, half-open)")
+
+    # ---- n-grams and NPMI (ngrams.py, npmi.py) -----------------------------------------------
+    p = _p(sub, "ngrams", "count overlapping n-grams of orders 1..max in a FASTA (or one region of it)")
+    p.add_argument("fasta")
+    p.add_argument("--region", default=None, help="CHR:START-END (1-based, inclusive, as samtools)")
+    p.add_argument("--max-order", type=int, default=10)
+    p.add_argument("-o", "--output", required=True)
+
+    p = _p(sub, "merge", "add n-gram count files")
+    p.add_argument("counts", nargs="+")
+    p.add_argument("-o", "--output", required=True)
+
+    p = _p(sub, "npmi", "score n-grams by (normalised) PMI and rank them")
+    p.add_argument("counts")
+    p.add_argument("--variant", choices=["paper", "levine"], default="paper")
+    p.add_argument("--min-count", type=int, default=101)
+    p.add_argument("-o", "--output", required=True)
+
+    # ---- corpus (corpus.py) -------------------------------------------------------------------
+    p = _p(sub, "corpus", "cut a FASTA region into pretraining pieces and write token ids (train/valid)")
+    p.add_argument("fasta")
+    p.add_argument("--region", default=None)
+    p.add_argument("--k", type=int, default=6)
+    p.add_argument("--max-bp", type=int, default=511)
+    p.add_argument("--min-bp", type=int, default=6)
+    p.add_argument("--valid-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("-o", "--output", required=True, help="output folder (train.bin, valid.bin, index)")
+
+    # ---- masking (masking.py) -----------------------------------------------------------------
+    p = _p(sub, "mask-stats", "masking statistics of a scheme on real sequence")
+    p.add_argument("fasta")
+    p.add_argument("--scheme", required=True)
+    p.add_argument("--ranking", default=None, help="NPMI table (ours or Data-A); default: the published Data-A")
+    p.add_argument("--k", type=int, default=6)
+    p.add_argument("--n-seqs", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+
+    # ---- pretraining (pretrain.py) ------------------------------------------------------------
+    p = _p(sub, "pretrain", "pretrain a masked language model with one masking scheme")
+    p.add_argument("--corpus", nargs="+", required=True, help="corpus folders written by `genemask corpus`")
+    p.add_argument("--model-config", required=True, help="JSON model configuration (resources/models/*.json)")
+    p.add_argument("--scheme", required=True)
+    p.add_argument("--ranking", default=None, help="NPMI table for genemask/curriculum/reference")
+    p.add_argument("--settings", default=None, help="JSON/YAML file with training settings")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
+    p.add_argument("-o", "--output", required=True, help="Hugging Face model folder")
+
+    # ---- few-shot tasks (tasks.py, finetune.py) -----------------------------------------------
+    p = _p(sub, "task-data", "clean a task's shot file and test set: raw bp, leakage removed, test subsampled")
+    p.add_argument("--task", required=True)
+    p.add_argument("--train", required=True, help="K-shot training file")
+    p.add_argument("--test", required=True, help="test file (6-mer TSV or raw-bp CSV)")
+    p.add_argument("--exclude", nargs="*", default=[], help="files whose rows are removed from the test set")
+    p.add_argument("--num-labels", type=int, required=True)
+    p.add_argument("--max-test", type=int, default=0, help="subsample the test set to this many rows (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-train", required=True)
+    p.add_argument("--out-test", required=True)
+    p.add_argument("--out-stats", required=True)
+
+    p = _p(sub, "finetune", "fine-tune a pretrained model on a K-shot set and score it on the test set")
+    p.add_argument("--model", required=True, help="Hugging Face model folder")
+    p.add_argument("--train", required=True)
+    p.add_argument("--test", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--shot", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--scheme", required=True)
+    p.add_argument("--num-labels", type=int, required=True)
+    p.add_argument("--settings", default=None, help="JSON/YAML with fine-tuning regimes")
+    p.add_argument("-o", "--output", required=True, help="metrics JSON")
+
+    # ---- report (report.py, motifs.py) --------------------------------------------------------
+    p = _p(sub, "aggregate", "collect run metrics: one TSV row per run, mean +- sd table, tests, plots")
+    p.add_argument("metrics", nargs="+")
+    p.add_argument("--outdir", required=True)
+
+    # ---- benchmarks (bench.py) ----------------------------------------------------------------
+    p = _p(sub, "bench", "benchmarks that print side-by-side comparisons")
+    bsub = p.add_subparsers(dest="bench", required=True)
+    b = bsub.add_parser("ngrams", help="our counting vs KMC")
+    b.add_argument("fasta")
+    b.add_argument("--max-order", type=int, default=10)
+    b = bsub.add_parser("masking", help="masking schemes vs Hugging Face collator vs loop")
+    b.add_argument("--ranking", default=None)
+    b = bsub.add_parser("train", help="our training loop vs a bare Hugging Face loop")
+    b.add_argument("--model-config", default=None)
+    b.add_argument("--steps", type=int, default=10)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(dispatch(args) or 0)
+    except GeneMaskError as e:
+        print(f"genemask {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def dispatch(args: argparse.Namespace):
+    c = args.command
+    if c == "fetch":
+        from .sources import fetch
+
+        return fetch(args.url, args.sha256, args.mirror_path, args.output, mirror=args.mirror)
+    if c == "index":
+        from .genome import index_fasta
+
+        return index_fasta(args.fasta, args.output, contigs=args.contigs)
+    if c == "chunks":
+        from .genome import write_chunks
+
+        return write_chunks(args.fasta, args.output, size=args.size, overlap=args.overlap)
+    if c == "ngrams":
+        from .ngrams import count_fasta_to_file
+
+        return count_fasta_to_file(args.fasta, args.output, region=args.region, max_order=args.max_order)
+    if c == "merge":
+        from .ngrams import merge_files
+
+        return merge_files(args.counts, args.output)
+    if c == "npmi":
+        from .npmi import npmi_file
+
+        return npmi_file(args.counts, args.output, variant=args.variant, min_count=args.min_count)
+    if c == "corpus":
+        from .corpus import build_corpus
+
+        return build_corpus(
+            args.fasta, args.output, region=args.region, k=args.k, max_bp=args.max_bp, min_bp=args.min_bp,
+            valid_fraction=args.valid_fraction, seed=args.seed,
+        )
+    if c == "mask-stats":
+        from .masking import mask_stats_cli
+
+        return mask_stats_cli(args.fasta, scheme=args.scheme, ranking=args.ranking, k=args.k,
+                              n_seqs=args.n_seqs, seed=args.seed)
+    if c == "pretrain":
+        from .pretrain import pretrain_cli
+
+        return pretrain_cli(args.corpus, args.model_config, args.scheme, args.output, ranking=args.ranking,
+                            settings=args.settings, overrides=args.set)
+    if c == "task-data":
+        from .tasks import prepare_task_data
+
+        return prepare_task_data(
+            task=args.task, train=args.train, test=args.test, exclude=args.exclude, num_labels=args.num_labels,
+            max_test=args.max_test, seed=args.seed, out_train=args.out_train, out_test=args.out_test,
+            out_stats=args.out_stats,
+        )
+    if c == "finetune":
+        from .finetune import finetune_cli
+
+        return finetune_cli(
+            model=args.model, train=args.train, test=args.test, task=args.task, shot=args.shot, seed=args.seed,
+            scheme=args.scheme, num_labels=args.num_labels, settings=args.settings, output=args.output,
+        )
+    if c == "aggregate":
+        from .report import aggregate_cli
+
+        return aggregate_cli(args.metrics, args.outdir)
+    if c == "bench":
+        from . import bench
+
+        return bench.run(args)
+    raise AssertionError(c)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

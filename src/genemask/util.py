@@ -1,0 +1,86 @@
+"""Shared plumbing: the user-facing error type, atomic outputs, progress lines, seeding."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+class GeneMaskError(Exception):
+    """An error caused by the user's input or config: the CLI prints it as one line and exits 2.
+
+    The message must name the file (or config key) and what is wrong with it.
+    """
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, is_dir: bool = False):
+    """Yield a temporary path next to `path`; move it into place only if the block succeeds.
+
+    On any exception the temporary file/folder is removed, so no partial output is ever left behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    _remove(tmp)
+    if is_dir:
+        tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    _remove(path)
+    os.replace(tmp, path)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+class Progress:
+    """A throttled progress line on stderr (works in Snakemake logs: one line per update, no \\r)."""
+
+    def __init__(self, label: str, total: float | None = None, unit: str = "", every_s: float = 5.0):
+        self.label, self.total, self.unit, self.every_s = label, total, unit, every_s
+        self.start = time.perf_counter()
+        self.last = 0.0
+        self.done = 0.0
+
+    def update(self, n: float = 1, force: bool = False, extra: str = "") -> None:
+        self.done += n
+        now = time.perf_counter()
+        if not force and now - self.last < self.every_s:
+            return
+        self.last = now
+        el = now - self.start
+        rate = self.done / el if el > 0 else 0.0
+        msg = f"[{self.label}] {self.done:,.0f}"
+        if self.total:
+            pct = 100.0 * self.done / self.total
+            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+            msg += f"/{self.total:,.0f} {self.unit} ({pct:5.1f}%) {rate:,.0f} {self.unit}/s ETA {eta:,.0f}s"
+        else:
+            msg += f" {self.unit} {rate:,.0f} {self.unit}/s"
+        if extra:
+            msg += f" {extra}"
+        print(msg, file=sys.stderr, flush=True)
+
+    def close(self, extra: str = "") -> None:
+        self.update(0, force=True, extra=extra + f" done in {time.perf_counter() - self.start:.1f}s")
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
