@@ -202,9 +202,9 @@ def dispatch(args: argparse.Namespace):
 
         return aggregate_cli(args.metrics, args.outdir)
     if c == "bench":
-        from . import bench
+        from .bench import run
 
-        return bench.run(args)
+        return run(args)
     raise AssertionError(c)
 
 
