@@ -30,13 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _p(sub, "index", "validate a FASTA, keep the chosen contigs, write it bgzip-compressed with .fai/.gzi")
     p.add_argument("fasta")
-    p.add_argument("--contigs", nargs="*", default=None, help="contigs to keep (default: all)")
+    p.add_argument("--contigs", nargs="*", default=None, help="contigs to keep, NAME or NAME:LENGTH (default: all)")
     p.add_argument("-o", "--output", required=True, help="output .fa.gz (bgzip)")
 
     p = _p(sub, "chunks", "split an indexed FASTA into contig windows, one region per line")
     p.add_argument("fasta")
     p.add_argument("--size", type=int, required=True, help="window size in bp")
-    p.add_argument("--overlap", type=int, default=9, help="bp shared by neighbouring windows (max_order-1)")
     p.add_argument("-o", "--output", required=True, help="TSV: chunk, contig, start, end (0-based, half-open)")
 
     # ---- n-grams and NPMI (ngrams.py, npmi.py) -----------------------------------------------
@@ -108,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--scheme", required=True)
     p.add_argument("--num-labels", type=int, required=True)
-    p.add_argument("--settings", default=None, help="JSON/YAML with fine-tuning regimes")
+    p.add_argument("--settings", default=None,
+                   help="fine-tuning settings: a JSON string or a JSON/YAML file (schema: genemask.finetune docstring)")
     p.add_argument("-o", "--output", required=True, help="metrics JSON")
 
     # ---- report (report.py, motifs.py) --------------------------------------------------------
@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(dispatch(args) or 0)
+        rc = dispatch(args)
+        return rc if isinstance(rc, int) else 0
     except GeneMaskError as e:
         print(f"genemask {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -152,7 +153,7 @@ def dispatch(args: argparse.Namespace):
     if c == "chunks":
         from .genome import write_chunks
 
-        return write_chunks(args.fasta, args.output, size=args.size, overlap=args.overlap)
+        return write_chunks(args.fasta, args.output, size=args.size)
     if c == "ngrams":
         from .ngrams import count_fasta_to_file
 
@@ -185,18 +186,20 @@ def dispatch(args: argparse.Namespace):
     if c == "task-data":
         from .tasks import prepare_task_data
 
-        return prepare_task_data(
+        prepare_task_data(
             task=args.task, train=args.train, test=args.test, exclude=args.exclude, num_labels=args.num_labels,
             max_test=args.max_test, seed=args.seed, out_train=args.out_train, out_test=args.out_test,
             out_stats=args.out_stats,
         )
+        return 0
     if c == "finetune":
         from .finetune import finetune_cli
 
-        return finetune_cli(
+        finetune_cli(
             model=args.model, train=args.train, test=args.test, task=args.task, shot=args.shot, seed=args.seed,
             scheme=args.scheme, num_labels=args.num_labels, settings=args.settings, output=args.output,
         )
+        return 0
     if c == "aggregate":
         from .report import aggregate_cli
 

@@ -1,0 +1,111 @@
+"""The pipeline's plan, computed from the config: validation, sources, chunks, tasks, targets.
+
+The Snakefile calls these functions and does nothing else with the config, so that the plan is
+unit-tested like any other stage and the workflow files only wire rules together.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .genome import plan_chunks
+from .util import GeneMaskError
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULTS = {
+    "ngrams": {"max_order": 10},
+    "npmi": {"variant": "paper", "min_count": 101, "ranking": "computed"},
+    "corpus": {"k": 6, "max_bp": 511, "min_bp": 6, "valid_fraction": 0.1, "seed": 42},
+    "report": {"motifs_top": 50},
+}
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise GeneMaskError(f"{path}: cannot read YAML ({e})") from None
+
+
+def validate(config: dict, schema_path: str | Path | None = None, where: str = "config") -> dict:
+    """Check `config` against the JSON schema; the first error becomes one line naming the key."""
+    import jsonschema
+
+    schema = _load_yaml(Path(schema_path or ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    v = jsonschema.Draft202012Validator(schema)
+    errors = sorted(v.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        e = errors[0]
+        key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise GeneMaskError(f"{where}: key '{key}': {_short(e)}")
+    return config
+
+
+def _short(e) -> str:
+    if e.validator == "additionalProperties":
+        return e.message.replace("Additional properties are not allowed", "unknown key(s)")
+    return e.message
+
+
+def resolve(config: dict, where: str = "config") -> dict:
+    """Merge the catalogues (config/sources.yaml, config/tasks.yaml) and defaults, validate, cross-check."""
+    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
+    for key, default in DEFAULTS.items():
+        cfg[key] = {**default, **(cfg.get(key) or {})}
+    validate(cfg, where=where)
+    cfg["sources"] = {**_load_yaml(ROOT / "config" / "sources.yaml"), **(config.get("sources") or {})}
+    cfg["tasks"] = {**_load_yaml(ROOT / "config" / "tasks.yaml"), **(config.get("tasks") or {})}
+    validate({**cfg}, where=where)
+    src = cfg["sources"]
+
+    def need(name, key):
+        if name not in src:
+            raise GeneMaskError(f"{where}: key '{key}': source {name!r} is not declared (config/sources.yaml or sources:)")
+
+    need(cfg["genome"]["source"], "genome.source")
+    for t in cfg["finetune"]["tasks"]:
+        if t not in cfg["tasks"]:
+            raise GeneMaskError(f"{where}: key 'finetune.tasks': unknown task {t!r} (known: {', '.join(cfg['tasks'])})")
+        task = cfg["tasks"][t]
+        need(task["test"], f"tasks.{t}.test")
+        for e in task.get("exclude", []):
+            need(e, f"tasks.{t}.exclude")
+        for shot in cfg["finetune"]["shots"]:
+            name = task["shots"].get(str(shot), task["shots"].get(shot))
+            if name is not None:
+                need(name, f"tasks.{t}.shots.{shot}")
+    model = ROOT / "resources" / "models" / f"{cfg['pretrain']['model']}.json"
+    if not model.exists():
+        raise GeneMaskError(f"{where}: key 'pretrain.model': no model configuration {model}")
+    if cfg["corpus"]["min_bp"] < cfg["corpus"]["k"]:
+        raise GeneMaskError(f"{where}: key 'corpus.min_bp': must be >= corpus.k ({cfg['corpus']['k']})")
+    return cfg
+
+
+def chunks(cfg: dict) -> list[dict]:
+    return plan_chunks(cfg["genome"]["contigs"], cfg["genome"]["chunk_size"])
+
+
+def shot_source(cfg: dict, task: str, shot: int) -> str | None:
+    shots = cfg["tasks"][task]["shots"]
+    return shots.get(str(shot), shots.get(shot))
+
+
+def runs(cfg: dict) -> list[dict]:
+    """Every fine-tuning run: task x shot (where a file exists) x seed x scheme."""
+    out = []
+    for t in cfg["finetune"]["tasks"]:
+        for shot in cfg["finetune"]["shots"]:
+            if shot_source(cfg, t, shot) is None:
+                continue
+            for scheme in cfg["pretrain"]["schemes"]:
+                for seed in cfg["finetune"]["seeds"]:
+                    out.append({"task": t, "shot": shot, "scheme": scheme, "seed": seed})
+    return out
+
+
+def missing(cfg: dict) -> list[dict]:
+    """Task x shot combinations asked for in the config whose training file is not public."""
+    return [{"task": t, "shot": s, "reason": "no public training file (null in the task catalogue)"}
+            for t in cfg["finetune"]["tasks"] for s in cfg["finetune"]["shots"] if shot_source(cfg, t, s) is None]

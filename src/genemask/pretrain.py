@@ -1,0 +1,342 @@
+"""Masked-language-model pretraining with one masking scheme: the whole loop, top to bottom.
+
+Reads like nanoGPT: settings -> data -> model -> optimiser -> loop (masking, accumulation,
+clipping, schedule) -> evaluation -> checkpoints -> a Hugging Face folder. No callbacks.
+
+Determinism and resumption: the data order is a pure function of (seed, step) (a seeded
+permutation per epoch), and each micro-batch is masked with a generator seeded from
+(seed, step, micro-batch index), so a run restarted from a checkpoint (model, optimiser,
+scheduler, the torch/numpy/python RNG states, the step) continues exactly as if it had never
+stopped, and a DDP run with N ranks sees the same global batches and masks as one process.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .corpus import Corpus
+from .kmers import CLS, N_SPECIAL, PAD, SEP, vocab_size
+from .util import GeneMaskError, Progress, atomic_output
+
+# The paper's settings (spec section 6) are the defaults.
+DEFAULTS = {
+    "steps": 10000,
+    "batch_size": 10,          # sequences per device per micro-batch
+    "grad_accum": 25,          # micro-batches per step (x devices x batch_size = 250 sequences)
+    "lr": 8e-4,
+    "betas": [0.9, 0.98],
+    "eps": 1e-6,
+    "weight_decay": 0.01,
+    "grad_clip": 1.0,
+    "warmup_steps": 500,
+    "max_len": 512,            # tokens incl. [CLS]/[SEP]
+    "seed": 42,
+    "eval_every": 500,
+    "eval_batches": 20,
+    "checkpoint_every": 1000,
+    "log_every": 10,
+    "bf16": True,              # autocast on GPU only
+    "compile": False,
+    "threads": 0,              # torch CPU threads (0 = torch default)
+    "masking": {},             # options passed to masking.make_masker
+}
+
+LOG_COLUMNS = ["step", "lr", "loss", "val_loss", "val_ppl", "tokens_per_s"]
+
+
+def load_settings(settings: str | dict | None, overrides: list[str] = ()) -> dict:
+    s = json.loads(json.dumps(DEFAULTS))
+    if isinstance(settings, dict):
+        given = settings
+    elif settings:
+        text = Path(settings).read_text() if Path(settings).exists() else settings
+        try:
+            import yaml
+            given = yaml.safe_load(text) or {}
+        except Exception as e:  # noqa: BLE001
+            raise GeneMaskError(f"pretrain settings: not JSON/YAML ({e})") from None
+    else:
+        given = {}
+    for key, val in list(given.items()) + [_parse_override(o) for o in overrides]:
+        if key not in DEFAULTS:
+            raise GeneMaskError(f"pretrain settings: unknown key {key!r} (known: {', '.join(DEFAULTS)})")
+        s[key] = val
+    return s
+
+
+def _parse_override(text: str):
+    import yaml
+
+    if "=" not in text:
+        raise GeneMaskError(f"--set {text!r}: expected KEY=VALUE")
+    k, v = text.split("=", 1)
+    return k, yaml.safe_load(v)
+
+
+def build_model(model_config: dict, seed: int):
+    from transformers import BertConfig, BertForMaskedLM
+
+    cfg = dict(model_config)
+    k = cfg.pop("k", 6)
+    cfg.pop("name", None)
+    config = BertConfig(vocab_size=vocab_size(k), pad_token_id=PAD, **cfg)
+    torch.manual_seed(seed)
+    return BertForMaskedLM(config), k
+
+
+def param_groups(model, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+def make_batch(corpus: Corpus, idx: np.ndarray, max_len: int) -> torch.Tensor:
+    """[CLS] tokens [SEP] [PAD]... for the pieces `idx`, padded to the longest in the batch."""
+    pieces = [corpus.piece(int(i))[: max_len - 2] for i in idx]
+    width = max(len(p) for p in pieces) + 2
+    out = np.full((len(pieces), width), PAD, dtype=np.int64)
+    for r, p in enumerate(pieces):  # one row copy per sequence (numpy slice), not per token
+        out[r, 0] = CLS
+        out[r, 1 : len(p) + 1] = p
+        out[r, len(p) + 1] = SEP
+    return torch.from_numpy(out)
+
+
+def sample_indices(n: int, seed: int, start: int, count: int) -> np.ndarray:
+    """Global sample positions [start, start+count) -> piece indices; a fresh permutation per epoch."""
+    pos = np.arange(start, start + count)
+    epochs = pos // n
+    out = np.empty(count, dtype=np.int64)
+    for e in np.unique(epochs):
+        perm = np.random.default_rng([seed, int(e)]).permutation(n)
+        sel = epochs == e
+        out[sel] = perm[pos[sel] % n]
+    return out
+
+
+def micro_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int.from_bytes(hashlib.sha256(f"{seed}/{step}/{micro}".encode()).digest()[:8], "little") >> 1)
+    return g
+
+
+def sha256_file(path: str | Path | None) -> str | None:
+    if not path:
+        return None
+    from .sources import sha256_of
+
+    return sha256_of(path)
+
+
+def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: str | Path,
+             ranking_path: str | None = None, settings: dict | None = None) -> dict:
+    s = settings or load_settings(None)
+    output = Path(output)
+    ckpt_path = output.with_name(output.name + ".ckpt") / "state.pt"
+
+    # ---- distributed setup (torchrun sets WORLD_SIZE/RANK/LOCAL_RANK) -------------------------
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if s["threads"]:
+        torch.set_num_threads(int(s["threads"]))
+    master = rank == 0
+
+    # ---- data, model, masking -----------------------------------------------------------------
+    train = Corpus(corpus_dirs, "train")
+    valid = Corpus(corpus_dirs, "valid")
+    steps = int(s["steps"])
+    if steps > 0 and len(train) == 0:
+        raise GeneMaskError(f"corpus {corpus_dirs[0]}...: no training pieces")
+    model, k = build_model(model_config, s["seed"])
+    model.to(device)
+    ranking = None
+    if ranking_path:
+        from .npmi import load_ranking
+
+        ranking = load_ranking(ranking_path, k)
+    masker = None
+    if steps > 0:
+        from .masking import make_masker
+
+        masker = make_masker(scheme, k=k, ranking=ranking, **s["masking"])
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    fwd = torch.compile(ddp_model) if s["compile"] else ddp_model
+    opt = torch.optim.AdamW(param_groups(model, s["weight_decay"]), lr=s["lr"], betas=tuple(s["betas"]), eps=s["eps"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(int(s["warmup_steps"]), steps))
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and s["bf16"] else nullcontext())
+
+    n_rank_bins = 4**k + 2
+    state = {"step": 0, "log": [], "masked_rank_counts": np.zeros(n_rank_bins, np.int64),
+             "all_rank_counts": np.zeros(n_rank_bins, np.int64), "tokens_seen": 0}
+    if ckpt_path.exists():
+        state = resume(ckpt_path, model, opt, sched, device)
+        if master:
+            print(f"pretrain: resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
+
+    B, A = int(s["batch_size"]), int(s["grad_accum"])
+    per_step = B * A * world
+    prog = Progress(f"pretrain {scheme}", steps, "steps", every_s=10)
+    prog.done = state["step"]
+    t_last, tok_last = time.perf_counter(), 0
+    ranking_t = torch.from_numpy(np.concatenate([np.full(N_SPECIAL, 4**k + 1), ranking])) if ranking is not None else None
+
+    def evaluate() -> float:
+        ddp_model.eval()
+        losses = []
+        n_val = min(len(valid), int(s["eval_batches"]) * B)
+        with torch.inference_mode(), autocast:
+            for j in range(0, n_val, B):
+                batch = make_batch(valid, np.arange(j, min(j + B, n_val)), s["max_len"])
+                inp, lab = masker(batch, micro_generator(s["seed"], -1, j), step=state["step"], total_steps=steps)
+                out = model(input_ids=inp.to(device), attention_mask=(batch != PAD).to(device), labels=lab.to(device))
+                if (lab != -100).any():
+                    losses.append(out.loss.float().item())
+        ddp_model.train()
+        return float(np.mean(losses)) if losses else float("nan")
+
+    ddp_model.train()
+    while state["step"] < steps:
+        step = state["step"]
+        idx = sample_indices(len(train), s["seed"], step * per_step, per_step)
+        loss_sum, tokens = 0.0, 0
+        for m in range(A):
+            g_micro = rank * A + m
+            batch = make_batch(train, idx[g_micro * B : (g_micro + 1) * B], s["max_len"])
+            inp, lab = masker(batch, micro_generator(s["seed"], step, g_micro), step=step, total_steps=steps)
+            if ranking_t is not None:
+                masked_tok = batch[lab != -100]
+                state["masked_rank_counts"] += torch.bincount(ranking_t[masked_tok], minlength=n_rank_bins).numpy()
+                real = batch[batch > SEP + 1]
+                state["all_rank_counts"] += torch.bincount(ranking_t[real], minlength=n_rank_bins).numpy()
+            sync = nullcontext() if (world == 1 or m == A - 1) else ddp_model.no_sync()
+            with sync:
+                with autocast:
+                    out = fwd(input_ids=inp.to(device), attention_mask=(batch != PAD).to(device), labels=lab.to(device))
+                (out.loss / A).backward()
+            loss_sum += out.loss.detach().float().item()
+            tokens += int((batch != PAD).sum())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        state["step"] = step = step + 1
+        state["tokens_seen"] += tokens * world
+        tok_last += tokens * world
+        row = None
+        if step % int(s["log_every"]) == 0 or step == steps or step % int(s["eval_every"]) == 0:
+            now = time.perf_counter()
+            row = {"step": step, "lr": sched.get_last_lr()[0], "loss": loss_sum / A, "val_loss": "",
+                   "val_ppl": "", "tokens_per_s": tok_last / max(now - t_last, 1e-9)}
+            t_last, tok_last = now, 0
+        if step % int(s["eval_every"]) == 0 or step == steps:
+            vl = evaluate()
+            row["val_loss"], row["val_ppl"] = vl, math.exp(vl) if vl == vl else float("nan")
+        if row is not None:
+            state["log"].append(row)
+        prog.update(1, extra=f"loss {loss_sum / A:.3f}" + (f" tok/s {row['tokens_per_s']:,.0f}" if row else ""))
+        if master and (step % int(s["checkpoint_every"]) == 0) and step < steps:
+            save_checkpoint(ckpt_path, model, opt, sched, state)
+    prog.close()
+
+    if master:
+        meta = {"scheme": scheme, "k": k, "settings": s, "model_config": model_config,
+                "ranking": str(ranking_path) if ranking_path else None,
+                "ranking_sha256": sha256_file(ranking_path), "corpus": [str(c) for c in corpus_dirs],
+                "train_pieces": len(train), "train_tokens": train.n_tokens(), "steps": steps,
+                "tokens_seen": state["tokens_seen"], "world_size": world}
+        save_model_folder(output, model, k, meta, state)
+        if ckpt_path.exists():
+            ckpt_path.unlink()
+            ckpt_path.parent.rmdir()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return state
+
+
+def save_checkpoint(path: Path, model, opt, sched, state: dict) -> None:
+    blob = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "state": state,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+    with atomic_output(path) as tmp:
+        torch.save(blob, tmp)
+
+
+def resume(path: Path, model, opt, sched, device) -> dict:
+    try:
+        blob = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint: say so, do not silently restart
+        raise GeneMaskError(f"{path}: checkpoint cannot be read ({e}); delete it to restart from step 0") from None
+    model.load_state_dict(blob["model"])
+    opt.load_state_dict(blob["opt"])
+    sched.load_state_dict(blob["sched"])
+    torch.set_rng_state(blob["rng"]["torch"].cpu())
+    np.random.set_state(blob["rng"]["numpy"])
+    random.setstate(blob["rng"]["python"])
+    if blob["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
+    return blob["state"]
+
+
+def save_model_folder(output: Path, model, k: int, meta: dict, state: dict) -> None:
+    from .tokenizer import build_tokenizer
+
+    with atomic_output(output, is_dir=True) as tmp:
+        model.save_pretrained(tmp)
+        build_tokenizer(k).save_pretrained(tmp)
+        (tmp / "genemask.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+        with open(tmp / "train_log.tsv", "w") as fh:
+            fh.write("\t".join(LOG_COLUMNS) + "\n")
+            for row in state["log"]:
+                fh.write("\t".join(_fmt(row[c]) for c in LOG_COLUMNS) + "\n")
+        mr, ar = state["masked_rank_counts"], state["all_rank_counts"]
+        with open(tmp / "mask_ranks.tsv", "w") as fh:
+            fh.write("rank\tmasked_count\tall_count\n")
+            for r in np.flatnonzero((mr > 0) | (ar > 0)):
+                fh.write(f"{r}\t{mr[r]}\t{ar[r]}\n")
+
+
+def _fmt(v) -> str:
+    if v == "" or v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def pretrain_cli(corpus, model_config, scheme, output, ranking=None, settings=None, overrides=()):
+    try:
+        mc = json.loads(Path(model_config).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise GeneMaskError(f"{model_config}: cannot read model configuration ({e})") from None
+    s = load_settings(settings, overrides)
+    pretrain(corpus, mc, scheme, output, ranking_path=ranking, settings=s)

@@ -1,0 +1,44 @@
+# Config validation and every input function / wildcard list; the logic is in genemask.plan.
+import json
+import os
+
+from genemask import plan
+
+CFG = plan.resolve(config, where="config")
+RESULTS = "results"
+ENV = "../../envs/genemask.yaml"
+CHUNKS = plan.chunks(CFG)
+CHUNK_IDS = [c["chunk"] for c in CHUNKS]
+REGION = {c["chunk"]: c["region"] for c in CHUNKS}
+RUNS = plan.runs(CFG)
+SCHEMES = CFG["pretrain"]["schemes"]
+SOURCE_BY_PATH = {s["path"]: s for s in CFG["sources"].values()}
+MODEL_CONFIG = f"resources/models/{CFG['pretrain']['model']}.json"
+
+
+wildcard_constraints:
+    chunk="|".join(CHUNK_IDS),
+    scheme="[a-z]+",
+    task="[A-Za-z0-9_-]+",
+    shot="[0-9]+",
+    seed="[0-9]+",
+
+
+def source(name):
+    """Path of a declared source once fetched (mirror layout under results/sources)."""
+    return f"{RESULTS}/sources/{CFG['sources'][name]['path']}"
+
+
+def ranking_file():
+    if CFG["npmi"]["ranking"] == "published":
+        return source("data_a")
+    return f"{RESULTS}/npmi/npmi.tsv"
+
+
+def shot_file(wildcards):
+    return source(plan.shot_source(CFG, wildcards.task, int(wildcards.shot)))
+
+
+def gpu_resources(section):
+    n = CFG[section].get("gpus", 0)
+    return {"gpu": n} if n else {}

@@ -1,0 +1,67 @@
+# n-gram counts per chunk -> merged counts -> NPMI table (the k-mer ranking that drives GeneMask).
+
+
+rule ngrams:
+    input:
+        fa=rules.index_genome.output.fa,
+        chunks=rules.chunks.output,
+    output:
+        f"{RESULTS}/ngrams/{{chunk}}.npz",
+    params:
+        region=lambda wc: REGION[wc.chunk],
+        max_order=CFG["ngrams"]["max_order"],
+    log:
+        f"{RESULTS}/logs/ngrams/{{chunk}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ngrams/{{chunk}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    conda:
+        ENV
+    shell:
+        "genemask ngrams {input.fa} --region {params.region} --max-order {params.max_order} "
+        "-o {output} 2> {log}"
+
+
+rule merge_ngrams:
+    input:
+        expand(f"{RESULTS}/ngrams/{{chunk}}.npz", chunk=CHUNK_IDS),
+    output:
+        f"{RESULTS}/ngrams/all.npz",
+    log:
+        f"{RESULTS}/logs/merge_ngrams.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/merge_ngrams.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "genemask merge {input} -o {output} 2> {log}"
+
+
+rule npmi:
+    input:
+        rules.merge_ngrams.output,
+    output:
+        f"{RESULTS}/npmi/npmi.tsv",
+    params:
+        variant=CFG["npmi"]["variant"],
+        min_count=CFG["npmi"]["min_count"],
+    log:
+        f"{RESULTS}/logs/npmi.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/npmi.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "genemask npmi {input} --variant {params.variant} --min-count {params.min_count} "
+        "-o {output} 2> {log}"
