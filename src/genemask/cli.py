@@ -115,6 +115,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = _p(sub, "aggregate", "collect run metrics: one TSV row per run, mean +- sd table, tests, plots")
     p.add_argument("metrics", nargs="+")
     p.add_argument("--outdir", required=True)
+    p.add_argument("--missing", default=None, metavar="TSV",
+                   help="settings without data, listed as 'missing' in the report (columns task, shot, reason)")
+    p.add_argument("--include", nargs="*", default=[], metavar="FILE",
+                   help="extra PNG/TSV files to embed in report.html (e.g. loss.png, motifs.tsv)")
+
+    # ---- report figures and motifs (report.py, motifs.py) -- owned by the report engineer -------
+    p = _p(sub, "plot-loss", "plot pretraining loss curves (train and validation loss vs step) of several runs")
+    p.add_argument("logs", nargs="+", metavar="LOG.tsv", help="train_log.tsv files written by `genemask pretrain`")
+    p.add_argument("--labels", nargs="*", default=None, help="one per log (default: the log's folder name)")
+    p.add_argument("-o", "--output", required=True, help="PNG")
+
+    p = _p(sub, "plot-mask-ranks", "plot the NPMI-rank distribution of masked tokens per masking scheme")
+    p.add_argument("--stats", nargs="+", required=True, metavar="TSV",
+                   help="mask_ranks.tsv files (columns rank, count) written by `genemask pretrain`")
+    p.add_argument("--labels", nargs="*", default=None, help="one per stats file (default: the file's folder name)")
+    p.add_argument("--ranking", default=None, help="NPMI table the ranks refer to (sets the number of ranked k-mers)")
+    p.add_argument("--reference", default=None, metavar="TSV",
+                   help="rank, count of all tokens (default reference: every ranked k-mer once)")
+    p.add_argument("--k", type=int, default=6)
+    p.add_argument("-o", "--output", required=True, help="PNG")
+
+    p = _p(sub, "motifs", "score the top-N NPMI k-mers against JASPAR motifs (offline) and test enrichment")
+    p.add_argument("--ranking", required=True, help="NPMI table (ours or the authors' Data-A CSV)")
+    p.add_argument("--top", type=int, default=50)
+    p.add_argument("--k", type=int, default=6)
+    p.add_argument("--threshold", type=float, default=0.85, help="relative PWM score for a hit")
+    p.add_argument("--min-ic", type=float, default=10.0, help="min information content (bits) of a motif window")
+    p.add_argument("--n-perm", type=int, default=10000, help="random k-mer sets for the permutation test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--release", default=None, help="JASPAR release in pyjaspar (default: the latest shipped)")
+    p.add_argument("--plot", default=None, metavar="PNG")
+    p.add_argument("-o", "--output", required=True, help="TSV: kmer, rank, npmi, n_motif_hits, best_motif, best_score")
+    # ---- end of report figures and motifs ------------------------------------------------------
+
+    p = _p(sub, "timings", "time per pipeline stage from Snakemake benchmark files")
+    p.add_argument("bench_dir", help="results/benchmarks")
 
     # ---- benchmarks (bench.py) ----------------------------------------------------------------
     p = _p(sub, "bench", "benchmarks that print side-by-side comparisons")
@@ -203,7 +239,29 @@ def dispatch(args: argparse.Namespace):
     if c == "aggregate":
         from .report import aggregate_cli
 
-        return aggregate_cli(args.metrics, args.outdir)
+        return aggregate_cli(args.metrics, args.outdir, expected=args.missing, include=args.include)
+    # ---- report figures and motifs (report.py, motifs.py) ------------------------------------
+    if c == "plot-loss":
+        from .report import plot_loss
+
+        plot_loss(args.logs, args.labels, args.output)
+        return 0
+    if c == "plot-mask-ranks":
+        from .report import plot_mask_ranks_cli
+
+        plot_mask_ranks_cli(args.stats, args.output, labels=args.labels, ranking=args.ranking,
+                            reference=args.reference, k=args.k)
+        return 0
+    if c == "motifs":
+        from .motifs import motifs_cli
+
+        return motifs_cli(args.ranking, args.top, args.output, plot=args.plot, k=args.k, threshold=args.threshold,
+                          min_ic=args.min_ic, n_perm=args.n_perm, seed=args.seed, release=args.release)
+    # ---- end of report figures and motifs ------------------------------------------------------
+    if c == "timings":
+        from .timings import timings_cli
+
+        return timings_cli(args.bench_dir)
     if c == "bench":
         from .bench import run
 

@@ -30,6 +30,9 @@ def sha256_of(path: str | Path) -> str:
 
 def fetch(url: str, sha256: str, mirror_path: str, output: str | Path, mirror: str | None = None) -> None:
     output = Path(output)
+    if not sha256 or sha256.lower() in ("none", "null") or len(sha256) != 64:
+        raise GeneMaskError(f"{url}: no sha256 pinned for this source (got {sha256!r}); refusing an unverified "
+                            f"file: set the source's sha256 in the config from a copy you have verified")
     mirror = mirror or os.environ.get("GENEMASK_MIRROR") or None
     if mirror:
         src = Path(mirror) / mirror_path

@@ -48,10 +48,11 @@ def _remove(p: Path) -> None:
 class Progress:
     """A throttled progress line on stderr (works in Snakemake logs: one line per update, no \\r)."""
 
-    def __init__(self, label: str, total: float | None = None, unit: str = "", every_s: float = 5.0):
-        self.label, self.total, self.unit, self.every_s = label, total, unit, every_s
+    def __init__(self, label: str, total: float | None = None, unit: str = "", every_s: float = 5.0,
+                 fmt: str = "{:,.0f}"):
+        self.label, self.total, self.unit, self.every_s, self.fmt = label, total, unit, every_s, fmt
         self.start = time.perf_counter()
-        self.last = 0.0
+        self.last = self.start  # first line after every_s, so short steps stay quiet
         self.done = 0.0
 
     def update(self, n: float = 1, force: bool = False, extra: str = "") -> None:
@@ -66,7 +67,7 @@ class Progress:
         if self.total:
             pct = 100.0 * self.done / self.total
             eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-            msg += f"/{self.total:,.0f} {self.unit} ({pct:5.1f}%) {rate:,.0f} {self.unit}/s ETA {eta:,.0f}s"
+            msg += f"/{self.total:,.0f} {self.unit} ({pct:5.1f}%) {self.fmt.format(rate)} {self.unit}/s ETA {eta:,.0f}s"
         else:
             msg += f" {self.unit} {rate:,.0f} {self.unit}/s"
         if extra:

@@ -7,19 +7,19 @@ rule corpus:
         chunks=rules.chunks.output,
     output:
         directory(f"{RESULTS}/corpus/{{chunk}}"),
-    params:
-        region=lambda wc: REGION[wc.chunk],
-        c=CFG["corpus"],
     log:
         f"{RESULTS}/logs/corpus/{{chunk}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/corpus/{{chunk}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        region=lambda wc: REGION[wc.chunk],
+        c=CFG["corpus"],
     shell:
         "genemask corpus {input.fa} --region {params.region} --k {params.c[k]} "
         "--max-bp {params.c[max_bp]} --min-bp {params.c[min_bp]} "

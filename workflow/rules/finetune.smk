@@ -11,19 +11,19 @@ rule task_data:
         train=f"{RESULTS}/tasks/{{task}}/{{shot}}/train.tsv",
         test=f"{RESULTS}/tasks/{{task}}/{{shot}}/test.tsv",
         stats=f"{RESULTS}/tasks/{{task}}/{{shot}}/stats.json",
-    params:
-        num_labels=lambda wc: CFG["tasks"][wc.task]["num_labels"],
-        max_test=CFG["finetune"].get("max_test", 0),
     log:
         f"{RESULTS}/logs/task_data/{{task}}/{{shot}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/task_data/{{task}}/{{shot}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        ENV
+    params:
+        num_labels=lambda wc: CFG["tasks"][wc.task]["num_labels"],
+        max_test=CFG["finetune"].get("max_test", 0),
     shell:
         "genemask task-data --task {wildcards.task} --train {input.train} --test {input.test} "
         "--exclude {input.exclude} --num-labels {params.num_labels} --max-test {params.max_test} "
@@ -37,20 +37,20 @@ rule finetune:
         test=rules.task_data.output.test,
     output:
         f"{RESULTS}/finetune/{{task}}/{{shot}}/{{scheme}}/seed{{seed}}.json",
-    params:
-        num_labels=lambda wc: CFG["tasks"][wc.task]["num_labels"],
-        settings=json.dumps(CFG["finetune"].get("settings", {})),
     log:
         f"{RESULTS}/logs/finetune/{{task}}/{{shot}}/{{scheme}}/seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/finetune/{{task}}/{{shot}}/{{scheme}}/seed{{seed}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=CFG["finetune"].get("mem_mb", 4000),
-        runtime=CFG["finetune"].get("runtime_min", 60),
-        **gpu_resources("finetune"),
     conda:
         ENV
+    threads: 1
+    resources:
+        **gpu_resources("finetune"),
+        mem_mb=CFG["finetune"].get("mem_mb", 4000),
+        runtime=CFG["finetune"].get("runtime_min", 60),
+    params:
+        num_labels=lambda wc: CFG["tasks"][wc.task]["num_labels"],
+        settings=json.dumps(CFG["finetune"].get("settings", {})),
     shell:
         "OMP_NUM_THREADS={threads} genemask finetune --model {input.model} --train {input.train} "
         "--test {input.test} --task {wildcards.task} --shot {wildcards.shot} --seed {wildcards.seed} "

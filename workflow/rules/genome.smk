@@ -4,18 +4,18 @@
 rule fetch:
     output:
         f"{RESULTS}/sources/{{path}}",
-    params:
-        src=lambda wc: SOURCE_BY_PATH[wc.path],
     log:
         f"{RESULTS}/logs/fetch/{{path}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/fetch/{{path}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=500,
         runtime=120,
-    conda:
-        ENV
+    params:
+        src=lambda wc: SOURCE_BY_PATH[wc.path],
     shell:
         "genemask fetch --url '{params.src[url]}' --sha256 '{params.src[sha256]}' "
         "--mirror-path '{params.src[path]}' -o {output} 2> {log}"
@@ -28,18 +28,18 @@ rule index_genome:
         fa=f"{RESULTS}/genome/genome.fa.gz",
         fai=f"{RESULTS}/genome/genome.fa.gz.fai",
         gzi=f"{RESULTS}/genome/genome.fa.gz.gzi",
-    params:
-        contigs=" ".join(f"{c}:{n}" for c, n in CFG["genome"]["contigs"].items()),
     log:
         f"{RESULTS}/logs/index_genome.log",
     benchmark:
         f"{RESULTS}/benchmarks/index_genome.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=120,
-    conda:
-        ENV
+    params:
+        contigs=" ".join(f"{c}:{n}" for c, n in CFG["genome"]["contigs"].items()),
     shell:
         "genemask index {input} --contigs {params.contigs} -o {output.fa} 2> {log}"
 
@@ -49,17 +49,17 @@ rule chunks:
         rules.index_genome.output.fa,
     output:
         f"{RESULTS}/genome/chunks.tsv",
-    params:
-        size=CFG["genome"]["chunk_size"],
     log:
         f"{RESULTS}/logs/chunks.log",
     benchmark:
         f"{RESULTS}/benchmarks/chunks.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=500,
         runtime=10,
-    conda:
-        ENV
+    params:
+        size=CFG["genome"]["chunk_size"],
     shell:
         "genemask chunks {input} --size {params.size} -o {output} 2> {log}"

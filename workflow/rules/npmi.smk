@@ -7,19 +7,19 @@ rule ngrams:
         chunks=rules.chunks.output,
     output:
         f"{RESULTS}/ngrams/{{chunk}}.npz",
-    params:
-        region=lambda wc: REGION[wc.chunk],
-        max_order=CFG["ngrams"]["max_order"],
     log:
         f"{RESULTS}/logs/ngrams/{{chunk}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/ngrams/{{chunk}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=3000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        region=lambda wc: REGION[wc.chunk],
+        max_order=CFG["ngrams"]["max_order"],
     shell:
         "genemask ngrams {input.fa} --region {params.region} --max-order {params.max_order} "
         "-o {output} 2> {log}"
@@ -34,12 +34,12 @@ rule merge_ngrams:
         f"{RESULTS}/logs/merge_ngrams.log",
     benchmark:
         f"{RESULTS}/benchmarks/merge_ngrams.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        ENV
     shell:
         "genemask merge {input} -o {output} 2> {log}"
 
@@ -49,19 +49,19 @@ rule npmi:
         rules.merge_ngrams.output,
     output:
         f"{RESULTS}/npmi/npmi.tsv",
-    params:
-        variant=CFG["npmi"]["variant"],
-        min_count=CFG["npmi"]["min_count"],
     log:
         f"{RESULTS}/logs/npmi.log",
     benchmark:
         f"{RESULTS}/benchmarks/npmi.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        variant=CFG["npmi"]["variant"],
+        min_count=CFG["npmi"]["min_count"],
     shell:
         "genemask npmi {input} --variant {params.variant} --min-count {params.min_count} "
         "-o {output} 2> {log}"

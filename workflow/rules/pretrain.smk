@@ -9,6 +9,17 @@ rule pretrain:
         model_config=MODEL_CONFIG,
     output:
         directory(f"{RESULTS}/models/{{scheme}}"),
+    log:
+        f"{RESULTS}/logs/pretrain/{{scheme}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain/{{scheme}}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        **gpu_resources("pretrain"),
+        mem_mb=CFG["pretrain"].get("mem_mb", 8000),
+        runtime=CFG["pretrain"].get("runtime_min", 60),
     params:
         launcher=(
             "genemask"
@@ -17,17 +28,6 @@ rule pretrain:
         ),
         settings=json.dumps(CFG["pretrain"]["settings"]),
         steps=lambda wc: "--set steps=0" if wc.scheme == "none" else "",
-    log:
-        f"{RESULTS}/logs/pretrain/{{scheme}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/pretrain/{{scheme}}.tsv"
-    threads: 2
-    resources:
-        mem_mb=CFG["pretrain"].get("mem_mb", 8000),
-        runtime=CFG["pretrain"].get("runtime_min", 60),
-        **gpu_resources("pretrain"),
-    conda:
-        ENV
     shell:
         "{params.launcher} pretrain --corpus {input.corpus} --model-config {input.model_config} "
         "--scheme {wildcards.scheme} --ranking {input.ranking} --settings '{params.settings}' "

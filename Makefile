@@ -1,0 +1,42 @@
+# The two commands of the README: `make demo` and `make test`. Both create the virtual environment
+# with the pinned dependencies when it is missing. GENEMASK_MIRROR names the offline data mirror.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+GENEMASK_MIRROR ?= $(abspath ../shared/data)
+export GENEMASK_MIRROR
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: demo test test-fast lint bench test-slurm clean
+
+$(BIN)/genemask: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,motifs]'
+	@touch $@
+
+demo: $(BIN)/genemask
+	@start=$$(date +%s); \
+	$(BIN)/snakemake --configfile config/demo.yaml --cores $(CORES) --printshellcmds --show-failed-logs && \
+	$(BIN)/snakemake --configfile config/demo.yaml --report results/report/report.html && \
+	$(BIN)/genemask timings results/benchmarks && \
+	echo "demo finished in $$(( $$(date +%s) - start )) s; report: results/report/report.html"
+
+test: $(BIN)/genemask
+	$(BIN)/pytest -q
+
+test-fast: $(BIN)/genemask
+	$(BIN)/pytest -q -m "not slow"
+
+lint: $(BIN)/genemask
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
+	$(BIN)/snakefmt --check workflow
+
+bench: $(BIN)/genemask
+	$(BIN)/genemask bench masking
+	$(BIN)/genemask bench ngrams $(GENEMASK_MIRROR)/genome/GRCh37_chrX_1-69999930.hs37chrXtrunc.fa.gz
+	$(BIN)/genemask bench train
+
+clean:
+	rm -rf results .snakemake
