@@ -4,8 +4,8 @@ Reads like nanoGPT: settings -> data -> model -> optimiser -> loop (masking, acc
 clipping, schedule) -> evaluation -> checkpoints -> a Hugging Face folder. No callbacks.
 
 Determinism and resumption: the data order is a pure function of (seed, step) (a seeded
-permutation per epoch), and each micro-batch is masked with a generator seeded from
-(seed, step, micro-batch index), so a run restarted from a checkpoint (model, optimiser,
+permutation per epoch), and each micro-batch's masking and dropout are seeded from
+(seed, step, global micro-batch index), so a run restarted from a checkpoint (model, optimiser,
 scheduler, the torch/numpy/python RNG states, the step) continues exactly as if it had never
 stopped, and a DDP run with N ranks sees the same global batches and masks as one process.
 """
@@ -158,9 +158,14 @@ def sample_indices(n: int, seed: int, start: int, count: int) -> np.ndarray:
     return out
 
 
+def micro_seed(seed: int, step: int, micro: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{micro}".encode()).digest()[:8], "little") >> 1
+
+
 def micro_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """Masking randomness of one global micro-batch: independent of world size and of restarts."""
     g = torch.Generator()
-    g.manual_seed(int.from_bytes(hashlib.sha256(f"{seed}/{step}/{micro}".encode()).digest()[:8], "little") >> 1)
+    g.manual_seed(micro_seed(seed, step, micro))
     return g
 
 
@@ -254,6 +259,7 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
             g_micro = rank * A + m
             batch = make_batch(train, idx[g_micro * B : (g_micro + 1) * B], s["max_len"])
             inp, lab = masker(batch, micro_generator(s["seed"], step, g_micro), step=step, total_steps=steps)
+            torch.manual_seed(micro_seed(s["seed"] + 1, step, g_micro))  # dropout, likewise
             if ranking_t is not None:
                 masked_tok = batch[lab != -100]
                 state["masked_rank_counts"] += torch.bincount(ranking_t[masked_tok], minlength=n_rank_bins).numpy()
@@ -266,6 +272,10 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
                 (loss / A).backward()
             loss_sum += loss.detach().float().item()
             tokens += int((batch != PAD).sum())
+        if world > 1:  # log the global mean loss and token count, as one process would see them
+            t = torch.tensor([loss_sum, float(tokens)], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            loss_sum, tokens = t[0].item() / world, int(t[1].item()) // world
         torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
         opt.step()
         sched.step()

@@ -1,0 +1,284 @@
+"""genemask aggregate / plot-loss / plot-mask-ranks: tables with known values, tests equal to scipy's,
+missing settings listed, invalid inputs rejected without outputs, figures and the HTML page rendered."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from genemask import report
+from genemask.cli import main
+from genemask.util import GeneMaskError
+
+SEEDS = list(range(6))
+# accuracy by (task, shot, scheme): one value per seed (known numbers, so means/sds/tests are checkable)
+ACC = {
+    ("Prom-core", 10, "dnabert"): [0.61, 0.64, 0.60, 0.66, 0.63, 0.62],
+    ("Prom-core", 10, "genemask"): [0.66, 0.65, 0.64, 0.70, 0.69, 0.63],
+    ("Prom-core", 10, "none"): [0.52, 0.55, 0.50, 0.51, 0.56, 0.53],
+    ("Prom-core", 100, "dnabert"): [0.71, 0.72, 0.70, 0.74, 0.73, 0.69],
+    ("Prom-core", 100, "genemask"): [0.73, 0.71, 0.75, 0.76, 0.72, 0.74],
+    ("Prom-core", 100, "none"): [0.60, 0.58, 0.61, 0.59, 0.62, 0.57],
+    ("Splice-40", 10, "dnabert"): [0.50, 0.55, 0.53],  # seeds 0-2 only
+    ("Splice-40", 10, "genemask"): [0.54, 0.52, 0.58],
+    ("Splice-40", 100, "dnabert"): [0.70],  # one seed: sd and p-values NaN
+    ("Splice-40", 100, "genemask"): [0.72],
+}
+
+
+def _record(task, shot, scheme, seed, acc):
+    nl = 3 if task == "Splice-40" else 2
+    return {"task": task, "shot": shot, "seed": seed, "scheme": scheme, "n_train": shot * nl, "n_test": 500,
+            "num_labels": nl, "accuracy": acc, "macro_f1": acc - 0.01, "mcc": 2 * acc - 1.0,
+            "auroc": min(1.0, acc + 0.1), "train_seconds": 1.5, "eval_seconds": 0.25, "epochs": 20,
+            "batch_size": 5, "lr": 1e-4}
+
+
+@pytest.fixture()
+def metrics(tmp_path) -> list[Path]:
+    d = tmp_path / "metrics"
+    d.mkdir()
+    paths = []
+    for (task, shot, scheme), vals in ACC.items():
+        for seed, acc in zip(SEEDS, vals):
+            p = d / f"{task}_{shot}_{scheme}_{seed}.json"
+            p.write_text(json.dumps(_record(task, shot, scheme, seed, acc)))
+            paths.append(p)
+    return paths
+
+
+@pytest.fixture()
+def missing_tsv(tmp_path) -> Path:
+    p = tmp_path / "missing.tsv"
+    p.write_text("task\tshot\treason\nSplice-40\t1000\tno 1000-shot file released\n"
+                 "Cohn-enh\t1000\tno 1000-shot file released\n")
+    return p
+
+
+def _png_ok(path: Path, min_ink: float = 0.01) -> None:
+    """A real, non-blank PNG: the magic bytes, and some share of pixels that are not background."""
+    import matplotlib.image as mpimg
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    img = mpimg.imread(path)[..., :3]
+    ink = (np.abs(img - img[0, 0]).sum(axis=2) > 0.05).mean()
+    assert ink > min_ink, f"{path}: looks blank ({ink:.4f} of pixels differ from the corner)"
+
+
+def test_aggregate_known_values(metrics, missing_tsv, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["aggregate", *map(str, metrics), "--outdir", str(out), "--missing", str(missing_tsv)]) == 0
+    printed = capsys.readouterr().out
+    for f in ("runs.tsv", "summary.tsv", "summary.md", "tests.tsv", "accuracy_vs_shots.png", "report.html"):
+        assert (out / f).stat().st_size > 0, f
+
+    runs = pd.read_csv(out / "runs.tsv", sep="\t")
+    assert len(runs) == sum(len(v) for v in ACC.values())
+    key = runs[["task", "shot", "scheme", "seed"]]
+    assert key.equals(key.sort_values(["task", "shot", "scheme", "seed"]).reset_index(drop=True))
+
+    summ = pd.read_csv(out / "summary.tsv", sep="\t", keep_default_na=False, na_values=["NaN"])
+    for (task, shot, scheme), vals in ACC.items():
+        row = summ[(summ.task == task) & (summ.shot == shot) & (summ.scheme == scheme)]
+        assert len(row) == 1
+        r = row.iloc[0]
+        assert r["n"] == len(vals)
+        assert r["accuracy_mean"] == pytest.approx(np.mean(vals), rel=1e-9)
+        if len(vals) > 1:
+            assert r["accuracy_sd"] == pytest.approx(np.std(vals, ddof=1), rel=1e-9)
+            assert r["mcc_sd"] == pytest.approx(np.std(2 * np.array(vals) - 1, ddof=1), rel=1e-9)
+        else:
+            assert math.isnan(r["accuracy_sd"])
+
+    # missing settings are rows (status missing, with the reason), in the markdown and on stdout
+    miss = summ[summ.status == "missing"]
+    assert set(zip(miss.task, miss.shot)) == {("Splice-40", 1000), ("Cohn-enh", 1000)}
+    assert (miss.n == 0).all() and (miss.reason == "no 1000-shot file released").all()
+    md = (out / "summary.md").read_text()
+    assert "Splice-40 | 1000" in md and "Cohn-enh  | 1000" in md and "missing" in md
+    assert "Splice-40 1000-shot: no 1000-shot file released" in md
+    assert "| task" in printed and "missing" in printed
+    pc10 = next(line for line in md.splitlines() if line.startswith("| Prom-core | 10 "))
+    g = ACC[("Prom-core", 10, "genemask")]
+    assert f"{np.mean(g):.3f} ± {np.std(g, ddof=1):.3f}" in pc10
+    assert "(n=1)" in md and "(n=3)" in md  # other numbers of seeds than the usual 6 are flagged
+    # Splice-40 has no 'none' runs: listed as no_runs in the table, 'no runs' in the markdown
+    gap = summ[(summ.task == "Splice-40") & (summ.scheme == "none") & (summ.shot.isin([10, 100]))]
+    assert list(gap.status) == ["no_runs", "no_runs"] and (gap.n == 0).all()
+    assert "no runs" in next(line for line in md.splitlines() if line.startswith("| Splice-40 | 10 "))
+
+
+def test_paired_tests_equal_scipy(metrics, tmp_path):
+    out = tmp_path / "out"
+    report.aggregate_cli(metrics, out)
+    t = pd.read_csv(out / "tests.tsv", sep="\t")
+    assert set(t.baseline) == {"dnabert"}
+    assert set(t.metric) == set(report.METRICS)
+
+    def row(task, shot, scheme, metric="accuracy"):
+        r = t[(t.task == task) & (t.shot == shot) & (t.scheme == scheme) & (t.metric == metric)]
+        assert len(r) == 1
+        return r.iloc[0]
+
+    a, b = np.array(ACC[("Prom-core", 10, "genemask")]), np.array(ACC[("Prom-core", 10, "dnabert")])
+    r = row("Prom-core", 10, "genemask")
+    assert r.n_pairs == 6
+    assert r.mean_diff == pytest.approx((a - b).mean(), abs=1e-9)
+    assert r.p_ttest == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-5)
+    assert r.t_stat == pytest.approx(stats.ttest_rel(a, b).statistic, rel=1e-5)
+    assert r.p_wilcoxon == pytest.approx(stats.wilcoxon(a, b).pvalue, rel=1e-5)
+    # the 'none' scheme is compared too; mcc = 2*acc-1 so its t statistic equals accuracy's
+    r_none = row("Prom-core", 100, "none")
+    assert r_none.mean_diff < 0
+    assert row("Prom-core", 100, "none", "mcc").t_stat == pytest.approx(r_none.t_stat, rel=1e-5)
+    # 3 pairs: t-test but no Wilcoxon; 1 pair: no test at all
+    a, b = np.array(ACC[("Splice-40", 10, "genemask")]), np.array(ACC[("Splice-40", 10, "dnabert")])
+    r = row("Splice-40", 10, "genemask")
+    assert r.n_pairs == 3 and r.p_ttest == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-5)
+    assert math.isnan(r.p_wilcoxon)
+    r = row("Splice-40", 100, "genemask")
+    assert r.n_pairs == 1 and math.isnan(r.p_ttest) and math.isnan(r.p_wilcoxon)
+    assert r.mean_diff == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("fault", ["missing_key", "bad_json", "not_object", "bad_type", "duplicate"])
+def test_invalid_metrics_rejected_without_output(metrics, tmp_path, capsys, fault):
+    bad = tmp_path / "metrics" / "bad_run.json"
+    rec = _record("Prom-core", 10, "random", 0, 0.6)
+    if fault == "missing_key":
+        del rec["mcc"]
+        bad.write_text(json.dumps(rec))
+    elif fault == "bad_json":
+        bad.write_text('{"task": "Prom-core", "shot": 10,')
+    elif fault == "not_object":
+        bad.write_text("[1, 2, 3]")
+    elif fault == "bad_type":
+        rec["shot"] = "ten"
+        bad.write_text(json.dumps(rec))
+    else:
+        bad.write_text(metrics[0].read_text())
+    out = tmp_path / "out"
+    with pytest.raises(GeneMaskError, match="bad_run.json"):
+        report.aggregate_cli([*metrics, bad], out)
+    assert not out.exists() or not any(out.iterdir())
+    # through the command: one error line naming the file, exit status 2
+    assert main(["aggregate", *map(str, metrics), str(bad), "--outdir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genemask aggregate: error:") and "bad_run.json" in err
+    if fault == "missing_key":
+        assert "mcc" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_missing_table(metrics, tmp_path):
+    p = tmp_path / "missing.tsv"
+    p.write_text("task\tshots\nSplice-40\t1000\n")
+    with pytest.raises(GeneMaskError, match="missing.tsv.*shot"):
+        report.aggregate_cli(metrics, tmp_path / "out", expected=p)
+    assert not (tmp_path / "out").exists()
+
+
+def test_accuracy_plot_and_html(metrics, missing_tsv, tmp_path):
+    out = tmp_path / "out"
+    extra = tmp_path / "extra.tsv"
+    extra.write_text("kmer\tscore\nCACGTG\t0.9\n")
+    report.aggregate_cli(metrics, out, expected=missing_tsv, include=[extra])
+    _png_ok(out / "accuracy_vs_shots.png")
+    page = (out / "report.html").read_text()
+    assert page.count("<table") >= 4  # accuracy, tests, summary, included table, runs
+    assert "data:image/png;base64," in page
+    for s in ("Prom-core", "Splice-40", "genemask", "dnabert", "none", "missing", "Cohn-enh 1000-shot",
+              "p_ttest", "accuracy_mean", "CACGTG"):
+        assert s in page, s
+    g = ACC[("Prom-core", 10, "genemask")]
+    assert f"{np.mean(g):.3f} ± {np.std(g, ddof=1):.3f}" in page
+
+
+def _loss_log(path: Path, decay: float, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    steps = np.arange(0, 3000, 10)
+    loss = 7.0 * np.exp(-steps / (700 * decay)) + 1.4 + rng.normal(0, 0.05, steps.size)
+    val = np.where(steps % 500 == 0, loss + 0.1, np.nan)  # empty on most rows
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"step": steps, "lr": 1e-4, "loss": loss, "val_loss": val, "val_ppl": np.exp(val),
+                  "tokens_per_s": 2e5}).to_csv(path, sep="\t", index=False, na_rep="")
+    return path
+
+
+def test_plot_loss(tmp_path):
+    logs = [_loss_log(tmp_path / s / "train_log.tsv", d, i)
+            for i, (s, d) in enumerate([("dnabert", 1.0), ("genemask", 1.2), ("curriculum", 0.9)])]
+    png = tmp_path / "loss.png"
+    assert main(["plot-loss", *map(str, logs), "-o", str(png)]) == 0
+    _png_ok(png)
+    png2 = tmp_path / "loss2.png"
+    assert main(["plot-loss", *map(str, logs), "--labels", "a", "b", "c", "-o", str(png2)]) == 0
+    _png_ok(png2)
+    with pytest.raises(GeneMaskError, match="2 label"):
+        report.plot_loss(logs, ["a", "b"], tmp_path / "x.png")
+    bad = tmp_path / "bad" / "train_log.tsv"
+    bad.parent.mkdir()
+    bad.write_text("step\tlr\tloss\n1\t0.1\t5.0\n")
+    with pytest.raises(GeneMaskError, match="bad/train_log.tsv.*val_loss"):
+        report.plot_loss([bad], None, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_mask_ranks(tmp_path, data_a, capsys):
+    """The layout `genemask pretrain` writes (rank, masked_count, all_count; 4097 = unranked/[UNK]),
+    the plain (rank, count) layout, and a run pretrained without a ranking (header only)."""
+    rng = np.random.default_rng(0)
+    r = np.arange(1, 4098)
+    allc = rng.poisson(1000, r.size)
+    files = {}
+    for scheme, masked in {"dnabert": rng.binomial(allc, 0.15),
+                           "genemask": rng.binomial(allc, np.clip(0.6 * np.exp(-r / 600), 0, 1))}.items():
+        p = tmp_path / scheme / "mask_ranks.tsv"
+        p.parent.mkdir()
+        pd.DataFrame({"rank": r, "masked_count": masked, "all_count": allc}).to_csv(p, sep="\t", index=False)
+        files[scheme] = p
+    p = tmp_path / "random" / "mask_ranks.tsv"
+    p.parent.mkdir()
+    pd.DataFrame({"rank": r, "count": rng.poisson(150, r.size)}).to_csv(p, sep="\t", index=False)
+    files["random"] = p
+    p = tmp_path / "none" / "mask_ranks.tsv"
+    p.parent.mkdir()
+    p.write_text("rank\tmasked_count\tall_count\n")
+    files["none"] = p
+    png = tmp_path / "mask_ranks.png"
+    assert main(["plot-mask-ranks", "--ranking", str(data_a), "--stats", *map(str, files.values()),
+                 "-o", str(png)]) == 0
+    assert "none/mask_ranks.tsv: no masked tokens counted" in capsys.readouterr().err
+    _png_ok(png)
+    # the function itself, with one rank per masked token and an explicit all-token reference
+    png2 = tmp_path / "direct.png"
+    report.mask_rank_histogram({"genemask": rng.integers(1, 300, 5000), "dnabert": rng.integers(1, 4097, 5000)},
+                               png2, reference=(r, np.ones(r.size)))
+    _png_ok(png2)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("rank\tn\n1\t5\n")
+    with pytest.raises(GeneMaskError, match="bad.tsv.*count"):
+        report.plot_mask_ranks_cli([bad], tmp_path / "y.png")
+    assert not (tmp_path / "y.png").exists()
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs /usr/bin/chromium (headless)")
+def test_report_html_renders_in_chromium(metrics, missing_tsv, tmp_path):
+    out = tmp_path / "out"
+    report.aggregate_cli(metrics, out, expected=missing_tsv)
+    shot = tmp_path / "screenshot.png"
+    cmd = ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+           "--window-size=1280,1600", f"--user-data-dir={tmp_path / 'chrome-profile'}",
+           f"--screenshot={shot}", (out / "report.html").resolve().as_uri()]
+    subprocess.run(cmd, capture_output=True, timeout=50, check=False)
+    assert shot.exists(), "chromium wrote no screenshot"
+    _png_ok(shot, min_ink=0.02)
+    shutil.rmtree(tmp_path / "chrome-profile", ignore_errors=True)
