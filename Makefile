@@ -13,7 +13,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 $(BIN)/genemask: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,motifs]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $@
 
 demo: $(BIN)/genemask

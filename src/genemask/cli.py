@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="TSV: kmer, rank, npmi, n_motif_hits, best_motif, best_score")
     # ---- end of report figures and motifs ------------------------------------------------------
 
+    p = _p(sub, "write-missing", "write missing.tsv: task x shot settings that have no data")
+    p.add_argument("entries", nargs="*", metavar="TASK:SHOT")
+    p.add_argument("-o", "--output", required=True)
+
     p = _p(sub, "timings", "time per pipeline stage from Snakemake benchmark files")
     p.add_argument("bench_dir", help="results/benchmarks")
 
@@ -258,6 +262,10 @@ def dispatch(args: argparse.Namespace):
         return motifs_cli(args.ranking, args.top, args.output, plot=args.plot, k=args.k, threshold=args.threshold,
                           min_ic=args.min_ic, n_perm=args.n_perm, seed=args.seed, release=args.release)
     # ---- end of report figures and motifs ------------------------------------------------------
+    if c == "write-missing":
+        from .plan import write_missing
+
+        return write_missing(args.entries, args.output)
     if c == "timings":
         from .timings import timings_cli
 

@@ -109,3 +109,14 @@ def missing(cfg: dict) -> list[dict]:
     """Task x shot combinations asked for in the config whose training file is not public."""
     return [{"task": t, "shot": s, "reason": "no public training file (null in the task catalogue)"}
             for t in cfg["finetune"]["tasks"] for s in cfg["finetune"]["shots"] if shot_source(cfg, t, s) is None]
+
+
+def write_missing(entries: list[str], output: str) -> None:
+    """Write missing.tsv (task, shot, reason) from TASK:SHOT entries, for the report."""
+    from .util import atomic_output
+
+    with atomic_output(output) as tmp, open(tmp, "w") as fh:
+        fh.write("task\tshot\treason\n")
+        for e in entries:
+            task, _, shot = e.rpartition(":")
+            fh.write(f"{task}\t{shot}\tno public training file (null in the task catalogue)\n")

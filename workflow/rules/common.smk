@@ -13,7 +13,9 @@ REGION = {c["chunk"]: c["region"] for c in CHUNKS}
 RUNS = plan.runs(CFG)
 SCHEMES = CFG["pretrain"]["schemes"]
 SOURCE_BY_PATH = {s["path"]: s for s in CFG["sources"].values()}
-MODEL_CONFIG = str(plan.ROOT / "resources" / "models" / f"{CFG['pretrain']['model']}.json")
+MODEL_CONFIG = str(
+    plan.ROOT / "resources" / "models" / f"{CFG['pretrain']['model']}.json"
+)
 
 
 wildcard_constraints:

@@ -1,4 +1,5 @@
-# Aggregation: one TSV row per run, mean +- sd, paired tests against dnabert, plots, HTML report.
+# Aggregation: one TSV row per run, mean +- sd, paired tests against dnabert, plots, motifs, and
+# the HTML report (also `snakemake --report`, which collects the report() outputs below).
 
 METRICS = [
     f"{RESULTS}/finetune/{r['task']}/{r['shot']}/{r['scheme']}/seed{r['seed']}.json"
@@ -8,13 +9,126 @@ REPORT = f"{RESULTS}/report"
 REPORT_OUTPUTS = [
     f"{REPORT}/runs.tsv",
     f"{REPORT}/summary.tsv",
+    f"{REPORT}/tests.tsv",
     f"{REPORT}/accuracy_vs_shots.png",
+    f"{REPORT}/report.html",
 ]
+
+
+rule missing_shots:
+    output:
+        f"{REPORT}/missing.tsv",
+    log:
+        f"{RESULTS}/logs/missing_shots.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/missing_shots.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        entries=" ".join(f"{m['task']}:{m['shot']}" for m in plan.missing(CFG)),
+    shell:
+        "genemask write-missing {params.entries} -o {output} 2> {log}"
+
+
+rule plot_loss:
+    input:
+        expand(
+            f"{RESULTS}/models/{{scheme}}", scheme=[s for s in SCHEMES if s != "none"]
+        ),
+    output:
+        report(
+            f"{REPORT}/pretrain_loss.png",
+            caption="../report/loss.rst",
+            category="Pretraining",
+        ),
+    log:
+        f"{RESULTS}/logs/plot_loss.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plot_loss.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        logs=lambda wc, input: [f"{m}/train_log.tsv" for m in input],
+    shell:
+        "genemask plot-loss {params.logs} -o {output} 2> {log}"
+
+
+rule mask_ranks:
+    input:
+        models=expand(
+            f"{RESULTS}/models/{{scheme}}", scheme=[s for s in SCHEMES if s != "none"]
+        ),
+        ranking=ranking_file(),
+    output:
+        report(
+            f"{REPORT}/mask_ranks.png",
+            caption="../report/mask_ranks.rst",
+            category="Pretraining",
+        ),
+    log:
+        f"{RESULTS}/logs/mask_ranks.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/mask_ranks.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        stats=lambda wc, input: [f"{m}/mask_ranks.tsv" for m in input.models],
+        k=CFG["corpus"]["k"],
+    shell:
+        "genemask plot-mask-ranks --stats {params.stats} --ranking {input.ranking} "
+        "--k {params.k} -o {output} 2> {log}"
+
+
+rule motifs:
+    input:
+        ranking_file(),
+    output:
+        tsv=report(
+            f"{REPORT}/motifs.tsv", caption="../report/motifs.rst", category="Motifs"
+        ),
+        plot=report(
+            f"{REPORT}/motifs.png", caption="../report/motifs.rst", category="Motifs"
+        ),
+    log:
+        f"{RESULTS}/logs/motifs.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/motifs.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        top=CFG["report"]["motifs_top"],
+        k=CFG["corpus"]["k"],
+    shell:
+        "genemask motifs --ranking {input} --top {params.top} --k {params.k} "
+        "--plot {output.plot} -o {output.tsv} 2> {log}"
 
 
 rule aggregate:
     input:
-        METRICS,
+        metrics=METRICS,
+        missing=rules.missing_shots.output,
+        extra=[
+            rules.plot_loss.output,
+            rules.mask_ranks.output,
+            rules.motifs.output.tsv,
+            rules.motifs.output.plot,
+        ],
     output:
         runs=report(
             f"{REPORT}/runs.tsv",
@@ -26,11 +140,17 @@ rule aggregate:
             caption="../report/summary.rst",
             category="Few-shot results",
         ),
+        tests=report(
+            f"{REPORT}/tests.tsv",
+            caption="../report/tests.rst",
+            category="Few-shot results",
+        ),
         plot=report(
             f"{REPORT}/accuracy_vs_shots.png",
             caption="../report/accuracy.rst",
             category="Few-shot results",
         ),
+        html=f"{REPORT}/report.html",
     log:
         f"{RESULTS}/logs/aggregate.log",
     benchmark:
@@ -44,4 +164,5 @@ rule aggregate:
     params:
         outdir=lambda wc, output: os.path.dirname(output.runs),
     shell:
-        "genemask aggregate {input} --outdir {params.outdir} 2> {log}"
+        "genemask aggregate {input.metrics} --missing {input.missing} --include {input.extra} "
+        "--outdir {params.outdir} 2> {log}"
