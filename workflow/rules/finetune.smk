@@ -52,7 +52,7 @@ rule finetune:
         num_labels=lambda wc: CFG["tasks"][wc.task]["num_labels"],
         settings=json.dumps(CFG["finetune"].get("settings", {})),
     shell:
-        "OMP_NUM_THREADS={threads} genemask finetune --model {input.model} --train {input.train} "
+        "GENEMASK_THREADS={threads} genemask finetune --model {input.model} --train {input.train} "
         "--test {input.test} --task {wildcards.task} --shot {wildcards.shot} --seed {wildcards.seed} "
         "--scheme {wildcards.scheme} --num-labels {params.num_labels} --settings '{params.settings}' "
         "-o {output} 2> {log}"

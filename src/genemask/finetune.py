@@ -1,0 +1,436 @@
+"""Few-shot fine-tuning and scoring (spec section 7).
+
+`finetune_cli` loads a pretrained BERT folder as `BertForSequenceClassification` (pooled [CLS] +
+linear head; the MLM head is dropped, the pooler/classifier start random where the checkpoint lacks
+them), fine-tunes it on one K-shot file and scores the test set once. Tokenisation does not need the
+saved tokenizer: raw bp -> overlapping k-mer ids with `kmers.seq_to_ids` (non-ACGT k-mers -> [UNK]),
+then [CLS] ... [SEP], padded with [PAD] per batch. k comes from the model folder's `genemask.json`
+(key "k", default 6).
+
+Settings (`--settings`: a JSON string, a dict, or a .json/.yaml file; every key optional, missing
+keys take the paper's values below; `regimes`, if given, replaces the whole list):
+
+    {
+      "regimes": [                                   # first regime with shot <= max_shot wins;
+        {"max_shot": 100,  "batch_size": 5,  "lr": 1e-4, "epochs": 20},   # 10/50/100-shot
+        {"max_shot": null, "batch_size": 15, "lr": 5e-5, "epochs": 5}     # 500/1000-shot (null = any)
+      ],
+      "epochs": null,          # if set: overrides the epochs of every regime (quick demo runs)
+      "warmup_ratio": 0.1,     # linear warm-up over ceil(ratio * total steps), then linear decay to 0
+      "weight_decay": 0.01,    # AdamW decoupled weight decay, not applied to biases and LayerNorm
+      "hidden_dropout": 0.1,   # BERT hidden_dropout_prob (also the classifier dropout); null = model's
+      "max_grad_norm": 1.0,    # gradient clipping (null = off)
+      "eval_batch_size": 64,
+      "max_length": 512,       # tokens incl. [CLS]/[SEP]; capped by max_position_embeddings
+      "device": "cpu"          # "cpu", "cuda" or "auto" (cuda when available)
+    }
+
+The shot number K selects the regime (Splice-40's "K" files hold 10*K rows per class; K is still the
+shot). Determinism: `torch.manual_seed(seed)` before the model is built (head initialisation,
+dropout) and a `torch.Generator` seeded with `seed` for the epoch shuffles, so on CPU the same seed
+and thread count give identical metrics. Threads: `GENEMASK_THREADS` (if set) is passed to
+`torch.set_num_threads`; otherwise torch's default (which honours OMP_NUM_THREADS).
+
+Metrics: accuracy, macro-F1, MCC and AUROC (binary: ROC AUC of the class-1 probability; more
+classes: one-vs-one macro AUROC, sklearn `multi_class="ovo"`); AUROC is null if the test set holds
+a single class. Output JSON: task, shot, seed, scheme, n_train, n_test, num_labels, accuracy,
+macro_f1, mcc, auroc, train_seconds, eval_seconds, epochs, batch_size, lr (+ a few descriptive keys).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .kmers import CLS, N_SPECIAL, PAD, SEP, seq_to_ids, vocab_size
+from .tasks import read_task_file
+from .util import GeneMaskError, atomic_output
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "regimes": [
+        {"max_shot": 100, "batch_size": 5, "lr": 1e-4, "epochs": 20},
+        {"max_shot": None, "batch_size": 15, "lr": 5e-5, "epochs": 5},
+    ],
+    "epochs": None,
+    "warmup_ratio": 0.1,
+    "weight_decay": 0.01,
+    "hidden_dropout": 0.1,
+    "max_grad_norm": 1.0,
+    "eval_batch_size": 64,
+    "max_length": 512,
+    "device": "cpu",
+}
+_REGIME_KEYS = {"max_shot", "batch_size", "lr", "epochs"}
+
+
+# ---------------------------------------------------------------------------------------------
+# settings
+# ---------------------------------------------------------------------------------------------
+def load_settings(settings: str | os.PathLike | dict | None) -> dict[str, Any]:
+    """Merge user settings (dict, JSON string or JSON/YAML file) over the defaults and validate them."""
+    user: Any
+    src = "--settings"
+    if settings is None or settings == "":
+        user = {}
+    elif isinstance(settings, dict):
+        user = settings
+    else:
+        s = str(settings).strip()
+        if s.startswith("{"):
+            try:
+                user = json.loads(s)
+            except json.JSONDecodeError as e:
+                raise GeneMaskError(f"--settings: not valid JSON ({e.msg} at char {e.pos})") from None
+        else:
+            p = Path(s)
+            src = str(p)
+            try:
+                text = p.read_text()
+            except OSError as e:
+                raise GeneMaskError(f"{p}: cannot read fine-tuning settings ({e.strerror})") from None
+            try:
+                if p.suffix.lower() in (".yaml", ".yml"):
+                    import yaml
+
+                    user = yaml.safe_load(text) or {}
+                else:
+                    user = json.loads(text)
+            except Exception as e:  # noqa: BLE001 - parser errors of either library
+                msg = str(e).replace("\n", " ")
+                raise GeneMaskError(f"{p}: cannot parse fine-tuning settings ({msg})") from None
+    if not isinstance(user, dict):
+        raise GeneMaskError(f"{src}: fine-tuning settings must be a mapping, got {type(user).__name__}")
+    unknown = sorted(set(user) - set(DEFAULT_SETTINGS))
+    if unknown:
+        raise GeneMaskError(f"{src}: unknown fine-tuning setting(s) {unknown}; known: {sorted(DEFAULT_SETTINGS)}")
+    out = copy.deepcopy(DEFAULT_SETTINGS)
+    out.update(copy.deepcopy(user))
+    _validate(out, src)
+    return out
+
+
+def _num(v, key, src, lo=None, hi=None, integer=False, nullable=False):
+    if v is None and nullable:
+        return
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok or (lo is not None and v < lo) or (hi is not None and v > hi):
+        kind = "an integer" if integer else "a number"
+        rng = f" in [{lo}, {hi}]" if hi is not None else (f" >= {lo}" if lo is not None else "")
+        raise GeneMaskError(f"{src}: setting {key} must be {kind}{rng}" + (" or null" if nullable else "")
+                            + f", got {v!r}")
+
+
+def _validate(s: dict, src: str) -> None:
+    regs = s["regimes"]
+    if not isinstance(regs, list) or not regs:
+        raise GeneMaskError(f"{src}: setting regimes must be a non-empty list")
+    for i, r in enumerate(regs):
+        key = f"regimes[{i}]"
+        if not isinstance(r, dict):
+            raise GeneMaskError(f"{src}: setting {key} must be a mapping")
+        bad = sorted(set(r) - _REGIME_KEYS)
+        missing = sorted(_REGIME_KEYS - set(r) - {"max_shot"})
+        if bad or missing:
+            raise GeneMaskError(f"{src}: setting {key}: unknown keys {bad}, missing keys {missing}; "
+                                f"expected {sorted(_REGIME_KEYS)}")
+        r.setdefault("max_shot", None)
+        _num(r["max_shot"], f"{key}.max_shot", src, lo=1, integer=True, nullable=True)
+        _num(r["batch_size"], f"{key}.batch_size", src, lo=1, integer=True)
+        _num(r["lr"], f"{key}.lr", src, lo=0)
+        _num(r["epochs"], f"{key}.epochs", src, lo=1, integer=True)
+    _num(s["epochs"], "epochs", src, lo=1, integer=True, nullable=True)
+    _num(s["warmup_ratio"], "warmup_ratio", src, lo=0, hi=1)
+    _num(s["weight_decay"], "weight_decay", src, lo=0)
+    _num(s["hidden_dropout"], "hidden_dropout", src, lo=0, hi=1, nullable=True)
+    _num(s["max_grad_norm"], "max_grad_norm", src, lo=0, nullable=True)
+    _num(s["eval_batch_size"], "eval_batch_size", src, lo=1, integer=True)
+    _num(s["max_length"], "max_length", src, lo=3, integer=True)
+    if s["device"] not in ("cpu", "cuda", "auto"):
+        raise GeneMaskError(f"{src}: setting device must be cpu, cuda or auto, got {s['device']!r}")
+
+
+def select_regime(settings: dict, shot: int) -> dict:
+    """The first regime whose max_shot is null or >= shot, with the global epochs override applied."""
+    for r in settings["regimes"]:
+        if r.get("max_shot") is None or shot <= r["max_shot"]:
+            out = dict(r)
+            if settings.get("epochs") is not None:
+                out["epochs"] = settings["epochs"]
+            return out
+    raise GeneMaskError(f"--settings: no fine-tuning regime covers shot {shot} "
+                        f"(max_shot values: {[r.get('max_shot') for r in settings['regimes']]})")
+
+
+# ---------------------------------------------------------------------------------------------
+# model and data
+# ---------------------------------------------------------------------------------------------
+def model_k(folder: str | Path) -> int:
+    """k of a model folder: `genemask.json` key "k" (default 6 when the file or key is absent)."""
+    p = Path(folder) / "genemask.json"
+    if not p.exists():
+        return 6
+    try:
+        meta = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise GeneMaskError(f"{p}: cannot read model metadata ({e})") from None
+    k = meta.get("k", 6) if isinstance(meta, dict) else 6
+    if not isinstance(k, int) or k < 1:
+        raise GeneMaskError(f"{p}: key k must be a positive integer, got {k!r}")
+    return k
+
+
+def load_classifier(folder: str | Path, num_labels: int, hidden_dropout: float | None):
+    """BertForSequenceClassification (via AutoModel) from a model folder; seed torch before calling."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise GeneMaskError(f"{folder}: not a model folder (no config.json)")
+    kw: dict[str, Any] = {"num_labels": num_labels}
+    if hidden_dropout is not None:
+        kw["hidden_dropout_prob"] = hidden_dropout
+    try:
+        cfg = AutoConfig.from_pretrained(folder, local_files_only=True, **kw)
+        prev = hf_logging.get_verbosity()
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()  # "newly initialised pooler/classifier" is expected here
+        hf_logging.disable_progress_bar()  # no tqdm bars in Snakemake logs
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(folder, config=cfg, local_files_only=True)
+        finally:
+            hf_logging.set_verbosity(prev)
+            if bars:
+                hf_logging.enable_progress_bar()
+    except (OSError, ValueError, KeyError) as e:
+        msg = str(e).replace("\n", " ")[:300]
+        raise GeneMaskError(f"{folder}: cannot load the model as a sequence classifier ({msg})") from None
+    return model
+
+
+def encode(seqs: list[str], k: int, max_length: int):
+    """Token id rows [CLS] k-mers [SEP] (truncated to max_length) as a padded LongTensor + lengths."""
+    import torch
+
+    rows = []
+    for s in seqs:
+        ids = seq_to_ids(s, k)[: max_length - 2]
+        rows.append(ids)
+    lengths = np.array([len(r) + 2 for r in rows], dtype=np.int64)
+    if (lengths <= 2).any():
+        i = int(np.flatnonzero(lengths <= 2)[0])
+        raise GeneMaskError(f"sequence {i + 1} is shorter than k={k} bp: no k-mer to tokenise")
+    out = np.full((len(rows), int(lengths.max())), PAD, dtype=np.int64)
+    out[:, 0] = CLS
+    for i, r in enumerate(rows):
+        out[i, 1 : 1 + len(r)] = r
+        out[i, 1 + len(r)] = SEP
+    return torch.from_numpy(out), torch.from_numpy(lengths)
+
+
+def _batch(ids, lengths, idx, device):
+    import torch
+
+    L = int(lengths[idx].max())
+    x = ids[idx, :L]
+    mask = (torch.arange(L)[None, :] < lengths[idx][:, None]).long()
+    return x.to(device), mask.to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------------
+def compute_metrics(y_true, prob, num_labels: int) -> dict[str, float | None]:
+    """accuracy, macro_f1, mcc, auroc from labels and class probabilities [n, num_labels]."""
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, roc_auc_score
+
+    y = np.asarray(y_true)
+    prob = np.asarray(prob, dtype=np.float64)
+    prob = prob / prob.sum(axis=1, keepdims=True)
+    pred = prob.argmax(axis=1)
+    labels = list(range(num_labels))
+    out: dict[str, float | None] = {
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, average="macro", labels=labels, zero_division=0)),
+        "mcc": float(matthews_corrcoef(y, pred)),
+        "auroc": None,
+    }
+    present = np.unique(y)
+    if len(present) >= 2:
+        if num_labels == 2:
+            out["auroc"] = float(roc_auc_score(y, prob[:, 1]))
+        elif len(present) == num_labels:
+            out["auroc"] = float(roc_auc_score(y, prob, multi_class="ovo", average="macro", labels=labels))
+        else:  # some class absent from the test set: ovo over the classes present
+            sub = prob[:, present]
+            out["auroc"] = float(roc_auc_score(y, sub / sub.sum(axis=1, keepdims=True), multi_class="ovo",
+                                               average="macro", labels=list(present)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# training / evaluation
+# ---------------------------------------------------------------------------------------------
+def _set_threads() -> int:
+    import torch
+
+    env = os.environ.get("GENEMASK_THREADS")
+    if env:
+        try:
+            n = int(env)
+            if n < 1:
+                raise ValueError
+        except ValueError:
+            raise GeneMaskError(f"GENEMASK_THREADS: must be a positive integer, got {env!r}") from None
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GeneMaskError("--settings: device cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def train_classifier(model, ids, lengths, labels, regime: dict, settings: dict, seed: int, device,
+                     label: str = "finetune") -> dict:
+    """Fine-tune in place (AdamW, linear warm-up/decay); returns {steps, warmup_steps, final_loss}."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    n = len(labels)
+    bs, epochs, lr = int(regime["batch_size"]), int(regime["epochs"]), float(regime["lr"])
+    steps_per_epoch = math.ceil(n / bs)
+    total = steps_per_epoch * epochs
+    warmup = math.ceil(settings["warmup_ratio"] * total)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": settings["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, eps=1e-8,
+    )
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=warmup, num_training_steps=total)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    t0 = time.perf_counter()
+    loss_val = float("nan")
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        tot, cnt = 0.0, 0
+        for b in range(steps_per_epoch):
+            idx = perm[b * bs : (b + 1) * bs]
+            x, mask = _batch(ids, lengths, idx, device)
+            out = model(input_ids=x, attention_mask=mask, labels=y[idx].to(device))
+            out.loss.backward()
+            if settings["max_grad_norm"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings["max_grad_norm"])
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            tot += float(out.loss.detach()) * len(idx)
+            cnt += len(idx)
+        loss_val = tot / cnt
+        print(f"[{label}] epoch {epoch + 1}/{epochs} loss {loss_val:.4f} lr {sched.get_last_lr()[0]:.2e} "
+              f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    return {"steps": total, "warmup_steps": warmup, "final_train_loss": loss_val}
+
+
+def predict_proba(model, ids, lengths, batch_size: int, device) -> np.ndarray:
+    """Class probabilities [n, num_labels] (float64); batches of similar length, inference mode."""
+    import torch
+
+    model.eval()
+    order = torch.argsort(lengths, descending=True, stable=True)
+    out = None
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            x, mask = _batch(ids, lengths, idx, device)
+            logits = model(input_ids=x, attention_mask=mask).logits.double()
+            p = torch.softmax(logits, dim=-1).cpu().numpy()
+            if out is None:
+                out = np.empty((len(order), p.shape[1]), dtype=np.float64)
+            out[idx.numpy()] = p
+    return out
+
+
+def finetune_cli(model: str, train: str, test: str, task: str, shot: int, seed: int, scheme: str,
+                 num_labels: int, settings: str | dict | None, output: str) -> dict:
+    """Fine-tune `model` on `train`, score on `test`, write the metrics JSON to `output`; returns it."""
+    import torch
+
+    st = load_settings(settings)
+    regime = select_regime(st, shot)
+    if num_labels < 2:
+        raise GeneMaskError(f"--num-labels: must be >= 2, got {num_labels}")
+    prev_threads = torch.get_num_threads()
+    try:
+        return _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regime, output)
+    finally:
+        torch.set_num_threads(prev_threads)  # GENEMASK_THREADS applies to this call only
+
+
+def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regime, output) -> dict:
+    import torch
+
+    threads = _set_threads()
+    device = _device(st["device"])
+    tr = read_task_file(train, num_labels)
+    te = read_task_file(test, num_labels)
+    k = model_k(model)
+
+    torch.manual_seed(seed)
+    clf = load_classifier(model, num_labels, st["hidden_dropout"])
+    if clf.config.vocab_size < vocab_size(k):
+        raise GeneMaskError(f"{model}: vocab_size {clf.config.vocab_size} is smaller than the {k}-mer "
+                            f"vocabulary ({vocab_size(k)} = {N_SPECIAL} specials + 4^{k})")
+    max_len = min(st["max_length"], int(getattr(clf.config, "max_position_embeddings", st["max_length"])))
+    try:
+        tr_ids, tr_len = encode(tr.sequences, k, max_len)
+        te_ids, te_len = encode(te.sequences, k, max_len)
+    except GeneMaskError as e:
+        raise GeneMaskError(f"{train} / {test}: {e}") from None
+    clf.to(device)
+
+    label = f"finetune {task} {shot}-shot seed {seed} {scheme}"
+    print(f"[{label}] {len(tr)} train / {len(te)} test rows, k={k}, batch {regime['batch_size']}, "
+          f"lr {regime['lr']}, {regime['epochs']} epochs, {threads} threads, {device}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    info = train_classifier(clf, tr_ids, tr_len, tr.labels, regime, st, seed, device, label=label)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    prob = predict_proba(clf, te_ids, te_len, st["eval_batch_size"], device)
+    eval_s = time.perf_counter() - t0
+    metrics = compute_metrics(te.labels, prob, num_labels)
+
+    result = {
+        "task": task, "shot": int(shot), "seed": int(seed), "scheme": scheme,
+        "n_train": len(tr), "n_test": len(te), "num_labels": int(num_labels),
+        **metrics,
+        "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
+        "epochs": int(regime["epochs"]), "batch_size": int(regime["batch_size"]), "lr": float(regime["lr"]),
+        "warmup_steps": info["warmup_steps"], "steps": info["steps"],
+        "final_train_loss": info["final_train_loss"] if math.isfinite(info["final_train_loss"]) else None,
+        "k": k, "model": str(model), "device": str(device), "threads": threads,
+    }
+    with atomic_output(output) as tmp:
+        tmp.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
+    print(f"[{label}] accuracy {metrics['accuracy']:.4f} macro_f1 {metrics['macro_f1']:.4f} "
+          f"mcc {metrics['mcc']:.4f} auroc {metrics['auroc']} train {train_s:.1f}s eval {eval_s:.1f}s",
+          file=sys.stderr, flush=True)
+    return result

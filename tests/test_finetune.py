@@ -1,0 +1,175 @@
+"""Fine-tuning with a tiny BERT on the real few-shot files: metrics, determinism, 3 classes, learning."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genemask.cli import main
+from genemask.finetune import (DEFAULT_SETTINGS, compute_metrics, finetune_cli, load_settings, model_k,
+                               select_regime)
+from genemask.tasks import prepare_task_data
+from genemask.util import GeneMaskError
+
+QUICK = {"epochs": 2}  # paper regimes, epochs cut to 2
+METRIC_KEYS = ("accuracy", "macro_f1", "mcc", "auroc")
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    # tiny models: one thread is fastest and immune to a busy machine; finetune_cli restores torch's count
+    monkeypatch.setenv("GENEMASK_THREADS", "1")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from transformers import BertConfig, BertForMaskedLM
+
+    d = tmp_path_factory.mktemp("tiny_model")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=4101, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512)
+    BertForMaskedLM(cfg).save_pretrained(d)
+    (d / "genemask.json").write_text(json.dumps({"k": 6}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def prom_core_10(fewshot, tmp_path_factory):
+    d = tmp_path_factory.mktemp("prom_core_10")
+    prepare_task_data(task="Prom-core", train=str(fewshot / "Prom-core" / "10" / "train.tsv"),
+                      test=str(fewshot / "Prom-core" / "test.tsv"), exclude=[], num_labels=2, max_test=200, seed=0,
+                      out_train=d / "train.tsv", out_test=d / "test.tsv", out_stats=d / "stats.json")
+    return d
+
+
+def _run(model, data, out, seed=0, shot=10, num_labels=2, task="Prom-core", settings=QUICK):
+    return finetune_cli(model=str(model), train=str(data / "train.tsv"), test=str(data / "test.tsv"), task=task,
+                        shot=shot, seed=seed, scheme="random-init", num_labels=num_labels, settings=settings,
+                        output=str(out))
+
+
+def test_prom_core_10shot_metrics_and_determinism(tiny_model, prom_core_10, tmp_path):
+    threads = torch.get_num_threads()
+    r1 = _run(tiny_model, prom_core_10, tmp_path / "a.json", seed=7)
+    r2 = _run(tiny_model, prom_core_10, tmp_path / "b.json", seed=7)
+    assert torch.get_num_threads() == threads
+    j1 = json.loads((tmp_path / "a.json").read_text())
+    assert j1 == r1
+    for key in ("task", "shot", "seed", "scheme", "n_train", "n_test", "num_labels", *METRIC_KEYS,
+                "train_seconds", "eval_seconds", "epochs", "batch_size", "lr"):
+        assert key in j1, key
+    assert (j1["task"], j1["shot"], j1["seed"], j1["n_train"], j1["n_test"]) == ("Prom-core", 10, 7, 20, 200)
+    assert (j1["epochs"], j1["batch_size"], j1["lr"]) == (2, 5, 1e-4)
+    assert j1["steps"] == 8 and j1["warmup_steps"] == 1
+    for key in ("accuracy", "macro_f1", "auroc"):
+        assert 0.0 <= j1[key] <= 1.0
+    assert -1.0 <= j1["mcc"] <= 1.0
+    assert {k: r1[k] for k in METRIC_KEYS} == {k: r2[k] for k in METRIC_KEYS}
+
+
+def test_splice_three_classes_ovo_auroc(tiny_model, fewshot, tmp_path):
+    d = tmp_path / "data"
+    prepare_task_data(task="Splice-40", train=str(fewshot / "Splice-40" / "10" / "train_splice40_10.tsv"),
+                      test=str(fewshot / "Splice-40" / "test.tsv"), exclude=[], num_labels=3, max_test=300, seed=0,
+                      out_train=d / "train.tsv", out_test=d / "test.tsv", out_stats=d / "stats.json")
+    r = _run(tiny_model, d, tmp_path / "m.json", num_labels=3, task="Splice-40", settings={"epochs": 1})
+    assert r["num_labels"] == 3 and r["n_train"] == 300 and r["n_test"] == 300
+    assert r["auroc"] is not None and 0.0 <= r["auroc"] <= 1.0
+    assert 0.0 <= r["accuracy"] <= 1.0 and -1.0 <= r["mcc"] <= 1.0
+
+
+def _synthetic(path, n, rng, length=60):
+    """GC-rich (label 1) vs AT-rich (label 0) sequences: a task any working classifier learns."""
+    lines = ["sequence\tlabel"]
+    for i in range(n):
+        y = i % 2
+        gc = 0.75 if y else 0.25
+        s = rng.choice(list("ATCG"), size=length, p=[(1 - gc) / 2, (1 - gc) / 2, gc / 2, gc / 2])
+        lines.append("".join(s) + f"\t{y}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_learning_happens_on_easy_synthetic_task(tiny_model, tmp_path):
+    rng = np.random.default_rng(0)
+    _synthetic(tmp_path / "train.tsv", 160, rng)
+    _synthetic(tmp_path / "test.tsv", 200, rng)
+    settings = json.dumps({"regimes": [{"max_shot": None, "batch_size": 10, "lr": 1e-3, "epochs": 8}],
+                           "hidden_dropout": 0.0})
+    r = _run(tiny_model, tmp_path, tmp_path / "m.json", shot=80, task="synthetic", settings=settings)
+    assert r["accuracy"] > 0.9, r
+    assert r["auroc"] > 0.95 and r["mcc"] > 0.8
+
+
+def test_cli_finetune_with_json_settings(tiny_model, prom_core_10, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    rc = main(["finetune", "--model", str(tiny_model), "--train", str(prom_core_10 / "train.tsv"),
+               "--test", str(prom_core_10 / "test.tsv"), "--task", "Prom-core", "--shot", "10", "--seed", "1",
+               "--scheme", "genemask", "--num-labels", "2", "--settings", json.dumps(DEFAULT_SETTINGS | {"epochs": 1}),
+               "-o", str(out)])
+    assert rc == 0
+    j = json.loads(out.read_text())
+    assert j["scheme"] == "genemask" and j["epochs"] == 1
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err
+
+
+def test_bad_model_folder_and_settings_errors(tmp_path, prom_core_10, capsys):
+    out = tmp_path / "m.json"
+    with pytest.raises(GeneMaskError, match="no config.json"):
+        _run(tmp_path, prom_core_10, out)
+    assert not out.exists()
+    rc = main(["finetune", "--model", str(tmp_path), "--train", str(prom_core_10 / "train.tsv"),
+               "--test", str(prom_core_10 / "test.tsv"), "--task", "x", "--shot", "10", "--seed", "1",
+               "--scheme", "s", "--num-labels", "2", "--settings", '{"epoch": 3}', "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "unknown fine-tuning setting" in err[0] and "epoch" in err[0]
+    assert not out.exists()
+
+
+def test_settings_schema(tmp_path):
+    s = load_settings(None)
+    assert select_regime(s, 10) == {"max_shot": 100, "batch_size": 5, "lr": 1e-4, "epochs": 20}
+    assert select_regime(s, 100)["batch_size"] == 5
+    assert select_regime(s, 500) == {"max_shot": None, "batch_size": 15, "lr": 5e-5, "epochs": 5}
+    assert select_regime(s, 1000)["lr"] == 5e-5
+    assert (s["warmup_ratio"], s["weight_decay"], s["hidden_dropout"]) == (0.1, 0.01, 0.1)
+    assert select_regime(load_settings('{"epochs": 3}'), 500)["epochs"] == 3
+    y = tmp_path / "ft.yaml"
+    y.write_text("regimes:\n  - {max_shot: 50, batch_size: 4, lr: 0.001, epochs: 2}\neval_batch_size: 8\n")
+    s = load_settings(str(y))
+    assert select_regime(s, 50)["batch_size"] == 4 and s["eval_batch_size"] == 8
+    with pytest.raises(GeneMaskError, match="no fine-tuning regime covers shot 100"):
+        select_regime(s, 100)
+    for bad, msg in [('{"regimes": []}', "non-empty"), ('{"warmup_ratio": 2}', "warmup_ratio"),
+                     ('{"regimes": [{"batch_size": 0, "lr": 1, "epochs": 1}]}', "batch_size"),
+                     ('{"regimes": [{"lr": 1, "epochs": 1}]}', "missing keys"), ("{oops", "not valid JSON"),
+                     (str(tmp_path / "absent.json"), "cannot read")]:
+        with pytest.raises(GeneMaskError, match=msg):
+            load_settings(bad)
+
+
+def test_model_k(tmp_path):
+    assert model_k(tmp_path) == 6
+    (tmp_path / "genemask.json").write_text('{"k": 4, "scheme": "dnabert"}')
+    assert model_k(tmp_path) == 4
+
+
+def test_compute_metrics():
+    y = np.array([0, 0, 1, 1])
+    p = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
+    m = compute_metrics(y, p, 2)
+    assert m == {"accuracy": 1.0, "macro_f1": 1.0, "mcc": 1.0, "auroc": 1.0}
+    m = compute_metrics(y, p[:, ::-1], 2)
+    assert m["accuracy"] == 0.0 and m["mcc"] == -1.0 and m["auroc"] == 0.0
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y3 = rng.integers(0, 3, 60)
+    p3 = rng.dirichlet(np.ones(3), 60).astype(np.float32)
+    m3 = compute_metrics(y3, p3, 3)
+    p64 = p3.astype(np.float64) / p3.astype(np.float64).sum(1, keepdims=True)
+    assert m3["auroc"] == pytest.approx(roc_auc_score(y3, p64, multi_class="ovo"))
+    assert compute_metrics(np.zeros(4, int), p, 2)["auroc"] is None  # one class: AUROC undefined

@@ -1,0 +1,173 @@
+"""The Snakemake workflow: lint, formatting, schema errors, the paper-scale DAG, and the whole
+shrunk DAG end to end on real data, with incremental reruns checked by dry runs."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from genemask import plan
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = [str(BIN / "snakemake"), "-s", str(ROOT / "workflow" / "Snakefile")]
+ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+
+
+def smk(*args, cwd=ROOT, check=True):
+    r = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, env=ENV, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run; {} when there is nothing to do."""
+    counts = {}
+    m = re.search(r"Job stats:\njob\s+count\n[-\s]+\n(.*?)\ntotal\s+(\d+)", output, re.S)
+    if not m:
+        return counts
+    for line in m.group(1).splitlines():
+        name, n = line.split()
+        counts[name] = int(n)
+    return counts
+
+
+def test_lint_and_format():
+    r = smk("--lint", "--configfile", "config/demo.yaml")
+    assert "Congratulations" in r.stdout + r.stderr
+    r = subprocess.run([str(BIN / "snakefmt"), "--check", "workflow"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_paper_scale_dry_run_builds_full_hg38_dag():
+    r = smk("-n", "--configfile", "config/config.yaml")
+    counts = job_counts(r.stdout + r.stderr)
+    chunks = sum(-(-n // 50_000_000) for n in yaml.safe_load(open(ROOT / "config/config.yaml"))["genome"]["contigs"].values())
+    assert chunks == 74
+    # 4 tasks x 5 shots, minus Cohn-enh and Splice-40 1000 (not public) = 18 task x shot
+    assert counts == {
+        "fetch": 1 + 18 + 4,  # genome + shot files + test sets (Prom-300 exclusions are its shot files)
+        "index_genome": 1, "chunks": 1, "ngrams": chunks, "merge_ngrams": 1, "npmi": 1, "corpus": chunks,
+        "pretrain": 4, "task_data": 18, "finetune": 18 * 4 * 5, "missing_shots": 1, "plot_loss": 1,
+        "mask_ranks": 1, "motifs": 1, "aggregate": 1, "all": 1,
+    }, counts
+
+
+@pytest.mark.parametrize("mutate, key, fault", [
+    (lambda c: c["pretrain"]["settings"].update(steps=-5), "pretrain.settings.steps", "less than the minimum"),
+    (lambda c: c["pretrain"].update(foo=1), "pretrain", "unknown key(s) ('foo' was unexpected)"),
+    (lambda c: c["finetune"].update(seeds="1"), "finetune.seeds", "is not of type 'array'"),
+    (lambda c: c["finetune"].update(tasks=["Prom-9000"]), "finetune.tasks", "unknown task 'Prom-9000'"),
+    (lambda c: c.setdefault("tasks", {}).update({"X": {"num_labels": 2, "test": "prom_core_test",
+                                                       "shots": {"10": "no_such_file"}}})
+     or c["finetune"].update(tasks=["X"]), "tasks.X.shots.10", "source 'no_such_file' is not declared"),
+])
+def test_config_errors_name_the_key(tmp_path, mutate, key, fault):
+    cfg = yaml.safe_load(open(ROOT / "config/demo.yaml"))
+    mutate(cfg)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    r = smk("-n", "--configfile", str(bad), check=False)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert f"key '{key}'" in out and fault in out, out[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# The shrunk DAG end to end (real hg38 slice and task files, tiny model): about 2-4 minutes.
+# ---------------------------------------------------------------------------------------------
+E2E = ROOT / "tests" / "data" / "e2e.yaml"
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory, mirror):
+    work = tmp_path_factory.mktemp("e2e")
+    r = smk("--configfile", str(E2E), "--directory", str(work), "--cores", "2", "--show-failed-logs")
+    return work, r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_e2e_report_has_every_run(e2e):
+    work, out = e2e
+    cfg = plan.resolve(yaml.safe_load(open(E2E)))
+    expected = plan.runs(cfg)
+    runs = pd.read_csv(work / "results/report/runs.tsv", sep="\t")
+    got = {(r.task, r.shot, r.scheme, r.seed) for r in runs.itertuples()}
+    assert got == {(r["task"], r["shot"], r["scheme"], r["seed"]) for r in expected}
+    for col in ("accuracy", "macro_f1", "auroc"):
+        assert runs[col].between(0, 1).all(), col
+    assert runs["mcc"].between(-1, 1).all()
+    summary = pd.read_csv(work / "results/report/summary.tsv", sep="\t")
+    missing = summary[summary["status"] == "missing"]
+    assert {(t, s) for t, s in zip(missing["task"], missing["shot"])} == {("Cohn-enh", 1000), ("Splice-40", 1000)}
+    html = (work / "results/report/report.html").read_text()
+    assert "Prom-core" in html and "data:image/png;base64" in html
+    for f in ("pretrain_loss.png", "mask_ranks.png", "motifs.tsv", "accuracy_vs_shots.png"):
+        assert (work / "results/report" / f).stat().st_size > 500, f
+    npmi = pd.read_csv(work / "results/npmi/npmi.tsv", sep="\t")
+    assert list(npmi.columns) == ["ngram", "order", "count", "naive_pmi", "dp_pmi", "npmi", "rank"]
+    model = work / "results/models/genemask"
+    assert json.loads((model / "genemask.json").read_text())["scheme"] == "genemask"
+    assert "Few-shot accuracy" in out  # the mean +- sd table is printed
+
+
+@pytest.mark.slow
+def test_e2e_unchanged_rerun_does_nothing(e2e):
+    work, _ = e2e
+    r = smk("-n", "--configfile", str(E2E), "--directory", str(work))
+    assert job_counts(r.stdout + r.stderr) == {}, r.stdout[-2000:]
+
+
+def _variant(work, mutate):
+    cfg = yaml.safe_load(open(E2E))
+    mutate(cfg)
+    path = work / "variant.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = smk("-n", "--configfile", str(path), "--directory", str(work))
+    return job_counts(r.stdout + r.stderr)
+
+
+@pytest.mark.slow
+def test_e2e_new_seed_reruns_only_new_finetuning(e2e):
+    work, _ = e2e
+    counts = _variant(work, lambda c: c["finetune"].update(seeds=[1, 2]))
+    # 4 tasks x 10 shots + 2 tasks x 1000 shots = 6 task x shot, x 3 schemes, one new seed each
+    assert counts == {"finetune": 18, "aggregate": 1, "all": 1}, counts
+
+
+@pytest.mark.slow
+def test_e2e_new_shot_reruns_only_new_jobs(e2e):
+    work, _ = e2e
+    counts = _variant(work, lambda c: c["finetune"].update(shots=[10, 50, 1000]))
+    assert counts == {"fetch": 4, "task_data": 4, "finetune": 12, "missing_shots": 0, "aggregate": 1, "all": 1} \
+        or counts == {"fetch": 4, "task_data": 4, "finetune": 12, "aggregate": 1, "all": 1}, counts
+
+
+@pytest.mark.slow
+def test_e2e_finetune_setting_reruns_finetuning_and_report_only(e2e):
+    work, _ = e2e
+    counts = _variant(work, lambda c: c["finetune"]["settings"]["regimes"][0].update(epochs=3))
+    assert counts == {"finetune": 18, "aggregate": 1, "all": 1}, counts
+
+
+@pytest.mark.slow
+def test_e2e_changed_genome_reruns_everything_downstream(e2e):
+    work, _ = e2e
+    genome = work / "results/sources/genome/hg38_chr2_1-2333275.fa.gz"
+    st = genome.stat()
+    os.utime(genome, (st.st_atime + 3600, st.st_mtime + 3600))
+    try:
+        r = smk("-n", "--configfile", str(E2E), "--directory", str(work))
+        counts = job_counts(r.stdout + r.stderr)
+    finally:
+        os.utime(genome, (st.st_atime, st.st_mtime))
+    assert counts == {"index_genome": 1, "chunks": 1, "ngrams": 2, "merge_ngrams": 1, "npmi": 1, "corpus": 2,
+                      "pretrain": 3, "finetune": 18, "plot_loss": 1, "mask_ranks": 1, "motifs": 1,
+                      "aggregate": 1, "all": 1}, counts
