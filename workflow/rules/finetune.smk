@@ -50,7 +50,7 @@ rule finetune:
         runtime=CFG["finetune"].get("runtime_min", 60),
     params:
         num_labels=lambda wc: CFG["tasks"][wc.task]["num_labels"],
-        settings=json.dumps(CFG["finetune"].get("settings", {})),
+        settings=json.dumps(CFG["finetune"].get("settings", {}), sort_keys=True),
     shell:
         "GENEMASK_THREADS={threads} genemask finetune --model {input.model} --train {input.train} "
         "--test {input.test} --task {wildcards.task} --shot {wildcards.shot} --seed {wildcards.seed} "

@@ -26,7 +26,7 @@ rule pretrain:
             if CFG["pretrain"].get("gpus", 0) <= 1
             else f"torchrun --standalone --nproc_per_node={CFG['pretrain']['gpus']} -m genemask.cli"
         ),
-        settings=json.dumps(CFG["pretrain"]["settings"]),
+        settings=json.dumps(CFG["pretrain"]["settings"], sort_keys=True),
         steps=lambda wc: "--set steps=0" if wc.scheme == "none" else "",
     shell:
         "{params.launcher} pretrain --corpus {input.corpus} --model-config {input.model_config} "
