@@ -37,7 +37,7 @@ def cut_pieces(seq: bytes, rng: np.random.Generator, max_bp: int = 511, min_bp: 
         # Draw enough lengths at once to cover the segment (mean length >= (max+min)/2 * ... >= min_bp).
         m = n // min_bp + 1
         full = rng.random(m) < 0.5
-        lens = np.where(full, max_bp, rng.integers(min_bp, max_bp, size=m))
+        lens = np.where(full, max_bp, rng.integers(min_bp, max(max_bp, min_bp + 1), size=m))
         ends = s + np.cumsum(lens)
         k = int(np.searchsorted(ends, e, side="left"))  # pieces [0..k) end at or before e... last clipped
         starts = np.concatenate(([s], ends[:-1]))
