@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pysam
 
 from .util import GeneMaskError, Progress, atomic_output
 
@@ -35,6 +34,8 @@ def read_sequences(path: str | Path, region: str | None = None) -> Iterator[tupl
 
     Plain, gzip and bgzip FASTA are read by streaming; a region needs a bgzip/plain file with .fai.
     """
+    import pysam  # imported where used: training nodes that only read a built corpus need no pysam
+
     path = Path(path)
     if not path.exists():
         raise GeneMaskError(f"{path}: file not found")
@@ -144,6 +145,8 @@ def index_fasta(fasta: str | Path, output: str | Path, contigs: list[str] | None
     `contigs` items are NAME or NAME:LENGTH; with a length, the contig must have exactly that many bp
     (the config declares lengths so that the chunk plan is known before the genome is read).
     """
+    import pysam
+
     fasta, output = Path(fasta), Path(output)
     want: dict[str, int | None] = {}
     for c in contigs or []:

@@ -251,6 +251,7 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
         return float(np.mean(losses)) if losses else float("nan")
 
     ddp_model.train()
+    t_start, tokens_start = time.perf_counter(), state["tokens_seen"]
     while state["step"] < steps:
         step = state["step"]
         idx = sample_indices(len(train), s["seed"], step * per_step, per_step)
@@ -298,13 +299,21 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
         if master and (step % int(s["checkpoint_every"]) == 0) and step < steps:
             save_checkpoint(ckpt_path, model, opt, sched, state)
     prog.close()
+    elapsed = time.perf_counter() - t_start
+    peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    if master and steps:
+        done = state["tokens_seen"] - tokens_start
+        print(f"pretrain {scheme}: {done:,} tokens in {elapsed:.1f}s = {done / max(elapsed, 1e-9):,.0f} tokens/s "
+              f"({world} x {device.type}" + (f", peak GPU memory {peak_gib:.2f} GiB" if peak_gib else "") + ")",
+              file=sys.stderr)
 
     if master:
         meta = {"scheme": scheme, "k": k, "settings": s, "model_config": model_config,
                 "ranking": str(ranking_path) if ranking_path else None,
                 "ranking_sha256": sha256_file(ranking_path), "corpus": [str(c) for c in corpus_dirs],
                 "train_pieces": len(train), "train_tokens": train.n_tokens(), "steps": steps,
-                "tokens_seen": state["tokens_seen"], "world_size": world}
+                "tokens_seen": state["tokens_seen"], "world_size": world, "device": str(device),
+                "peak_gpu_mem_gib": peak_gib}
         save_model_folder(output, model, k, meta, state)
         if ckpt_path.exists():
             ckpt_path.unlink()
@@ -340,11 +349,11 @@ def resume(path: Path, model, opt, sched, device) -> dict:
 
 
 def save_model_folder(output: Path, model, k: int, meta: dict, state: dict) -> None:
-    from .tokenizer import build_tokenizer
+    from .tokenizer import build_tokenizer, save_tokenizer
 
     with atomic_output(output, is_dir=True) as tmp:
         model.save_pretrained(tmp)
-        build_tokenizer(k).save_pretrained(tmp)
+        save_tokenizer(build_tokenizer(k), tmp)  # tokenizer.json + DNABERT-style vocab.txt
         (tmp / "genemask.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
         with open(tmp / "train_log.tsv", "w") as fh:
             fh.write("\t".join(LOG_COLUMNS) + "\n")

@@ -1,0 +1,528 @@
+"""Masking schemes for k-mer masked language modelling (spec section 5), vectorised over the batch.
+
+One interface: `make_masker(scheme, k=6, ranking=None, **options)` returns a `Masker`;
+`masker(input_ids, generator, step=0, total_steps=1) -> (masked_input_ids, labels)`. Rows are
+`[CLS] t1..tn [SEP] [PAD]...` (ids PAD0 UNK1 CLS2 SEP3 MASK4, k-mer token id = k-mer index + 5).
+The real tokens of a row are the positions 1..end, end = position of the closing [SEP] - 1 (a row
+whose last non-[PAD] token is not [SEP] is taken as truncated: end = its last non-[PAD] position).
+[CLS]/[SEP]/[PAD] are never masked; every span is clipped to [1, end]. After the masked set is chosen, each masked token becomes
+[MASK] with p 0.8, a random k-mer token (never a special token) with p 0.1, or stays (0.1); labels
+are -100 outside the masked set.
+
+Schemes (option `p` overrides the probability; defaults in `DEFAULT_P`):
+- `random`: every real token with p = 0.15 (BERT).
+- `dnabert`: centres with p = 0.025; a centre c masks its k-token span c+lo..c+hi,
+  (lo, hi) = (-1, 1), (-1, 2), (-2, 2), (-2, 3) for k = 3, 4, 5, 6: DNABERT's MASK_LIST offsets
+  [-1,1] / [-1,1,2] / [-2,-1,1,2] / [-2,-1,1,2,3] plus the centre itself.
+- `genemask` (the paper's figure): centres with p = 0.0176; every centre masks its DNABERT span; for
+  each centre c, q(c) is the position in its span (clipped) whose token has the best (smallest) NPMI
+  rank r(c) (rank looked up by token id; [UNK] and specials rank worst, 4**k + 1; ties: leftmost
+  position); the centres of a row are sorted by (r(c), c); the best ceil(m/2) of the m centres are
+  "high", except that with m <= 8 all are high (option `high_rule="all_if_le8"`, the released
+  code's rule and the default: 15.3 % masked on 506-token rows; `high_rule="half"`, the figure's
+  wording: 14.1 %). Each high centre masks q(c)-R..q(c)+R, R = `high_radius` (default k-1: the
+  11-token span for k = 6, i.e. every k-mer overlapping the chosen one).
+- `reference`: as genemask but with the released code's defect: the rank is looked up with the
+  token's *position* used as a token id (rank of the k-mer whose id equals the position; positions
+  that are special ids or beyond the vocabulary rank worst), so the choice never depends on the DNA.
+  Ablation only.
+- `curriculum` (after CM-GEMS; our design, the authors' code is unreleased): the genemask
+  machinery with the same number of high centres per row (so the masking budget, about 15 %, is
+  constant through training), but which centres are high, and where their wide span goes, moves
+  from random to NPMI-guided along a schedule
+      s(t) = min(1, t / (total_steps * ramp))          (option `ramp`, default 1.0 = linear over
+                                                          the whole run; 0.5 = full NPMI at half way)
+  At step t, of the n_high high slots of a row, n_npmi = floor(s * n_high + v) (v ~ U[0,1) per row:
+  stochastic rounding, so the expected share is exactly s) go to the best-NPMI centres and widen
+  around q(c) as in genemask; the other n_high - n_npmi go to centres picked uniformly at random
+  among the rest and widen around the centre c itself (no NPMI information). s = 0 is "random
+  11-token spans" (easy: the spans fall on ordinary, predictable-from-parts k-mers); s = 1 is
+  exactly genemask (hard: whole high-NPMI units are hidden). Rationale: GeneMask's premise is that
+  high-NPMI k-mers are the units that cannot be recovered from their parts, i.e. the hard ones, so
+  the difficulty criterion is NPMI and the curriculum is easy-to-hard over training.
+
+Random draws, in order, from the given `torch.Generator` (same seed and batch -> same masks):
+- `random`: `rand(B, L) < p` (dense).
+- centre schemes: the centres, a Bernoulli(p) process over positions 1..end, drawn through its gaps:
+  `geometric_(p)` on a [B, K] block (K ~ L*p + 6 sd; more blocks only if a row is not yet covered),
+  which has the distribution of `rand(B, L) < p` at a fraction of the cost (`draw_centres`; p > 0.1
+  falls back to the dense draw); curriculum then draws `rand(N)` (a priority per centre, row-major)
+  and `rand(B)` (the rounding jitter).
+- replacement: `rand(n)` and `randint(5, V, (n,))` for the n masked tokens in row-major order.
+`Masker.draw` and `Masker.positions_from_draws` split the drawing from the (deterministic) choice so
+that the slow loop implementation in `masking_reference` is checked against the same draws.
+
+Vectorisation: no Python loop runs over rows, tokens or centres. The spans are written sparsely
+(`put_spans`: work proportional to the number of centres, not B x L); per-row ordering of centres is
+one sort of a combined (row, rank, column) key plus cumulative counts.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from . import kmers
+from .util import GeneMaskError
+
+SCHEMES = ("random", "dnabert", "genemask", "reference", "curriculum")
+DEFAULT_P = {"random": 0.15, "dnabert": 0.025, "genemask": 0.0176, "reference": 0.0176, "curriculum": 0.0176}
+HIGH_RULES = ("all_if_le8", "half")
+NEEDS_RANKING = ("genemask", "reference", "curriculum")
+OPTIONS = ("p", "high_rule", "high_radius", "ramp", "mask_prob", "random_prob")
+DATA_A = Path("genemask") / "Data-A_norm-pmi-score-ranking.csv"
+IGNORE = -100
+
+
+def span_offsets(k: int) -> tuple[int, int]:
+    """DNABERT's span around a centre, as (lo, hi) inclusive offsets: k=6 -> (-2, 3)."""
+    return -((k - 1) // 2), k // 2
+
+
+def curriculum_share(step: int, total_steps: int, ramp: float = 1.0) -> float:
+    """s(t) = min(1, t / (total_steps * ramp)), in [0, 1]."""
+    horizon = total_steps * ramp
+    if horizon <= 0:
+        return 1.0
+    return float(min(1.0, max(0.0, step / horizon)))
+
+
+def real_positions(input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bool [B, L] mask of the real-token positions 1..end, end [B]).
+
+    n = number of non-[PAD] tokens of a row; end = n - 2 when the last of them is [SEP] (the normal
+    `[CLS] t1..tn [SEP] [PAD]...` row), else n - 1 (a truncated row without [SEP]).
+    """
+    end = row_ends(input_ids)
+    pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+    return (pos >= 1) & (pos <= end[:, None]), end
+
+
+def row_ends(input_ids: torch.Tensor) -> torch.Tensor:
+    """end [B] of `real_positions`, without building the [B, L] mask."""
+    n = input_ids.ne(kmers.PAD).sum(1, dtype=torch.int32).long()
+    last = input_ids.gather(1, (n - 1).clamp(min=0)[:, None])[:, 0]
+    return n - 1 - (last == kmers.SEP).long()
+
+
+def put_spans(out: torch.Tensor, rows: torch.Tensor, anchors: torch.Tensor, lo: int, hi: int,
+              end: torch.Tensor) -> None:
+    """Set out[r, a+lo..a+hi] (clipped to [1, end[r]]) for every (r, a) = (rows[i], anchors[i]); in place.
+
+    Sparse: the work is proportional to the number of anchors, not to B x L. Positions outside
+    [1, end] are redirected to flat index 0 (column 0 is never a real token) and column 0 is cleared
+    at the end; an anchor far outside the row therefore sets nothing.
+    """
+    if rows.numel() == 0:
+        return
+    L = out.shape[1]
+    offs = torch.arange(lo, hi + 1, device=anchors.device)
+    p = anchors[:, None] + offs
+    ok = (p >= 1) & (p <= end[rows][:, None])
+    flat = (rows * L + anchors)[:, None] + offs
+    out.view(-1).index_fill_(0, flat.masked_fill_(~ok, 0).view(-1), True)  # invalid -> flat 0: row 0, column 0
+    out[:, 0] = False
+
+
+def rank_table(ranking: np.ndarray, k: int) -> torch.Tensor:
+    """Rank by token id: specials ([PAD] [UNK] [CLS] [SEP] [MASK]) get the worst rank, 4**k + 1."""
+    ranking = np.asarray(ranking, dtype=np.int64)
+    if ranking.shape != (4**k,):
+        raise GeneMaskError(f"ranking: expected {4**k} ranks (one per {k}-mer), got shape {ranking.shape}")
+    worst = 4**k + 1
+    return torch.from_numpy(np.concatenate([np.full(kmers.N_SPECIAL, worst), np.minimum(ranking, worst)]))
+
+
+def _row_rank(rows: torch.Tensor, key: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """For entries grouped by row (rows ascending), the 0-based rank of each entry's key within its row.
+
+    `key` must already order the rows (a row-major combined key); ties keep entry order (stable sort),
+    which for row-major centre lists is column order.
+    """
+    order = torch.sort(key, stable=True).indices
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=rows.device) - start[rows[order]]
+    return rank
+
+
+def genemask_positions(input_ids: torch.Tensor, centres: torch.Tensor, ranks: torch.Tensor, k: int = 6,
+                       high_rule: str = "all_if_le8", high_radius: int | None = None,
+                       by_position: bool = False, share: float = 1.0, priority: torch.Tensor | None = None,
+                       jitter: torch.Tensor | None = None, end: torch.Tensor | None = None,
+                       rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> torch.Tensor:
+    """The genemask masked set for pre-drawn centres (bool [B, L]); also `reference` and `curriculum`.
+
+    centres: bool [B, L] (only those in [1, end] count). ranks: rank by token id (`rank_table`).
+    by_position: the released code's defect (position used as the token id). share < 1 (curriculum):
+    needs `priority` (float [N], one per centre in row-major order) and `jitter` (float [B]).
+    end, rows, cols: `row_ends(input_ids)` and the centres' coordinates, if already known.
+    """
+    B, L = input_ids.shape
+    dev = input_ids.device
+    if end is None:
+        end = row_ends(input_ids)
+    if rows is None:
+        pos = torch.arange(L, device=dev)
+        rows, cols = (centres & (pos >= 1) & (pos <= end[:, None])).nonzero(as_tuple=True)  # row-major
+    lo, hi = span_offsets(k)
+    R = k - 1 if high_radius is None else int(high_radius)
+    masked = torch.zeros((B, L), dtype=torch.bool, device=dev)
+    put_spans(masked, rows, cols, lo, hi, end)  # every centre masks its DNABERT span
+    if rows.numel() == 0:
+        return masked
+    ranks = ranks.to(dev)
+    V = ranks.numel()
+    worst = 4**k + 1  # rank_table caps every rank at this
+    # the neighbourhood c+lo..c+hi of every centre at once: [N, k]; out-of-row positions rank worst+1
+    p = cols[:, None] + torch.arange(lo, hi + 1, device=dev)[None, :]
+    ok = (p >= 1) & (p <= end[rows][:, None])
+    pc = p.clamp(0, L - 1)
+    if by_position:
+        r = torch.where(pc < V, ranks[pc.clamp(max=V - 1)], worst)
+    else:
+        r = ranks[input_ids.view(-1)[rows[:, None] * L + pc]]
+    r = torch.where(ok, r, worst + 1)
+    best_r, j = r.min(1)  # the first (leftmost) minimum on ties
+    best_q = cols + (j + lo)
+
+    m = torch.bincount(rows, minlength=B)
+    n_high = (m + 1) // 2
+    if high_rule == "all_if_le8":
+        n_high = torch.where(m <= 8, m, n_high)
+    elif high_rule != "half":
+        raise GeneMaskError(f"option high_rule={high_rule!r}: expected one of {', '.join(HIGH_RULES)}")
+    rank_in_row = _row_rank(rows, (rows * (worst + 2) + best_r) * L + cols, m)
+
+    nowhere = torch.full_like(cols, -(L + R + 2))  # an anchor whose span misses every row position
+    if share >= 1.0:
+        anchors = torch.where(rank_in_row < n_high[rows], best_q, nowhere)
+    else:
+        if priority is None or jitter is None:
+            raise ValueError("share < 1 needs priority and jitter draws")
+        n_npmi = torch.floor(share * n_high.to(torch.float64) + jitter.to(dev, torch.float64)).long()
+        n_npmi = torch.minimum(n_npmi, n_high)
+        npmi_high = rank_in_row < n_npmi[rows]
+        u = torch.where(npmi_high, 2.0, priority.to(dev, torch.float64))
+        rand_rank = _row_rank(rows, rows.to(torch.float64) * 4.0 + u, m)  # exact in float64
+        rand_high = ~npmi_high & (rand_rank < (n_high - n_npmi)[rows])
+        anchors = torch.where(npmi_high, best_q, torch.where(rand_high, cols, nowhere))
+    put_spans(masked, rows, anchors, -R, R, end)
+    return masked
+
+
+class Draws(NamedTuple):
+    """A masker's random draws. centres: bool [B, L] (for `random`, the masked set itself); rows/cols:
+    the centres' coordinates in row-major order (optional, derived from `centres` when absent);
+    curriculum: priority float [N] (one per centre, row-major order) and jitter float [B]."""
+
+    centres: torch.Tensor
+    priority: torch.Tensor | None = None
+    jitter: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+    cols: torch.Tensor | None = None
+
+
+SPARSE_MAX_P = 0.1  # centre probabilities up to this are drawn as geometric gaps (see `draw_centres`)
+
+
+def draw_centres(end: torch.Tensor, L: int, p: float, generator, device, block: int | None = None):
+    """Bernoulli(p) centres at the positions 1..end of each row -> (bool [B, L], rows, cols).
+
+    For p <= SPARSE_MAX_P the Bernoulli process is drawn through its gaps, i.i.d. Geometric(p) on
+    {1, 2, ...}: the centres are the cumulative sums of a [B, K] block of gaps that fall in [1, end]
+    (K ~ L*p + 6 sd; another block is appended in the rare case a row is not yet covered). Same
+    distribution as `rand(B, L) < p`, with ~L*p instead of L random numbers per row and no scan of
+    the [B, L] matrix. Larger p: dense `rand(B, L) < p`.
+    """
+    B = end.shape[0]
+    centres = torch.zeros((B, L), dtype=torch.bool, device=device)
+    if p <= 0 or B == 0:
+        e = torch.empty(0, dtype=torch.long, device=device)
+        return centres, e, e
+    if p > SPARSE_MAX_P:
+        pos = torch.arange(L, device=device)
+        centres = (_rand((B, L), generator, device) < p) & (pos >= 1) & (pos <= end[:, None])
+        rows, cols = centres.nonzero(as_tuple=True)
+        return centres, rows, cols
+    K = block or int(math.ceil(L * p + 6 * math.sqrt(L * p * (1 - p)) + 4))
+    at = _geometric((B, K), p, generator, device, L + 1).cumsum(1)
+    while bool((at[:, -1] <= end).any()):  # some row not covered yet (probability ~1e-9 per row)
+        at = torch.cat([at, at[:, -1:] + _geometric((B, K), p, generator, device, L + 1).cumsum(1)], 1)
+    rows, j = (at <= end[:, None]).nonzero(as_tuple=True)  # row-major, columns ascending
+    cols = at[rows, j]
+    centres.view(-1).index_fill_(0, rows * L + cols, True)
+    return centres, rows, cols
+
+
+def _geometric(shape, p, generator, device, cap: int) -> torch.Tensor:
+    """Geometric(p) gaps on {1, 2, ...} as int64, capped at `cap` (a gap past the row end is as good as
+    any larger one; the cap also keeps tiny p from overflowing int64)."""
+    gdev = generator.device if generator is not None and generator.device.type != device.type else device
+    g = torch.empty(shape, dtype=torch.float64, device=gdev).geometric_(p, generator=generator)
+    return g.clamp_(max=cap).long().to(device)
+
+
+def _rand(shape, generator, device) -> torch.Tensor:
+    if generator is None:
+        return torch.rand(shape, device=device)
+    if generator.device.type != device.type:
+        return torch.rand(shape, generator=generator, device=generator.device).to(device)
+    return torch.rand(shape, generator=generator, device=device)
+
+
+def _randint(lo, hi, shape, generator, device) -> torch.Tensor:
+    if generator is None:
+        return torch.randint(lo, hi, shape, device=device)
+    gdev = generator.device if generator.device.type != device.type else device
+    return torch.randint(lo, hi, shape, generator=generator, device=gdev).to(device)
+
+
+@dataclass
+class Masker:
+    """A masking scheme; call it on a padded batch. Build it with `make_masker`."""
+
+    scheme: str
+    k: int = 6
+    ranking: np.ndarray | None = None
+    p: float = 0.15
+    high_rule: str = "all_if_le8"
+    high_radius: int = 5
+    ramp: float = 1.0
+    mask_prob: float = 0.8
+    random_prob: float = 0.1
+
+    def __post_init__(self):
+        self._ranks = rank_table(self.ranking, self.k) if self.ranking is not None else None
+        self._ranks_dev: dict = {}
+        self.vocab_size = kmers.vocab_size(self.k)
+
+    def settings(self) -> dict:
+        """The scheme and its options (JSON-ready), for recording next to a model."""
+        return {"scheme": self.scheme, "k": self.k, "p": self.p, "high_rule": self.high_rule,
+                "high_radius": self.high_radius, "ramp": self.ramp, "mask_prob": self.mask_prob,
+                "random_prob": self.random_prob}
+
+    def ranks(self, device) -> torch.Tensor:
+        key = str(device)
+        if key not in self._ranks_dev:
+            self._ranks_dev[key] = self._ranks.to(device)
+        return self._ranks_dev[key]
+
+    def draw(self, input_ids: torch.Tensor, generator: torch.Generator | None = None, end=None,
+             block: int | None = None) -> Draws:
+        """The scheme's random draws for the masked set (see the module docstring for their order)."""
+        input_ids = _as_ids(input_ids)
+        B, L = input_ids.shape
+        dev = input_ids.device
+        if end is None:
+            end = row_ends(input_ids)
+        if self.scheme == "random":  # per-token masking: always the dense draw
+            pos = torch.arange(L, device=dev)
+            return Draws((_rand((B, L), generator, dev) < self.p) & (pos >= 1) & (pos <= end[:, None]))
+        centres, rows, cols = draw_centres(end, L, self.p, generator, dev, block=block)
+        if self.scheme == "curriculum":
+            return Draws(centres, _rand((rows.numel(),), generator, dev), _rand((B,), generator, dev), rows, cols)
+        return Draws(centres, rows=rows, cols=cols)
+
+    def positions_from_draws(self, input_ids: torch.Tensor, draws: Draws, step: int = 0,
+                             total_steps: int = 1, end=None) -> torch.Tensor:
+        """The masked set (bool [B, L]) for given draws: deterministic."""
+        input_ids = _as_ids(input_ids)
+        s = self.scheme
+        if end is None:
+            end = row_ends(input_ids)
+        B, L = input_ids.shape
+        if s == "random":
+            pos = torch.arange(L, device=input_ids.device)
+            return draws.centres & (pos >= 1) & (pos <= end[:, None])
+        rows, cols = draws.rows, draws.cols
+        if rows is None:
+            pos = torch.arange(L, device=input_ids.device)
+            rows, cols = (draws.centres & (pos >= 1) & (pos <= end[:, None])).nonzero(as_tuple=True)
+        if s == "dnabert":
+            masked = torch.zeros((B, L), dtype=torch.bool, device=input_ids.device)
+            put_spans(masked, rows, cols, *span_offsets(self.k), end)
+            return masked
+        share = curriculum_share(step, total_steps, self.ramp) if s == "curriculum" else 1.0
+        return genemask_positions(
+            input_ids, draws.centres, self.ranks(input_ids.device), k=self.k, high_rule=self.high_rule,
+            high_radius=self.high_radius, by_position=(s == "reference"), share=share,
+            priority=draws.priority, jitter=draws.jitter, end=end, rows=rows, cols=cols,
+        )
+
+    def mask_positions(self, input_ids: torch.Tensor, generator: torch.Generator | None = None,
+                       step: int = 0, total_steps: int = 1) -> torch.Tensor:
+        """The masked set only (bool [B, L]), before the 80/10/10 replacement."""
+        input_ids = _as_ids(input_ids)
+        end = row_ends(input_ids)
+        return self.positions_from_draws(input_ids, self.draw(input_ids, generator, end), step, total_steps, end)
+
+    def replace(self, input_ids: torch.Tensor, masked: torch.Tensor,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """80 % [MASK], 10 % random k-mer token, 10 % unchanged; labels -100 outside `masked`.
+
+        Draws rand(n) then randint(5, V, (n,)) for the n masked tokens in row-major order.
+        """
+        input_ids = _as_ids(input_ids)
+        dev = input_ids.device
+        flat = masked.reshape(-1).nonzero().squeeze(1)
+        vals = input_ids.view(-1)[flat]
+        n = flat.numel()
+        x = _rand((n,), generator, dev)
+        rnd = _randint(kmers.N_SPECIAL, self.vocab_size, (n,), generator, dev)
+        new = torch.where(x < self.mask_prob, kmers.MASK,
+                          torch.where(x < self.mask_prob + self.random_prob, rnd, vals))
+        out = input_ids.clone()
+        out.view(-1)[flat] = new
+        labels = torch.full_like(input_ids, IGNORE)
+        labels.view(-1)[flat] = vals
+        return out, labels
+
+    def __call__(self, input_ids: torch.Tensor, generator: torch.Generator | None = None, step: int = 0,
+                 total_steps: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        input_ids = _as_ids(input_ids)
+        masked = self.mask_positions(input_ids, generator, step, total_steps)
+        return self.replace(input_ids, masked, generator)
+
+
+def _as_ids(x) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if x.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {tuple(x.shape)}")
+    x = x if x.dtype == torch.long else x.long()
+    return x.contiguous()
+
+
+def make_masker(scheme: str, k: int = 6, ranking=None, **options) -> Masker:
+    """A `Masker` for `scheme` (one of SCHEMES). `ranking`: NPMI rank per k-mer index (array of 4**k,
+    e.g. `npmi.load_ranking`) or the path of an NPMI table; required by genemask/reference/curriculum.
+    Options: p, high_rule ("all_if_le8" | "half"), high_radius (default k-1), ramp (curriculum,
+    default 1.0), mask_prob (0.8), random_prob (0.1).
+    """
+    if scheme not in SCHEMES:
+        raise GeneMaskError(f"scheme {scheme!r}: expected one of {', '.join(SCHEMES)}")
+    if k not in kmers.SUPPORTED_K:
+        raise GeneMaskError(f"k={k}: supported k-mer sizes are {', '.join(map(str, kmers.SUPPORTED_K))}")
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise GeneMaskError(f"masking option {unknown[0]!r}: unknown (known: {', '.join(OPTIONS)})")
+    if isinstance(ranking, (str, os.PathLike)):
+        from .npmi import load_ranking
+
+        ranking = load_ranking(ranking, k=k)
+    if scheme in NEEDS_RANKING and ranking is None:
+        raise GeneMaskError(f"scheme {scheme!r} needs an NPMI ranking (--ranking)")
+    opts = {"p": DEFAULT_P[scheme], "high_rule": "all_if_le8", "high_radius": k - 1, "ramp": 1.0,
+            "mask_prob": 0.8, "random_prob": 0.1}
+    opts.update({key: v for key, v in options.items() if v is not None})
+    if not 0.0 <= float(opts["p"]) <= 1.0:
+        raise GeneMaskError(f"masking option p={opts['p']}: must be in [0, 1]")
+    if opts["high_rule"] not in HIGH_RULES:
+        raise GeneMaskError(f"masking option high_rule={opts['high_rule']!r}: expected one of {', '.join(HIGH_RULES)}")
+    if int(opts["high_radius"]) < 0:
+        raise GeneMaskError(f"masking option high_radius={opts['high_radius']}: must be >= 0")
+    if float(opts["ramp"]) <= 0:
+        raise GeneMaskError(f"masking option ramp={opts['ramp']}: must be > 0")
+    mp, rp = float(opts["mask_prob"]), float(opts["random_prob"])
+    if mp < 0 or rp < 0 or mp + rp > 1:
+        raise GeneMaskError(f"masking options mask_prob={mp}, random_prob={rp}: need >= 0 and a sum <= 1")
+    return Masker(scheme=scheme, k=k, ranking=None if ranking is None else np.asarray(ranking),
+                  p=float(opts["p"]), high_rule=opts["high_rule"], high_radius=int(opts["high_radius"]),
+                  ramp=float(opts["ramp"]), mask_prob=mp, random_prob=rp)
+
+
+# ---- mask-stats ------------------------------------------------------------------------------------
+
+def default_ranking_path() -> Path:
+    mirror = os.environ.get("GENEMASK_MIRROR")
+    if not mirror:
+        raise GeneMaskError("no NPMI ranking: pass --ranking or set GENEMASK_MIRROR to the data mirror "
+                            f"(which holds {DATA_A})")
+    path = Path(mirror) / DATA_A
+    if not path.exists():
+        raise GeneMaskError(f"{path}: published ranking not found in $GENEMASK_MIRROR (pass --ranking)")
+    return path
+
+
+def cut_pieces(fasta, n_seqs: int, length: int = 511) -> list[bytes]:
+    """Consecutive upper-cased `length`-bp pieces free of non-ACGT letters, first n_seqs in file order."""
+    from .genome import read_sequences
+
+    pieces: list[bytes] = []
+    for _, seq in read_sequences(fasta):
+        seq = seq.upper()
+        good = kmers.encode(seq) != 255
+        # ACGT runs: starts/ends from the edges of `good`
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], good.view(np.int8), [0]])))
+        for a, b in zip(edges[::2], edges[1::2]):
+            for s in range(a, b - length + 1, length):
+                pieces.append(seq[s : s + length])
+                if len(pieces) >= n_seqs:
+                    return pieces
+    return pieces
+
+
+def mask_stats_cli(fasta, scheme: str, ranking=None, k: int = 6, n_seqs: int = 2000, seed: int = 0,
+                   step: int = 0, total_steps: int = 1, batch_size: int = 256) -> int:
+    """`genemask mask-stats`: mask real 511-bp pieces of `fasta` with `scheme`, print key=value lines.
+
+    Pieces: the first `n_seqs` consecutive 511-bp (506-token) stretches free of N, upper-cased.
+    Printed: scheme, k, ranking, n_seqs, n_tokens, masked_fraction, mean_span (mean length of the
+    masked runs), mean_rank_masked / mean_rank_all (mean NPMI rank of the masked k-mers / of all
+    k-mers; 1 = highest NPMI), top_decile_masked / top_decile_all (share of k-mers in the ranking's
+    top 10 %), and for curriculum the schedule value s at `step`. Ranking: `ranking`, else the
+    published Data-A table in $GENEMASK_MIRROR, else a GeneMaskError.
+    """
+    from .npmi import load_ranking
+    from .tokenizer import encode_sequences
+
+    if n_seqs < 1:
+        raise GeneMaskError(f"--n-seqs={n_seqs}: must be >= 1")
+    rank_path = Path(ranking) if ranking is not None else default_ranking_path()
+    rank_arr = load_ranking(rank_path, k=k)
+    masker = make_masker(scheme, k=k, ranking=rank_arr)
+    pieces = cut_pieces(fasta, n_seqs)
+    if not pieces:
+        raise GeneMaskError(f"{fasta}: no 511-bp stretch free of N in the file")
+    gen = torch.Generator().manual_seed(seed)
+    ranks = rank_table(rank_arr, k)
+    top = 4**k // 10  # top decile of the ranking
+    tot = {"masked": 0.0, "real": 0.0, "runs": 0.0, "rank_m": 0.0, "n_m": 0.0, "rank_a": 0.0, "n_a": 0.0,
+           "top_m": 0.0, "top_a": 0.0}
+    for i in range(0, len(pieces), batch_size):
+        ids = encode_sequences(k, [p.decode() for p in pieces[i : i + batch_size]])["input_ids"]
+        masked = masker.mask_positions(ids, gen, step=step, total_steps=total_steps)
+        real, _ = real_positions(ids)
+        is_kmer = real & (ids >= kmers.N_SPECIAL)
+        starts = masked.clone()
+        starts[:, 1:] &= ~masked[:, :-1]
+        r = ranks[ids].double()
+        tot["masked"] += float(masked.sum())
+        tot["real"] += float(real.sum())
+        tot["runs"] += float(starts.sum())
+        tot["rank_m"] += float(r[masked & is_kmer].sum())
+        tot["n_m"] += float((masked & is_kmer).sum())
+        tot["rank_a"] += float(r[is_kmer].sum())
+        tot["n_a"] += float(is_kmer.sum())
+        tot["top_m"] += float((r[masked & is_kmer] <= top).sum())
+        tot["top_a"] += float((r[is_kmer] <= top).sum())
+    out = {
+        "scheme": scheme, "k": k, "ranking": str(rank_path), "n_seqs": len(pieces), "n_tokens": int(tot["real"]),
+        "masked_fraction": f"{tot['masked'] / max(tot['real'], 1):.4f}",
+        "mean_span": f"{tot['masked'] / max(tot['runs'], 1):.2f}",
+        "mean_rank_masked": f"{tot['rank_m'] / max(tot['n_m'], 1):.1f}",
+        "mean_rank_all": f"{tot['rank_a'] / max(tot['n_a'], 1):.1f}",
+        "top_decile_masked": f"{tot['top_m'] / max(tot['n_m'], 1):.4f}",
+        "top_decile_all": f"{tot['top_a'] / max(tot['n_a'], 1):.4f}",
+    }
+    if scheme == "curriculum":
+        out["curriculum_share"] = curriculum_share(step, total_steps, masker.ramp)
+    for key, v in out.items():
+        print(f"{key}={v}")
+    return 0
