@@ -22,7 +22,9 @@ run() {  # name model steps extra-sets...
   grep -E "^\[pretrain" "$logs/$name.log" | tail -1
   cp "$models/$name/train_log.tsv" "$logs/$name.train_log.tsv" 2>/dev/null && tail -1 "$logs/$name.train_log.tsv"
 }
-run logo logo "${STEPS_LOGO:-300}" "$@"
-run logo_compile logo "${STEPS_LOGO_COMPILE:-150}" compile=true
-run dnabert dnabert "${STEPS_BERT:-40}"
+want() { [[ " ${RUNS:-logo logo_compile dnabert} " == *" $1 "* ]]; }
+want logo && run logo logo "${STEPS_LOGO:-300}"
+want logo_b50 && run logo_b50 logo "${STEPS_LOGO:-300}" batch_size=50 grad_accum=5
+want logo_compile && run logo_compile logo "${STEPS_LOGO_COMPILE:-150}" compile=true
+want dnabert && run dnabert dnabert "${STEPS_BERT:-40}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
