@@ -19,9 +19,9 @@ $(BIN)/genemask: pyproject.toml
 demo: $(BIN)/genemask
 	@start=$$(date +%s); \
 	$(BIN)/snakemake --configfile config/demo.yaml --cores $(CORES) --printshellcmds --show-failed-logs && \
-	$(BIN)/snakemake --configfile config/demo.yaml --report results/report/report.html && \
+	$(BIN)/snakemake --configfile config/demo.yaml --report results/snakemake_report.html && \
 	$(BIN)/genemask timings results/benchmarks && \
-	echo "demo finished in $$(( $$(date +%s) - start )) s; report: results/report/report.html"
+	echo "demo finished in $$(( $$(date +%s) - start )) s; reports: results/snakemake_report.html, results/report/report.html"
 
 test: $(BIN)/genemask
 	$(BIN)/pytest -q

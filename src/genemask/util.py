@@ -25,8 +25,9 @@ def atomic_output(path: str | os.PathLike, is_dir: bool = False):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run (SIGKILL skips cleanup)
+        _remove(stale)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    _remove(tmp)
     if is_dir:
         tmp.mkdir()
     try:
