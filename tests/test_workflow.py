@@ -76,8 +76,9 @@ def test_config_errors_name_the_key(tmp_path, mutate, key, fault):
     bad.write_text(yaml.safe_dump(cfg))
     r = smk("-n", "--configfile", str(bad), check=False)
     assert r.returncode != 0
-    out = r.stdout + r.stderr
-    assert f"key '{key}'" in out and fault in out, out[-2000:]
+    errors = [line for line in (r.stdout + r.stderr).splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, errors  # one line, no traceback
+    assert errors[0].startswith(f"genemask: error: {bad}: key '{key}'") and fault in errors[0], errors
 
 
 # ---------------------------------------------------------------------------------------------

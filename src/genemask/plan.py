@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from .genome import plan_chunks
-from .util import GeneMaskError
+from .util import GeneMaskError  # noqa: F401 - re-exported for the Snakefile
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = {

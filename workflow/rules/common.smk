@@ -1,10 +1,16 @@
 # Config validation and every input function / wildcard list; the logic is in genemask.plan.
 import json
 import os
+import sys
 
 from genemask import plan
 
-CFG = plan.resolve(config, where="config")
+try:
+    CFG = plan.resolve(
+        config, where=" + ".join(map(str, workflow.configfiles)) or "config"
+    )
+except plan.GeneMaskError as e:  # one line naming the config file and key, no traceback
+    sys.exit(f"genemask: error: {e}")
 RESULTS = "results"
 ENV = "../../envs/genemask.yaml"
 CHUNKS = plan.chunks(CFG)
