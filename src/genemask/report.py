@@ -13,7 +13,7 @@ writes, in `outdir`:
                  mean difference, number of pairs, paired t-test (scipy.stats.ttest_rel) and
                  Wilcoxon signed-rank test (scipy.stats.wilcoxon, only with >= WILCOXON_MIN_PAIRS
                  pairs: below 6 pairs its exact two-sided p-value can never reach 0.05); p-values are
-                 NaN with fewer than 2 pairs;
+                 NaN with fewer than TTEST_MIN_PAIRS (3) pairs or constant differences;
 * `accuracy_vs_shots.png`  one panel per task, accuracy vs shots (log x), one line per scheme,
                  error bars = sd over seeds, missing shots marked;
 * `report.html`  a self-contained page (tables + figures embedded as base64), so a report exists
@@ -50,6 +50,9 @@ REQUIRED_KEYS = ID_KEYS + ("n_train", "n_test") + METRICS + ("train_seconds", "e
 OPTIONAL_KEYS = ("num_labels", "epochs", "batch_size", "lr")
 BASELINE = "dnabert"
 WILCOXON_MIN_PAIRS = 6
+# With 2 pairs the t-test has one degree of freedom and a near-constant difference (identical test
+# subsets give differences equal up to float noise) yields absurd p-values such as 1e-15: need 3.
+TTEST_MIN_PAIRS = 3
 SCHEME_ORDER = ("none", "dnabert", "genemask", "curriculum", "random", "reference")
 TASK_ORDER = ("Prom-core", "Prom-300", "Cohn-enh", "Splice-40")
 _PALETTE = {  # fixed colours so a scheme looks the same in every figure
@@ -253,7 +256,7 @@ def paired_tests(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
                 n = int(a.size)
                 d = a - b
                 t = p_t = w = p_w = math.nan
-                if n >= 2:
+                if n >= TTEST_MIN_PAIRS and np.std(d) > 1e-12:
                     with warnings.catch_warnings(), np.errstate(all="ignore"):
                         warnings.simplefilter("ignore")
                         res = stats.ttest_rel(a, b)
