@@ -171,3 +171,15 @@ def test_e2e_changed_genome_reruns_everything_downstream(e2e):
     assert counts == {"fetch": 1, "index_genome": 1, "chunks": 1, "ngrams": 2, "merge_ngrams": 1, "npmi": 1,
                       "corpus": 2, "pretrain": 3, "finetune": 18, "plot_loss": 1, "mask_ranks": 1, "motifs": 1,
                       "aggregate": 1, "all": 1}, counts
+
+
+@pytest.mark.slow
+def test_e2e_snakemake_report(e2e):
+    """`snakemake --report` collects the report() outputs with their captions into one HTML file."""
+    work, _ = e2e
+    html = work / "snakemake_report.html"
+    smk("--configfile", str(E2E), "--directory", str(work), "--report", str(html))
+    text = html.read_text(errors="replace")
+    assert html.stat().st_size > 100_000
+    for name in ("accuracy_vs_shots.png", "summary.tsv", "tests.tsv", "pretrain_loss.png", "mask_ranks.png", "motifs.tsv"):
+        assert name in text, name
