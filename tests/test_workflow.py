@@ -183,3 +183,15 @@ def test_e2e_snakemake_report(e2e):
     assert html.stat().st_size > 100_000
     for name in ("accuracy_vs_shots.png", "summary.tsv", "tests.tsv", "pretrain_loss.png", "mask_ranks.png", "motifs.tsv"):
         assert name in text, name
+
+
+def test_published_ranking_skips_counting(tmp_path):
+    """npmi.ranking: published pretrains with the authors' Data-A table: no counting, no NPMI job."""
+    cfg = yaml.safe_load(open(ROOT / "config/demo.yaml"))
+    cfg["npmi"]["ranking"] = "published"
+    path = tmp_path / "published.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = smk("-n", "--configfile", str(path), "--directory", str(tmp_path))
+    counts = job_counts(r.stdout + r.stderr)
+    assert "ngrams" not in counts and "npmi" not in counts and counts["pretrain"] == 3
+    assert "Data-A_norm-pmi-score-ranking.csv" in r.stdout + r.stderr
