@@ -29,6 +29,11 @@ test: $(BIN)/genemask
 test-fast: $(BIN)/genemask
 	$(BIN)/pytest -q -m "not slow"
 
+# Root only (CI): installs SLURM + munge with apt, starts a one-node cluster with 2 fake GPUs, runs the
+# shrunk DAG through the SLURM executor (profiles/slurm + profiles/slurm-ci), stops it again (~3-4 min).
+test-slurm: $(BIN)/genemask
+	VENV=$(VENV) bash .ci/slurm/run.sh
+
 lint: $(BIN)/genemask
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(BIN)/snakefmt --check workflow

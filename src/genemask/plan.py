@@ -21,6 +21,15 @@ DEFAULTS = {
 }
 
 
+def export_root() -> None:
+    """Export GENEMASK_ROOT (this checkout) for envs/genemask.post-deploy.sh, which installs the
+    package into the conda env that `--sdm conda` builds (a relative pip path cannot: snakemake
+    copies env files into .snakemake/conda/ before conda reads them)."""
+    import os
+
+    os.environ["GENEMASK_ROOT"] = str(ROOT)
+
+
 def _load_yaml(path: Path) -> dict:
     try:
         return yaml.safe_load(path.read_text()) or {}
