@@ -226,20 +226,18 @@ def dispatch(args: argparse.Namespace):
     if c == "task-data":
         from .tasks import prepare_task_data
 
-        prepare_task_data(
+        return prepare_task_data(
             task=args.task, train=args.train, test=args.test, exclude=args.exclude, num_labels=args.num_labels,
             max_test=args.max_test, seed=args.seed, out_train=args.out_train, out_test=args.out_test,
             out_stats=args.out_stats,
         )
-        return 0
     if c == "finetune":
         from .finetune import finetune_cli
 
-        finetune_cli(
+        return finetune_cli(
             model=args.model, train=args.train, test=args.test, task=args.task, shot=args.shot, seed=args.seed,
             scheme=args.scheme, num_labels=args.num_labels, settings=args.settings, output=args.output,
         )
-        return 0
     if c == "aggregate":
         from .report import aggregate_cli
 
@@ -248,14 +246,12 @@ def dispatch(args: argparse.Namespace):
     if c == "plot-loss":
         from .report import plot_loss
 
-        plot_loss(args.logs, args.labels, args.output)
-        return 0
+        return plot_loss(args.logs, args.labels, args.output)
     if c == "plot-mask-ranks":
         from .report import plot_mask_ranks_cli
 
-        plot_mask_ranks_cli(args.stats, args.output, labels=args.labels, ranking=args.ranking,
-                            reference=args.reference, k=args.k)
-        return 0
+        return plot_mask_ranks_cli(args.stats, args.output, labels=args.labels, ranking=args.ranking,
+                                   reference=args.reference, k=args.k)
     if c == "motifs":
         from .motifs import motifs_cli
 
