@@ -70,9 +70,9 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(setup, data_a):
     proc = subprocess.Popen(_cmd(setup, out, data_a, *steps), stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)  # right after the first checkpoint (step 4 of 16)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL and not out.exists() and ckpt.exists()
     step_at_kill = torch.load(ckpt, weights_only=False)["state"]["step"]
