@@ -195,3 +195,13 @@ def test_published_ranking_skips_counting(tmp_path):
     counts = job_counts(r.stdout + r.stderr)
     assert "ngrams" not in counts and "npmi" not in counts and counts["pretrain"] == 3
     assert "Data-A_norm-pmi-score-ranking.csv" in r.stdout + r.stderr
+
+
+def test_config_overrides_one_key_of_a_catalogued_source():
+    """A user pins hg38's sha256 without repeating its URL and mirror path."""
+    cfg = yaml.safe_load(open(ROOT / "config/config.yaml"))
+    cfg["sources"] = {"hg38": {"sha256": "a" * 64}}
+    resolved = plan.resolve(cfg)
+    assert resolved["sources"]["hg38"] == {"url": "https://hgdownload.soe.ucsc.edu/goldenPath/hg38/bigZips/hg38.fa.gz",
+                                           "sha256": "a" * 64, "path": "genome/hg38.fa.gz"}
+    assert plan.resolve(yaml.safe_load(open(ROOT / "config/config.yaml")))["sources"]["hg38"]["sha256"] is None

@@ -62,10 +62,16 @@ def resolve(config: dict, where: str = "config") -> dict:
     cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
     for key, default in DEFAULTS.items():
         cfg[key] = {**default, **(cfg.get(key) or {})}
+    # A config entry adds a source/task or overrides keys of a catalogued one (e.g. only hg38's sha256).
+    for key in ("sources", "tasks"):
+        merged = _load_yaml(ROOT / "config" / f"{key}.yaml")
+        given = config.get(key) or {}
+        if not isinstance(given, dict):
+            raise GeneMaskError(f"{where}: key '{key}': expected a mapping of names to entries")
+        for name, entry in given.items():
+            merged[name] = {**merged.get(name, {}), **entry} if isinstance(entry, dict) else entry
+        cfg[key] = merged
     validate(cfg, where=where)
-    cfg["sources"] = {**_load_yaml(ROOT / "config" / "sources.yaml"), **(config.get("sources") or {})}
-    cfg["tasks"] = {**_load_yaml(ROOT / "config" / "tasks.yaml"), **(config.get("tasks") or {})}
-    validate({**cfg}, where=where)
     src = cfg["sources"]
 
     def need(name, key):
