@@ -99,3 +99,21 @@ def test_ddp_two_processes_match_one_process(setup, data_a):
     a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
     assert json.loads((two / "genemask.json").read_text())["world_size"] == 2
+
+
+def test_settings_as_long_json_string():
+    """The rule passes settings as one JSON string; at paper scale it is longer than a file name may
+    be, so it must never be tried as a path (that raised 'File name too long')."""
+    from genemask.pretrain import load_settings
+    from genemask.util import GeneMaskError
+
+    cfg = {"steps": 10000, "batch_size": 10, "grad_accum": 25, "lr": 0.0008, "betas": [0.9, 0.98],
+           "eps": 1e-6, "weight_decay": 0.01, "grad_clip": 1.0, "warmup_steps": 500, "eval_every": 500,
+           "checkpoint_every": 1000, "seed": 42, "log_every": 10, "eval_batches": 20, "max_len": 512,
+           "masking": {"high_rule": "all_if_le8"}}
+    text = json.dumps(cfg, sort_keys=True)
+    assert len(text) > 255
+    s = load_settings(text, ["threads=2"])
+    assert s["grad_accum"] == 25 and s["masking"] == {"high_rule": "all_if_le8"} and s["threads"] == 2
+    with pytest.raises(GeneMaskError, match="unknown key 'stpes'"):
+        load_settings('{"stpes": 1}')

@@ -51,7 +51,7 @@ import numpy as np
 
 from .kmers import CLS, N_SPECIAL, PAD, SEP, seq_to_ids, vocab_size
 from .tasks import read_task_file
-from .util import GeneMaskError, atomic_output
+from .util import GeneMaskError, atomic_output, read_settings
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "regimes": [
@@ -75,38 +75,7 @@ _REGIME_KEYS = {"max_shot", "batch_size", "lr", "epochs"}
 # ---------------------------------------------------------------------------------------------
 def load_settings(settings: str | os.PathLike | dict | None) -> dict[str, Any]:
     """Merge user settings (dict, JSON string or JSON/YAML file) over the defaults and validate them."""
-    user: Any
-    src = "--settings"
-    if settings is None or settings == "":
-        user = {}
-    elif isinstance(settings, dict):
-        user = settings
-    else:
-        s = str(settings).strip()
-        if s.startswith("{"):
-            try:
-                user = json.loads(s)
-            except json.JSONDecodeError as e:
-                raise GeneMaskError(f"--settings: not valid JSON ({e.msg} at char {e.pos})") from None
-        else:
-            p = Path(s)
-            src = str(p)
-            try:
-                text = p.read_text()
-            except OSError as e:
-                raise GeneMaskError(f"{p}: cannot read fine-tuning settings ({e.strerror})") from None
-            try:
-                if p.suffix.lower() in (".yaml", ".yml"):
-                    import yaml
-
-                    user = yaml.safe_load(text) or {}
-                else:
-                    user = json.loads(text)
-            except Exception as e:  # noqa: BLE001 - parser errors of either library
-                msg = str(e).replace("\n", " ")
-                raise GeneMaskError(f"{p}: cannot parse fine-tuning settings ({msg})") from None
-    if not isinstance(user, dict):
-        raise GeneMaskError(f"{src}: fine-tuning settings must be a mapping, got {type(user).__name__}")
+    user, src = read_settings(settings, "fine-tuning")
     unknown = sorted(set(user) - set(DEFAULT_SETTINGS))
     if unknown:
         raise GeneMaskError(f"{src}: unknown fine-tuning setting(s) {unknown}; known: {sorted(DEFAULT_SETTINGS)}")

@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from .corpus import Corpus
 from .kmers import CLS, N_SPECIAL, PAD, SEP, vocab_size
-from .util import GeneMaskError, Progress, atomic_output
+from .util import GeneMaskError, Progress, atomic_output, read_settings
 
 # The paper's settings (spec section 6) are the defaults.
 DEFAULTS = {
@@ -57,17 +57,7 @@ LOG_COLUMNS = ["step", "lr", "loss", "val_loss", "val_ppl", "tokens_per_s"]
 
 def load_settings(settings: str | dict | None, overrides: list[str] = ()) -> dict:
     s = json.loads(json.dumps(DEFAULTS))
-    if isinstance(settings, dict):
-        given = settings
-    elif settings:
-        text = Path(settings).read_text() if Path(settings).exists() else settings
-        try:
-            import yaml
-            given = yaml.safe_load(text) or {}
-        except Exception as e:  # noqa: BLE001
-            raise GeneMaskError(f"pretrain settings: not JSON/YAML ({e})") from None
-    else:
-        given = {}
+    given, _ = read_settings(settings, "pretraining")
     for key, val in list(given.items()) + [_parse_override(o) for o in overrides]:
         if key not in DEFAULTS:
             raise GeneMaskError(f"pretrain settings: unknown key {key!r} (known: {', '.join(DEFAULTS)})")

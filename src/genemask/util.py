@@ -86,3 +86,42 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def read_settings(settings, what: str) -> tuple[dict, str]:
+    """Settings given as a dict, a JSON string ('{...}', as the Snakemake rules pass them) or a
+    JSON/YAML file -> (mapping, where it came from). `what` names them in errors, e.g. "fine-tuning"."""
+    import json
+
+    src = "--settings"
+    if settings is None or settings == "":
+        user = {}
+    elif isinstance(settings, dict):
+        user = settings
+    else:
+        s = str(settings).strip()
+        if s.startswith("{"):  # never treated as a path: a long JSON string is no valid file name
+            try:
+                user = json.loads(s)
+            except json.JSONDecodeError as e:
+                raise GeneMaskError(f"--settings: not valid JSON ({e.msg} at char {e.pos})") from None
+        else:
+            p = Path(s)
+            src = str(p)
+            try:
+                text = p.read_text()
+            except OSError as e:
+                raise GeneMaskError(f"{p}: cannot read {what} settings ({e.strerror})") from None
+            try:
+                if p.suffix.lower() in (".yaml", ".yml"):
+                    import yaml
+
+                    user = yaml.safe_load(text) or {}
+                else:
+                    user = json.loads(text)
+            except Exception as e:  # noqa: BLE001 - parser errors of either library
+                msg = str(e).replace("\n", " ")
+                raise GeneMaskError(f"{p}: cannot parse {what} settings ({msg})") from None
+    if not isinstance(user, dict):
+        raise GeneMaskError(f"{src}: {what} settings must be a mapping, got {type(user).__name__}")
+    return user, src
