@@ -115,6 +115,14 @@ def test_real_positions():
     real, end = real_positions(ids)
     assert end.tolist() == [3, 0, 5]
     assert real.tolist() == [[False, True, True, True, False, False], [False] * 6, [False] + [True] * 5]
+    # n = 1 + position of the last non-[PAD] token, on both paths: full-width batch (no [B, L] scan) and
+    # a batch with a padded row; an interior [PAD] does not end a row; an all-[PAD] row has end -1
+    full = torch.tensor([[2, 5, 0, 6, 3], [2, 5, 6, 7, 8]])
+    assert masking.row_ends(full).tolist() == [3, 4]
+    mixed = torch.tensor([[2, 5, 0, 6, 3], [2, 5, 6, 7, 8], [2, 5, 3, 0, 0], [0, 0, 0, 0, 0]])
+    assert masking.row_ends(mixed).tolist() == [3, 4, 1, -1]
+    from genemask.masking_reference import _end
+    assert [_end(r) for r in mixed.tolist()] == [3, 4, 1, -1]
 
 
 # ---- invariants ------------------------------------------------------------------------------------

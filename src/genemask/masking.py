@@ -44,17 +44,20 @@ Schemes (option `p` overrides the probability; defaults in `DEFAULT_P`):
 Random draws, in order, from the given `torch.Generator` (same seed and batch -> same masks):
 - `random`: `rand(B, L) < p` (dense).
 - centre schemes: the centres, a Bernoulli(p) process over positions 1..end, drawn through its gaps:
-  `geometric_(p)` on a [B, K] block (K ~ L*p + 6 sd; more blocks only if a row is not yet covered),
-  which has the distribution of `rand(B, L) < p` at a fraction of the cost (`draw_centres`; p > 0.1
-  falls back to the dense draw); curriculum then draws `rand(N)` (a priority per centre, row-major)
-  and `rand(B)` (the rounding jitter).
+  float64 `rand` on a [B, K] block turned into Geometric(p) gaps by inversion (K ~ L*p + 6 sd; more
+  blocks only if a row is not yet covered), which has the law of `rand(B, L) < p` at a fraction of
+  the cost (`draw_centres`; p > 0.1 falls back to the dense draw); curriculum then draws
+  `randint(0, 2**31, (N,))` (a priority per centre, row-major) and `rand(B)` (the rounding jitter).
 - replacement: `rand(n)` and `randint(5, V, (n,))` for the n masked tokens in row-major order.
 `Masker.draw` and `Masker.positions_from_draws` split the drawing from the (deterministic) choice so
 that the slow loop implementation in `masking_reference` is checked against the same draws.
 
-Vectorisation: no Python loop runs over rows, tokens or centres. The spans are written sparsely
-(`put_spans`: work proportional to the number of centres, not B x L); per-row ordering of centres is
-one sort of a combined (row, rank, column) key plus cumulative counts.
+Vectorisation: no Python loop runs over rows, tokens or centres, and nothing scans the [B, L] batch
+when its rows fill the width (`row_ends`). Centres are kept as flat (row-major) indices; every span
+is a [width, N] block of flat indices clamped to its row's [1, end] (`span_indices`) and written with
+one `index_fill_`, so the work is proportional to the number of centres, not B x L. The best token of
+each span is one min-reduction of rank * B*L + position; the per-row ordering of centres is one sort
+of a combined (row, rank, column) key. `genemask bench masking` times this against the loop version.
 """
 from __future__ import annotations
 
@@ -93,40 +96,31 @@ def curriculum_share(step: int, total_steps: int, ramp: float = 1.0) -> float:
 
 
 def real_positions(input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(bool [B, L] mask of the real-token positions 1..end, end [B]).
-
-    n = number of non-[PAD] tokens of a row; end = n - 2 when the last of them is [SEP] (the normal
-    `[CLS] t1..tn [SEP] [PAD]...` row), else n - 1 (a truncated row without [SEP]).
-    """
+    """(bool [B, L] mask of the real-token positions 1..end, end [B]); see `row_ends`."""
     end = row_ends(input_ids)
     pos = torch.arange(input_ids.shape[1], device=input_ids.device)
     return (pos >= 1) & (pos <= end[:, None]), end
 
 
 def row_ends(input_ids: torch.Tensor) -> torch.Tensor:
-    """end [B] of `real_positions`, without building the [B, L] mask."""
-    n = input_ids.ne(kmers.PAD).sum(1, dtype=torch.int32).long()
-    last = input_ids.gather(1, (n - 1).clamp(min=0)[:, None])[:, 0]
-    return n - 1 - (last == kmers.SEP).long()
+    """end [B]: the last real-token position of each row.
 
-
-def put_spans(out: torch.Tensor, rows: torch.Tensor, anchors: torch.Tensor, lo: int, hi: int,
-              end: torch.Tensor) -> None:
-    """Set out[r, a+lo..a+hi] (clipped to [1, end[r]]) for every (r, a) = (rows[i], anchors[i]); in place.
-
-    Sparse: the work is proportional to the number of anchors, not to B x L. Positions outside
-    [1, end] are redirected to flat index 0 (column 0 is never a real token) and column 0 is cleared
-    at the end; an anchor far outside the row therefore sets nothing.
+    n = 1 + the position of the row's last non-[PAD] token (0 for an all-[PAD] row); end = n - 2 when
+    that token is [SEP] (the normal `[CLS] t1..tn [SEP] [PAD]...` row), else n - 1 (a truncated row
+    without [SEP]). Rows are right-padded, so when no row ends in [PAD] (full-width rows, as in the
+    pretraining corpus) n = L for every row and the [B, L] matrix is not scanned.
     """
-    if rows.numel() == 0:
-        return
-    L = out.shape[1]
-    offs = torch.arange(lo, hi + 1, device=anchors.device)
-    p = anchors[:, None] + offs
-    ok = (p >= 1) & (p <= end[rows][:, None])
-    flat = (rows * L + anchors)[:, None] + offs
-    out.view(-1).index_fill_(0, flat.masked_fill_(~ok, 0).view(-1), True)  # invalid -> flat 0: row 0, column 0
-    out[:, 0] = False
+    B, L = input_ids.shape
+    dev = input_ids.device
+    if L == 0:
+        return torch.full((B,), -1, dtype=torch.long, device=dev)
+    last = input_ids[:, L - 1]
+    if bool(last.ne(kmers.PAD).all()):
+        n = torch.full((B,), L, dtype=torch.long, device=dev)
+    else:
+        n = (input_ids.ne(kmers.PAD) * torch.arange(1, L + 1, device=dev)).amax(1)
+        last = input_ids.gather(1, (n - 1).clamp(min=0)[:, None])[:, 0]
+    return n - 1 - last.eq(kmers.SEP).long()
 
 
 def rank_table(ranking: np.ndarray, k: int) -> torch.Tensor:
@@ -138,142 +132,206 @@ def rank_table(ranking: np.ndarray, k: int) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([np.full(kmers.N_SPECIAL, worst), np.minimum(ranking, worst)]))
 
 
-def _row_rank(rows: torch.Tensor, key: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """For entries grouped by row (rows ascending), the 0-based rank of each entry's key within its row.
+class Centres(NamedTuple):
+    """Centres in flat (row-major) coordinates, one entry per centre in row-major order.
 
-    `key` must already order the rows (a row-major combined key); ties keep entry order (stable sort),
-    which for row-major centre lists is column order.
+    rows, cols: the centre's row and column; flat = rows * L + cols; first, last: the flat indices of
+    its row's positions 1 and end, the bounds every span around it is clamped to.
     """
-    order = torch.sort(key, stable=True).indices
-    start = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel(), device=rows.device) - start[rows[order]]
-    return rank
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    flat: torch.Tensor
+    first: torch.Tensor
+    last: torch.Tensor
+
+    @classmethod
+    def of(cls, rows: torch.Tensor, cols: torch.Tensor, end: torch.Tensor, L: int) -> "Centres":
+        base = rows * L
+        return cls(rows, cols, base + cols, base + 1, base + end.index_select(0, rows))
 
 
-def genemask_positions(input_ids: torch.Tensor, centres: torch.Tensor, ranks: torch.Tensor, k: int = 6,
-                       high_rule: str = "all_if_le8", high_radius: int | None = None,
+def span_indices(anchors: torch.Tensor, first: torch.Tensor, last: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Flat indices of the spans anchor+lo..anchor+hi clamped to [first, last]: long [hi - lo + 1, N].
+
+    Clamping, rather than dropping, the out-of-row part of a span is exact as long as each anchor lies in
+    [first, last]: a span reaching past an edge contains that edge, so the clamped copies only repeat
+    positions the span holds anyway (a span's real positions are the distinct values of its column).
+    """
+    offs = torch.arange(lo, hi + 1, device=anchors.device)[:, None]
+    return torch.clamp(anchors[None, :] + offs, first[None, :], last[None, :])
+
+
+def _spans_mask(B: int, L: int, *index_sets: torch.Tensor) -> torch.Tensor:
+    """bool [B, L], True at every flat index of the given index tensors; index B*L is a dump slot that
+    is dropped (cheaper than compacting the index tensors)."""
+    out = torch.zeros(B * L + 1, dtype=torch.bool, device=index_sets[0].device)
+    for idx in index_sets:
+        if idx.numel():
+            out.index_fill_(0, idx.reshape(-1), True)
+    return out[: B * L].view(B, L)
+
+
+def _high_per_row(m: torch.Tensor, high_rule: str) -> torch.Tensor:
+    """n_high [B] for m centres per row: ceil(m / 2), or m when m <= 8 under the rule `all_if_le8`."""
+    n_high = (m + 1) // 2
+    if high_rule == "all_if_le8":
+        return torch.where(m <= 8, m, n_high)
+    if high_rule != "half":
+        raise GeneMaskError(f"option high_rule={high_rule!r}: expected one of {', '.join(HIGH_RULES)}")
+    return n_high
+
+
+def _argsort(key: torch.Tensor) -> torch.Tensor:
+    """Indices that sort `key` (int64, all values distinct); numpy's sort is ~2x faster on CPU here."""
+    if key.device.type == "cpu":
+        return torch.from_numpy(np.argsort(key.numpy()))
+    return torch.sort(key).indices
+
+
+PRIORITY_BITS = 31  # curriculum priorities are uniform integers in [0, 2**31) (ties: by column, as the loop)
+
+
+def genemask_positions(input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, ranks: torch.Tensor,
+                       k: int = 6, high_rule: str = "all_if_le8", high_radius: int | None = None,
                        by_position: bool = False, share: float = 1.0, priority: torch.Tensor | None = None,
-                       jitter: torch.Tensor | None = None, end: torch.Tensor | None = None,
-                       rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> torch.Tensor:
-    """The genemask masked set for pre-drawn centres (bool [B, L]); also `reference` and `curriculum`.
+                       jitter: torch.Tensor | None = None, end: torch.Tensor | None = None) -> torch.Tensor:
+    """The genemask masked set (bool [B, L]) for the centres (rows[i], cols[i]); also `reference`, `curriculum`.
 
-    centres: bool [B, L] (only those in [1, end] count). ranks: rank by token id (`rank_table`).
-    by_position: the released code's defect (position used as the token id). share < 1 (curriculum):
-    needs `priority` (float [N], one per centre in row-major order) and `jitter` (float [B]).
-    end, rows, cols: `row_ends(input_ids)` and the centres' coordinates, if already known.
+    rows, cols: the centres in row-major order, all inside [1, end]. ranks: rank by token id
+    (`rank_table`). by_position: the released code's defect (position used as the token id).
+    share < 1 (curriculum): needs `priority` (int64 in [0, 2**PRIORITY_BITS), one per centre, row-major)
+    and `jitter` (float [B]). end: `row_ends(input_ids)`, if already known.
+
+    Per centre, the best token of its span is the minimum of key = rank * B*L + flat position over the
+    clamped span (so ties go to the leftmost position). Per row, the centres are ordered by (best rank,
+    column) with one sort of a row-major combined key; because the sorted list keeps each row's block in
+    place, entry i of the sorted list belongs to row rows[i] and is among its row's n_high best when
+    i < start[row] + n_high[row].
     """
     B, L = input_ids.shape
     dev = input_ids.device
     if end is None:
         end = row_ends(input_ids)
-    if rows is None:
-        pos = torch.arange(L, device=dev)
-        rows, cols = (centres & (pos >= 1) & (pos <= end[:, None])).nonzero(as_tuple=True)  # row-major
     lo, hi = span_offsets(k)
     R = k - 1 if high_radius is None else int(high_radius)
-    masked = torch.zeros((B, L), dtype=torch.bool, device=dev)
-    put_spans(masked, rows, cols, lo, hi, end)  # every centre masks its DNABERT span
-    if rows.numel() == 0:
-        return masked
-    ranks = ranks.to(dev)
-    V = ranks.numel()
+    N = rows.numel()
+    c = Centres.of(rows, cols, end, L)
+    nb = span_indices(c.flat, c.first, c.last, lo, hi)  # each centre's DNABERT span = its neighbourhood
+    if N == 0:
+        return _spans_mask(B, L, nb)
+    BL = B * L
     worst = 4**k + 1  # rank_table caps every rank at this
-    # the neighbourhood c+lo..c+hi of every centre at once: [N, k]; out-of-row positions rank worst+1
-    p = cols[:, None] + torch.arange(lo, hi + 1, device=dev)[None, :]
-    ok = (p >= 1) & (p <= end[rows][:, None])
-    pc = p.clamp(0, L - 1)
+    ranks = ranks.to(dev)
     if by_position:
-        r = torch.where(pc < V, ranks[pc.clamp(max=V - 1)], worst)
+        pos = nb - (rows * L)[None, :]
+        r = torch.where(pos < ranks.numel(), ranks.index_select(0, pos.clamp(max=ranks.numel() - 1).view(-1)).view_as(pos), worst)
     else:
-        r = ranks[input_ids.view(-1)[rows[:, None] * L + pc]]
-    r = torch.where(ok, r, worst + 1)
-    best_r, j = r.min(1)  # the first (leftmost) minimum on ties
-    best_q = cols + (j + lo)
+        r = ranks.index_select(0, input_ids.view(-1).index_select(0, nb.view(-1))).view_as(nb)
+    # float64 holds rank * B*L + flat exactly (< 2**53) and reduces ~50x faster than int64 on CPU
+    best = (r.double() * BL + nb).amin(0).long()
+    best_q = best % BL  # flat position of the best token
+    order = _argsort(rows * ((worst + 2) * BL) + (best - best_q) + c.flat)  # by (row, best rank, column)
 
     m = torch.bincount(rows, minlength=B)
-    n_high = (m + 1) // 2
-    if high_rule == "all_if_le8":
-        n_high = torch.where(m <= 8, m, n_high)
-    elif high_rule != "half":
-        raise GeneMaskError(f"option high_rule={high_rule!r}: expected one of {', '.join(HIGH_RULES)}")
-    rank_in_row = _row_rank(rows, (rows * (worst + 2) + best_r) * L + cols, m)
-
-    nowhere = torch.full_like(cols, -(L + R + 2))  # an anchor whose span misses every row position
+    start = torch.cumsum(m, 0) - m
+    n_high = _high_per_row(m, high_rule)
+    i = torch.arange(N, device=dev)
     if share >= 1.0:
-        anchors = torch.where(rank_in_row < n_high[rows], best_q, nowhere)
+        n_npmi = n_high
     else:
         if priority is None or jitter is None:
             raise ValueError("share < 1 needs priority and jitter draws")
         n_npmi = torch.floor(share * n_high.to(torch.float64) + jitter.to(dev, torch.float64)).long()
         n_npmi = torch.minimum(n_npmi, n_high)
-        npmi_high = rank_in_row < n_npmi[rows]
-        u = torch.where(npmi_high, 2.0, priority.to(dev, torch.float64))
-        rand_rank = _row_rank(rows, rows.to(torch.float64) * 4.0 + u, m)  # exact in float64
-        rand_high = ~npmi_high & (rand_rank < (n_high - n_npmi)[rows])
-        anchors = torch.where(npmi_high, best_q, torch.where(rand_high, cols, nowhere))
-    put_spans(masked, rows, anchors, -R, R, end)
-    return masked
+    npmi_sorted = i < (start + n_npmi).index_select(0, rows)  # rows[i]: the row of sorted entry i
+    dump = torch.full_like(c.first, BL)  # a span clamped to [BL, BL] lands in the dump slot of `_spans_mask`
+    wide = span_indices(best_q.index_select(0, order), torch.where(npmi_sorted, c.first, dump),
+                        torch.where(npmi_sorted, c.last, dump), -R, R)
+    sets = [nb, wide]
+    if share < 1.0:
+        # the other n_high - n_npmi high slots: the lowest priorities among the row's remaining centres
+        npmi = torch.empty_like(npmi_sorted).index_put_((order,), npmi_sorted)
+        pr = torch.where(npmi, 1 << PRIORITY_BITS, priority.to(dev))
+        order2 = _argsort((rows * ((1 << PRIORITY_BITS) + 1) + pr) * N + i)  # ties (prob. ~2**-31 a pair) by column
+        rand_sorted = i < (start + n_high - n_npmi).index_select(0, rows)
+        sets.append(span_indices(c.flat.index_select(0, order2), torch.where(rand_sorted, c.first, dump),
+                                 torch.where(rand_sorted, c.last, dump), -R, R))
+    return _spans_mask(B, L, *sets)
 
 
-class Draws(NamedTuple):
-    """A masker's random draws. centres: bool [B, L] (for `random`, the masked set itself); rows/cols:
-    the centres' coordinates in row-major order (optional, derived from `centres` when absent);
-    curriculum: priority float [N] (one per centre, row-major order) and jitter float [B]."""
+class Draws:
+    """A masker's random draws.
 
-    centres: torch.Tensor
-    priority: torch.Tensor | None = None
-    jitter: torch.Tensor | None = None
-    rows: torch.Tensor | None = None
-    cols: torch.Tensor | None = None
+    For the centre schemes: the centres as `rows`, `cols` (row-major order); `centres` is the same set as
+    a bool [B, L] matrix, built on first use (or given, then rows/cols are derived when needed). For
+    `random`: `centres` is the masked set itself. Curriculum: `priority` (int64 in [0, 2**PRIORITY_BITS),
+    one per centre, row-major order) and `jitter` (float [B]).
+    """
+
+    def __init__(self, centres: torch.Tensor | None = None, priority: torch.Tensor | None = None,
+                 jitter: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+                 cols: torch.Tensor | None = None, shape: tuple[int, int] | None = None):
+        if centres is None and (rows is None or shape is None):
+            raise ValueError("Draws needs centres, or rows, cols and shape")
+        self._centres = centres
+        self.priority, self.jitter, self.rows, self.cols = priority, jitter, rows, cols
+        self.shape = tuple(centres.shape) if centres is not None else tuple(shape)
+
+    @property
+    def centres(self) -> torch.Tensor:
+        if self._centres is None:
+            B, L = self.shape
+            c = torch.zeros(B * L, dtype=torch.bool, device=self.rows.device)
+            c.index_fill_(0, self.rows * L + self.cols, True)
+            self._centres = c.view(B, L)
+        return self._centres
 
 
 SPARSE_MAX_P = 0.1  # centre probabilities up to this are drawn as geometric gaps (see `draw_centres`)
 
 
-def draw_centres(end: torch.Tensor, L: int, p: float, generator, device, block: int | None = None):
-    """Bernoulli(p) centres at the positions 1..end of each row -> (bool [B, L], rows, cols).
+def draw_centres(end: torch.Tensor, L: int, p: float, generator, device,
+                 block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bernoulli(p) centres at the positions 1..end of each row -> (rows, cols), row-major order.
 
     For p <= SPARSE_MAX_P the Bernoulli process is drawn through its gaps, i.i.d. Geometric(p) on
-    {1, 2, ...}: the centres are the cumulative sums of a [B, K] block of gaps that fall in [1, end]
-    (K ~ L*p + 6 sd; another block is appended in the rare case a row is not yet covered). Same
-    distribution as `rand(B, L) < p`, with ~L*p instead of L random numbers per row and no scan of
-    the [B, L] matrix. Larger p: dense `rand(B, L) < p`.
+    {1, 2, ...} by inversion, ceil(log(U) / log(1 - p)) for U ~ rand: the centres are the cumulative sums
+    of a [B, K] block of gaps that fall in [1, end] (K ~ L*p + 6 sd; another block is appended in the
+    rare case a row is not yet covered). Same law as `rand(B, L) < p`, with ~L*p instead of L random
+    numbers per row and no scan of a [B, L] matrix. Larger p: dense `rand(B, L) < p`.
     """
     B = end.shape[0]
-    centres = torch.zeros((B, L), dtype=torch.bool, device=device)
     if p <= 0 or B == 0:
         e = torch.empty(0, dtype=torch.long, device=device)
-        return centres, e, e
+        return e, e
     if p > SPARSE_MAX_P:
         pos = torch.arange(L, device=device)
         centres = (_rand((B, L), generator, device) < p) & (pos >= 1) & (pos <= end[:, None])
         rows, cols = centres.nonzero(as_tuple=True)
-        return centres, rows, cols
+        return rows, cols
     K = block or int(math.ceil(L * p + 6 * math.sqrt(L * p * (1 - p)) + 4))
     at = _geometric((B, K), p, generator, device, L + 1).cumsum(1)
     while bool((at[:, -1] <= end).any()):  # some row not covered yet (probability ~1e-9 per row)
         at = torch.cat([at, at[:, -1:] + _geometric((B, K), p, generator, device, L + 1).cumsum(1)], 1)
-    rows, j = (at <= end[:, None]).nonzero(as_tuple=True)  # row-major, columns ascending
-    cols = at[rows, j]
-    centres.view(-1).index_fill_(0, rows * L + cols, True)
-    return centres, rows, cols
+    inside = at <= end[:, None]
+    rows = inside.nonzero(as_tuple=True)[0]  # row-major, columns ascending
+    return rows, at.masked_select(inside).long()
 
 
 def _geometric(shape, p, generator, device, cap: int) -> torch.Tensor:
-    """Geometric(p) gaps on {1, 2, ...} as int64, capped at `cap` (a gap past the row end is as good as
-    any larger one; the cap also keeps tiny p from overflowing int64)."""
-    gdev = generator.device if generator is not None and generator.device.type != device.type else device
-    g = torch.empty(shape, dtype=torch.float64, device=gdev).geometric_(p, generator=generator)
-    return g.clamp_(max=cap).long().to(device)
+    """Geometric(p) gaps on {1, 2, ...} as float64 integers, by inversion of rand in [0, 1); capped at
+    `cap` (a gap past the row end is as good as any larger one; also maps U = 0, log 0 = -inf, to cap)."""
+    u = _rand(shape, generator, device, dtype=torch.float64)
+    return u.log_().mul_(1.0 / math.log1p(-p)).ceil_().clamp_(1, cap)
 
 
-def _rand(shape, generator, device) -> torch.Tensor:
+def _rand(shape, generator, device, dtype=torch.float32) -> torch.Tensor:
     if generator is None:
-        return torch.rand(shape, device=device)
+        return torch.rand(shape, device=device, dtype=dtype)
     if generator.device.type != device.type:
-        return torch.rand(shape, generator=generator, device=generator.device).to(device)
-    return torch.rand(shape, generator=generator, device=device)
+        return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+    return torch.rand(shape, generator=generator, device=device, dtype=dtype)
 
 
 def _randint(lo, hi, shape, generator, device) -> torch.Tensor:
@@ -325,10 +383,11 @@ class Masker:
         if self.scheme == "random":  # per-token masking: always the dense draw
             pos = torch.arange(L, device=dev)
             return Draws((_rand((B, L), generator, dev) < self.p) & (pos >= 1) & (pos <= end[:, None]))
-        centres, rows, cols = draw_centres(end, L, self.p, generator, dev, block=block)
+        rows, cols = draw_centres(end, L, self.p, generator, dev, block=block)
         if self.scheme == "curriculum":
-            return Draws(centres, _rand((rows.numel(),), generator, dev), _rand((B,), generator, dev), rows, cols)
-        return Draws(centres, rows=rows, cols=cols)
+            priority = _randint(0, 1 << PRIORITY_BITS, (rows.numel(),), generator, dev)
+            return Draws(None, priority, _rand((B,), generator, dev), rows, cols, shape=(B, L))
+        return Draws(None, rows=rows, cols=cols, shape=(B, L))
 
     def positions_from_draws(self, input_ids: torch.Tensor, draws: Draws, step: int = 0,
                              total_steps: int = 1, end=None) -> torch.Tensor:
@@ -346,14 +405,13 @@ class Masker:
             pos = torch.arange(L, device=input_ids.device)
             rows, cols = (draws.centres & (pos >= 1) & (pos <= end[:, None])).nonzero(as_tuple=True)
         if s == "dnabert":
-            masked = torch.zeros((B, L), dtype=torch.bool, device=input_ids.device)
-            put_spans(masked, rows, cols, *span_offsets(self.k), end)
-            return masked
+            c = Centres.of(rows, cols, end, L)
+            return _spans_mask(B, L, span_indices(c.flat, c.first, c.last, *span_offsets(self.k)))
         share = curriculum_share(step, total_steps, self.ramp) if s == "curriculum" else 1.0
         return genemask_positions(
-            input_ids, draws.centres, self.ranks(input_ids.device), k=self.k, high_rule=self.high_rule,
+            input_ids, rows, cols, self.ranks(input_ids.device), k=self.k, high_rule=self.high_rule,
             high_radius=self.high_radius, by_position=(s == "reference"), share=share,
-            priority=draws.priority, jitter=draws.jitter, end=end, rows=rows, cols=cols,
+            priority=draws.priority, jitter=draws.jitter, end=end,
         )
 
     def mask_positions(self, input_ids: torch.Tensor, generator: torch.Generator | None = None,

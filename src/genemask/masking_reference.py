@@ -15,8 +15,12 @@ from .masking import Draws, curriculum_share, span_offsets
 
 
 def _end(row: list[int]) -> int:
-    """Last real token position: the closing [SEP] - 1, or the last non-[PAD] position if no [SEP] closes."""
-    n = sum(1 for t in row if t != kmers.PAD)
+    """Last real token position: n = 1 + position of the last non-[PAD] token; n - 2 when that token is
+    [SEP], else n - 1 (a truncated row)."""
+    n = 0
+    for i, t in enumerate(row):
+        if t != kmers.PAD:
+            n = i + 1
     if n > 0 and row[n - 1] == kmers.SEP:
         return n - 2
     return n - 1
