@@ -383,3 +383,21 @@ def test_mask_stats_via_cli(hg38_slice, data_a, capsys):
                  "--n-seqs", "20"]) == 0
     assert "masked_fraction=" in capsys.readouterr().out
     assert main(["mask-stats", str(hg38_slice), "--scheme", "genemask", "--ranking", "/nonexistent.csv"]) == 2
+    # options reach the masker: the figure's "half" rule masks less than the default on the same pieces
+    base = ["mask-stats", str(hg38_slice), "--ranking", str(data_a), "--n-seqs", "300", "--scheme", "genemask"]
+    assert main(base) == 0
+    dflt = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert main(base + ["--option", "high_rule=half"]) == 0
+    half = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert half["option.high_rule"] == "half" and "option.high_rule" not in dflt
+    assert float(half["masked_fraction"]) < float(dflt["masked_fraction"]) - 0.005
+    assert main(base + ["--option", "high_rule"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    # curriculum: s(t) printed; s = 0 picks high centres at random, so worse ranks than s = 1
+    cur = base[:-1] + ["curriculum", "--total-steps", "10"]
+    assert main(cur + ["--step", "0"]) == 0
+    s0 = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert main(cur + ["--step", "10"]) == 0
+    s1 = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert (s0["curriculum_share"], s1["curriculum_share"]) == ("0.0", "1.0")
+    assert float(s1["mean_rank_masked"]) < float(s0["mean_rank_masked"])

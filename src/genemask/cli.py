@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=6)
     p.add_argument("--n-seqs", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="masking option (p, high_rule, high_radius, ramp, mask_prob, random_prob); repeatable")
+    p.add_argument("--step", type=int, default=0, help="training step (curriculum)")
+    p.add_argument("--total-steps", type=int, default=1, help="total training steps (curriculum)")
 
     # ---- pretraining (pretrain.py) ------------------------------------------------------------
     p = _p(sub, "pretrain", "pretrain a masked language model with one masking scheme")
@@ -217,7 +221,8 @@ def dispatch(args: argparse.Namespace):
         from .masking import mask_stats_cli
 
         return mask_stats_cli(args.fasta, scheme=args.scheme, ranking=args.ranking, k=args.k,
-                              n_seqs=args.n_seqs, seed=args.seed)
+                              n_seqs=args.n_seqs, seed=args.seed, step=args.step, total_steps=args.total_steps,
+                              options=args.option)
     if c == "pretrain":
         from .pretrain import pretrain_cli
 

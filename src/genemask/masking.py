@@ -526,8 +526,21 @@ def cut_pieces(fasta, n_seqs: int, length: int = 511) -> list[bytes]:
     return pieces
 
 
+def parse_options(items) -> dict:
+    """`KEY=VALUE` strings (CLI `--option`) -> masking options, values read as YAML scalars."""
+    import yaml
+
+    out = {}
+    for text in items:
+        key, sep, val = str(text).partition("=")
+        if not sep or not key:
+            raise GeneMaskError(f"--option {text!r}: expected KEY=VALUE (keys: {', '.join(OPTIONS)})")
+        out[key.strip()] = yaml.safe_load(val)
+    return out
+
+
 def mask_stats_cli(fasta, scheme: str, ranking=None, k: int = 6, n_seqs: int = 2000, seed: int = 0,
-                   step: int = 0, total_steps: int = 1, batch_size: int = 256) -> int:
+                   step: int = 0, total_steps: int = 1, batch_size: int = 256, options=()) -> int:
     """`genemask mask-stats`: mask real 511-bp pieces of `fasta` with `scheme`, print key=value lines.
 
     Pieces: the first `n_seqs` consecutive 511-bp (506-token) stretches free of N, upper-cased.
@@ -535,7 +548,8 @@ def mask_stats_cli(fasta, scheme: str, ranking=None, k: int = 6, n_seqs: int = 2
     masked runs), mean_rank_masked / mean_rank_all (mean NPMI rank of the masked k-mers / of all
     k-mers; 1 = highest NPMI), top_decile_masked / top_decile_all (share of k-mers in the ranking's
     top 10 %), and for curriculum the schedule value s at `step`. Ranking: `ranking`, else the
-    published Data-A table in $GENEMASK_MIRROR, else a GeneMaskError.
+    published Data-A table in $GENEMASK_MIRROR, else a GeneMaskError. options: `KEY=VALUE` masking
+    options (`make_masker`), printed back as `option.KEY=VALUE`.
     """
     from .npmi import load_ranking
     from .tokenizer import encode_sequences
@@ -544,7 +558,8 @@ def mask_stats_cli(fasta, scheme: str, ranking=None, k: int = 6, n_seqs: int = 2
         raise GeneMaskError(f"--n-seqs={n_seqs}: must be >= 1")
     rank_path = Path(ranking) if ranking is not None else default_ranking_path()
     rank_arr = load_ranking(rank_path, k=k)
-    masker = make_masker(scheme, k=k, ranking=rank_arr)
+    opts = parse_options(options)
+    masker = make_masker(scheme, k=k, ranking=rank_arr, **opts)
     pieces = cut_pieces(fasta, n_seqs)
     if not pieces:
         raise GeneMaskError(f"{fasta}: no 511-bp stretch free of N in the file")
@@ -579,6 +594,7 @@ def mask_stats_cli(fasta, scheme: str, ranking=None, k: int = 6, n_seqs: int = 2
         "top_decile_masked": f"{tot['top_m'] / max(tot['n_m'], 1):.4f}",
         "top_decile_all": f"{tot['top_a'] / max(tot['n_a'], 1):.4f}",
     }
+    out.update({f"option.{key}": v for key, v in opts.items()})
     if scheme == "curriculum":
         out["curriculum_share"] = curriculum_share(step, total_steps, masker.ramp)
     for key, v in out.items():
