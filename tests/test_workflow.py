@@ -64,6 +64,10 @@ def test_paper_scale_dry_run_builds_full_hg38_dag():
     (lambda c: c["pretrain"]["settings"].update(steps=-5), "pretrain.settings.steps", "less than the minimum"),
     (lambda c: c["pretrain"].update(foo=1), "pretrain", "unknown key(s) ('foo' was unexpected)"),
     (lambda c: c["finetune"].update(seeds="1"), "finetune.seeds", "is not of type 'array'"),
+    (lambda c: c["pretrain"]["settings"].update(masking={"high_rule": "third"}),
+     "pretrain.settings.masking.high_rule", "is not one of ['all_if_le8', 'half']"),
+    (lambda c: c["pretrain"]["settings"].update(masking={"P": 0.02}), "pretrain.settings.masking",
+     "unknown key(s) ('P' was unexpected)"),
     (lambda c: c["finetune"].update(tasks=["Prom-9000"]), "finetune.tasks", "unknown task 'Prom-9000'"),
     (lambda c: c.setdefault("tasks", {}).update({"X": {"num_labels": 2, "test": "prom_core_test",
                                                        "shots": {"10": "no_such_file"}}})
