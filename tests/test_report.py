@@ -282,3 +282,26 @@ def test_report_html_renders_in_chromium(metrics, missing_tsv, tmp_path):
     assert shot.exists(), "chromium wrote no screenshot"
     _png_ok(shot, min_ink=0.02)
     shutil.rmtree(tmp_path / "chrome-profile", ignore_errors=True)
+
+
+@pytest.mark.parametrize("reader, name", [
+    (lambda p: report.load_missing(p), "missing-shots table"),
+    (lambda p: report._read_loss_log(p), "training log"),
+    (lambda p: report._read_rank_counts(p), "mask-rank table"),
+])
+@pytest.mark.parametrize("content, fault", [
+    (None, "cannot read"),
+    ("", "empty file; expected a"),
+    ("alpha\tbeta\n1\t2\n", "lacks column(s)"),
+    (b"\xff\xfe\x00garbage\n", "not a readable TSV"),
+])
+def test_table_readers_name_file_and_fault(tmp_path, reader, name, content, fault):
+    p = tmp_path / "t.tsv"
+    if content is not None:
+        p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(GeneMaskError) as e:
+        reader(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: ") and fault in msg and "\n" not in msg, msg
+    if fault != "cannot read":
+        assert name in msg, msg

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .util import GeneMaskError, atomic_output
+from .util import GeneMaskError, atomic_output, read_tsv, require_columns
 
 METRICS = ("accuracy", "macro_f1", "mcc", "auroc")
 ID_KEYS = ("task", "shot", "seed", "scheme")
@@ -177,16 +177,7 @@ def load_missing(path: str | Path | None) -> pd.DataFrame:
     if path is None:
         return empty
     path = Path(path)
-    try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except OSError as e:
-        raise GeneMaskError(f"{path}: cannot read missing-shots table ({e.strerror})") from None
-    except pd.errors.EmptyDataError:
-        raise GeneMaskError(f"{path}: empty file; expected a TSV header 'task shot reason'") from None
-    lack = [c for c in ("task", "shot", "reason") if c not in df.columns]
-    if lack:
-        raise GeneMaskError(f"{path}: missing-shots table lacks column(s) {', '.join(lack)} "
-                            f"(expected task, shot, reason)")
+    df = read_tsv(path, "missing-shots table", ("task", "shot", "reason"), dtype=str, keep_default_na=False)
     if df.empty:
         return empty
     shots = pd.to_numeric(df["shot"], errors="coerce")
@@ -379,16 +370,8 @@ def plot_accuracy_vs_shots(summary: pd.DataFrame, metric: str = "accuracy") -> b
 
 
 def _read_loss_log(path: Path) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, sep="\t")
-    except OSError as e:
-        raise GeneMaskError(f"{path}: cannot read training log ({e.strerror})") from None
-    except pd.errors.EmptyDataError:
-        raise GeneMaskError(f"{path}: empty training log") from None
-    lack = [c for c in ("step", "loss", "val_loss") if c not in df.columns]
-    if lack:
-        raise GeneMaskError(f"{path}: training log lacks column(s) {', '.join(lack)} "
-                            f"(expected step, lr, loss, val_loss, val_ppl, tokens_per_s)")
+    df = read_tsv(path, "training log", ("step", "loss", "val_loss"),
+                  expected="step lr loss val_loss val_ppl tokens_per_s")
     for c in ("step", "loss", "val_loss"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
     if df["step"].isna().any():
@@ -451,20 +434,10 @@ def _read_rank_counts(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | 
     all real tokens seen, per NPMI rank, 4**k+1 = unranked/[UNK]) or `rank, count` (masked tokens only).
     A table without any counted token (a run pretrained without a ranking) gives zero masked counts.
     """
-    try:
-        df = pd.read_csv(path, sep="\t")
-    except OSError as e:
-        raise GeneMaskError(f"{path}: cannot read mask-rank table ({e.strerror})") from None
-    except pd.errors.EmptyDataError:
-        raise GeneMaskError(f"{path}: empty file, expected a header 'rank masked_count all_count'") from None
-    if "masked_count" in df.columns:
-        cols = ["rank", "masked_count", "all_count"]
-    else:
-        cols = ["rank", "count"]
-    lack = [c for c in cols if c not in df.columns]
-    if lack:
-        raise GeneMaskError(f"{path}: mask-rank table lacks column(s) {', '.join(lack)} "
-                            f"(expected rank, masked_count, all_count or rank, count)")
+    layouts = "rank masked_count all_count, or rank count"
+    df = read_tsv(path, "mask-rank table", expected=layouts)
+    cols = ["rank", "masked_count", "all_count"] if "masked_count" in df.columns else ["rank", "count"]
+    require_columns(df, path, "mask-rank table", cols, layouts)
     vals = [pd.to_numeric(df[c], errors="coerce") for c in cols]
     if any(v.isna().any() for v in vals) or any((v < 0).any() for v in vals[1:]):
         raise GeneMaskError(f"{path}: non-numeric or negative value in columns {', '.join(cols)}")

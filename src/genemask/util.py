@@ -125,3 +125,32 @@ def read_settings(settings, what: str) -> tuple[dict, str]:
     if not isinstance(user, dict):
         raise GeneMaskError(f"{src}: {what} settings must be a mapping, got {type(user).__name__}")
     return user, src
+
+
+def read_tsv(path, what: str, columns=(), expected: str = "", **read_csv_kwargs):
+    """A TSV with a header as a DataFrame; every fault -> one-line GeneMaskError naming the file.
+
+    what: the table's name in messages ("training log"); columns: required column names;
+    expected: the layout named in the messages (default: the required columns).
+    """
+    import pandas as pd
+
+    path = Path(path)
+    expected = expected or " ".join(columns)
+    try:
+        df = pd.read_csv(path, sep="\t", **read_csv_kwargs)
+    except OSError as e:
+        raise GeneMaskError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    except pd.errors.EmptyDataError:
+        raise GeneMaskError(f"{path}: empty file; expected a {what} with the header '{expected}'") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise GeneMaskError(f"{path}: not a readable TSV {what} ({str(e).strip().splitlines()[-1]})") from None
+    require_columns(df, path, what, columns, expected)
+    return df
+
+
+def require_columns(df, path, what: str, columns, expected: str = "") -> None:
+    """GeneMaskError `FILE: WHAT lacks column(s) ...` unless every name in `columns` is a column of df."""
+    lack = [c for c in columns if c not in df.columns]
+    if lack:
+        raise GeneMaskError(f"{path}: {what} lacks column(s) {', '.join(lack)} (expected {expected or ' '.join(columns)})")
