@@ -202,7 +202,9 @@ def test_equals_loop_implementation(batch, scheme, rule, p, tied, step, block):
 
 
 @pytest.mark.parametrize("scheme", ["dnabert", "genemask", "reference", "curriculum"])
-def test_equals_loop_on_real_batches(real_ids, ranking, scheme):
+@pytest.mark.parametrize("numpy_sort", [True, False])  # False: torch.sort, the path taken on a GPU
+def test_equals_loop_on_real_batches(real_ids, ranking, scheme, numpy_sort, monkeypatch):
+    monkeypatch.setattr(masking, "NUMPY_SORT", numpy_sort)
     m = make_masker(scheme, ranking=ranking)
     for b in range(4):
         ids = real_ids[b * 64 : (b + 1) * 64]
