@@ -182,7 +182,7 @@ def _high_per_row(m: torch.Tensor, high_rule: str) -> torch.Tensor:
     return n_high
 
 
-NUMPY_SORT = True  # on CPU, sort with numpy (~2x faster than torch.sort for a few thousand keys)
+NUMPY_SORT = True  # on CPU, sort and scan with numpy (~2x faster than torch.sort / nonzero here)
 
 
 def _argsort(key: torch.Tensor) -> torch.Tensor:
@@ -432,17 +432,16 @@ class Masker:
         """
         input_ids = _as_ids(input_ids)
         dev = input_ids.device
-        flat = masked.reshape(-1).nonzero().squeeze(1)
-        vals = input_ids.view(-1)[flat]
+        flat = _flat_nonzero(masked.reshape(-1))
+        vals = input_ids.view(-1).index_select(0, flat)
         n = flat.numel()
         x = _rand((n,), generator, dev)
         rnd = _randint(kmers.N_SPECIAL, self.vocab_size, (n,), generator, dev)
-        new = torch.where(x < self.mask_prob, kmers.MASK,
-                          torch.where(x < self.mask_prob + self.random_prob, rnd, vals))
+        new = torch.where(x < self.mask_prob + self.random_prob, rnd, vals).masked_fill_(x < self.mask_prob, kmers.MASK)
         out = input_ids.clone()
-        out.view(-1)[flat] = new
+        out.view(-1).index_copy_(0, flat, new)
         labels = torch.full_like(input_ids, IGNORE)
-        labels.view(-1)[flat] = vals
+        labels.view(-1).index_copy_(0, flat, vals)
         return out, labels
 
     def __call__(self, input_ids: torch.Tensor, generator: torch.Generator | None = None, step: int = 0,
@@ -450,6 +449,13 @@ class Masker:
         input_ids = _as_ids(input_ids)
         masked = self.mask_positions(input_ids, generator, step, total_steps)
         return self.replace(input_ids, masked, generator)
+
+
+def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of the True entries of a 1-D bool tensor, ascending (numpy's scan is ~2x faster on CPU)."""
+    if NUMPY_SORT and mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero().squeeze(1)
 
 
 def _as_ids(x) -> torch.Tensor:
