@@ -98,8 +98,13 @@ def curriculum_share(step: int, total_steps: int, ramp: float = 1.0) -> float:
 def real_positions(input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(bool [B, L] mask of the real-token positions 1..end, end [B]); see `row_ends`."""
     end = row_ends(input_ids)
-    pos = torch.arange(input_ids.shape[1], device=input_ids.device)
-    return (pos >= 1) & (pos <= end[:, None]), end
+    return real_mask(end, input_ids.shape[1]), end
+
+
+def real_mask(end: torch.Tensor, L: int) -> torch.Tensor:
+    """bool [B, L]: True at the positions 1..end[b] of each row b."""
+    pos = torch.arange(L, device=end.device)
+    return (pos >= 1) & (pos <= end[:, None])
 
 
 def row_ends(input_ids: torch.Tensor) -> torch.Tensor:
@@ -135,12 +140,10 @@ def rank_table(ranking: np.ndarray, k: int) -> torch.Tensor:
 class Centres(NamedTuple):
     """Centres in flat (row-major) coordinates, one entry per centre in row-major order.
 
-    rows, cols: the centre's row and column; flat = rows * L + cols; first, last: the flat indices of
-    its row's positions 1 and end, the bounds every span around it is clamped to.
+    flat = row * L + column; first, last: the flat indices of the centre's row's positions 1 and end,
+    the bounds every span around it is clamped to.
     """
 
-    rows: torch.Tensor
-    cols: torch.Tensor
     flat: torch.Tensor
     first: torch.Tensor
     last: torch.Tensor
@@ -148,7 +151,7 @@ class Centres(NamedTuple):
     @classmethod
     def of(cls, rows: torch.Tensor, cols: torch.Tensor, end: torch.Tensor, L: int) -> "Centres":
         base = rows * L
-        return cls(rows, cols, base + cols, base + 1, base + end.index_select(0, rows))
+        return cls(base + cols, base + 1, base + end.index_select(0, rows))
 
 
 def span_indices(anchors: torch.Tensor, first: torch.Tensor, last: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -227,7 +230,7 @@ def genemask_positions(input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.
     worst = 4**k + 1  # rank_table caps every rank at this
     ranks = ranks.to(dev)
     if by_position:
-        pos = nb - (rows * L)[None, :]
+        pos = nb - (c.first - 1)[None, :]  # column within the row
         r = torch.where(pos < ranks.numel(), ranks.index_select(0, pos.clamp(max=ranks.numel() - 1).view(-1)).view_as(pos), worst)
     else:
         r = ranks.index_select(0, input_ids.view(-1).index_select(0, nb.view(-1))).view_as(nb)
@@ -309,8 +312,7 @@ def draw_centres(end: torch.Tensor, L: int, p: float, generator, device,
         e = torch.empty(0, dtype=torch.long, device=device)
         return e, e
     if p > SPARSE_MAX_P:
-        pos = torch.arange(L, device=device)
-        centres = (_rand((B, L), generator, device) < p) & (pos >= 1) & (pos <= end[:, None])
+        centres = (_rand((B, L), generator, device) < p) & real_mask(end, L)
         rows, cols = centres.nonzero(as_tuple=True)
         return rows, cols
     K = block or int(math.ceil(L * p + 6 * math.sqrt(L * p * (1 - p)) + 4))
@@ -384,8 +386,7 @@ class Masker:
         if end is None:
             end = row_ends(input_ids)
         if self.scheme == "random":  # per-token masking: always the dense draw
-            pos = torch.arange(L, device=dev)
-            return Draws((_rand((B, L), generator, dev) < self.p) & (pos >= 1) & (pos <= end[:, None]))
+            return Draws((_rand((B, L), generator, dev) < self.p) & real_mask(end, L))
         rows, cols = draw_centres(end, L, self.p, generator, dev, block=block)
         if self.scheme == "curriculum":
             priority = _randint(0, 1 << PRIORITY_BITS, (rows.numel(),), generator, dev)
@@ -401,12 +402,10 @@ class Masker:
             end = row_ends(input_ids)
         B, L = input_ids.shape
         if s == "random":
-            pos = torch.arange(L, device=input_ids.device)
-            return draws.centres & (pos >= 1) & (pos <= end[:, None])
+            return draws.centres & real_mask(end, L)
         rows, cols = draws.rows, draws.cols
         if rows is None:
-            pos = torch.arange(L, device=input_ids.device)
-            rows, cols = (draws.centres & (pos >= 1) & (pos <= end[:, None])).nonzero(as_tuple=True)
+            rows, cols = (draws.centres & real_mask(end, L)).nonzero(as_tuple=True)
         if s == "dnabert":
             c = Centres.of(rows, cols, end, L)
             return _spans_mask(B, L, span_indices(c.flat, c.first, c.last, *span_offsets(self.k)))
@@ -573,7 +572,7 @@ def mask_stats_cli(fasta, scheme: str, ranking=None, k: int = 6, n_seqs: int = 2
     if not pieces:
         raise GeneMaskError(f"{fasta}: no 511-bp stretch free of N in the file")
     gen = torch.Generator().manual_seed(seed)
-    ranks = rank_table(rank_arr, k)
+    ranks = masker.ranks("cpu")
     top = 4**k // 10  # top decile of the ranking
     tot = {"masked": 0.0, "real": 0.0, "runs": 0.0, "rank_m": 0.0, "n_m": 0.0, "rank_a": 0.0, "n_a": 0.0,
            "top_m": 0.0, "top_a": 0.0}

@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 
 from .corpus import Corpus
-from .kmers import CLS, N_SPECIAL, PAD, SEP, vocab_size
+from .kmers import CLS, PAD, SEP, vocab_size
+from .masking import make_masker, rank_table
 from .util import GeneMaskError, Progress, atomic_output, read_settings
 
 # The paper's settings (spec section 6) are the defaults.
@@ -200,8 +201,6 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
         ranking = load_ranking(ranking_path, k)
     masker = None
     if steps > 0:
-        from .masking import make_masker
-
         masker = make_masker(scheme, k=k, ranking=ranking, **s["masking"])
     ddp_model = MaskedLMLoss(model)
     if world > 1:
@@ -224,7 +223,7 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     prog = Progress(f"pretrain {scheme}", steps, "steps", every_s=10, fmt="{:,.2f}")
     prog.done = state["step"]
     t_last, tok_last = time.perf_counter(), 0
-    ranking_t = torch.from_numpy(np.concatenate([np.full(N_SPECIAL, 4**k + 1), ranking])) if ranking is not None else None
+    ranking_t = rank_table(ranking, k) if ranking is not None else None  # rank by token id
 
     def evaluate() -> float:
         ddp_model.eval()
