@@ -175,7 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    from . import worker
+
+    if worker.enabled(args.command):  # GENEMASK_WORKER=1: run in a child of the warm server
+        rc = worker.run(argv)
+        if rc is not None:
+            return rc
     try:
         rc = dispatch(args)
         return rc if isinstance(rc, int) else 0
