@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from genemask import cli, plan
-from genemask.sources import fetch, fetch_args, lock_path, parse_checksums, sha256_of
+from genemask.sources import ALGORITHMS, fetch, fetch_args, lock_path, parse_checksums, sha256_of
 from genemask.util import GeneMaskError
 
 SLICE = "genome/hg38_chr2_1-2333275.fa.gz"
@@ -246,8 +246,12 @@ def test_rule_arguments_fetch_hg38_by_its_md5_list(listed):
     hg38 = plan.resolve(yaml.safe_load(open(plan.ROOT / "config" / "config.yaml")))["sources"]["hg38"]
     args = shlex.split(fetch_args(hg38))
     assert "--sha256" not in args
-    assert args[args.index("--checksums-url") + 1] == "https://hgdownload.soe.ucsc.edu/goldenPath/hg38/bigZips/md5sum.txt"
+    ucsc = "https://hgdownload.soe.ucsc.edu/goldenPath/hg38/bigZips/"
+    assert args[args.index("--checksums-url") + 1] == ucsc + "md5sum.txt" and hg38["url"] == ucsc + "hg38.fa.gz"
     assert args[args.index("--checksums-algorithm") + 1] == "md5"
+    schema = yaml.safe_load(open(plan.ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    checksums_schema = schema["definitions"]["source"]["properties"]["checksums"]
+    assert tuple(checksums_schema["properties"]["algorithm"]["enum"]) == ALGORITHMS  # one list of algorithms
     root, base, payload, checksums, out = listed
     local = shlex.split(fetch_args({"url": f"{base}/x.fa.gz", "path": "genome/x.fa.gz", "sha256": None,
                                     "checksums": checksums}))

@@ -171,7 +171,8 @@ def _expectation(url: str, sha256: str | None, checksums: dict | None, output: P
                             f"or its checksums: {{url, algorithm, path}}")
     algorithm = checksums["algorithm"]
     if algorithm not in ALGORITHMS:
-        raise GeneMaskError(f"{checksums['url']}: checksum algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        raise GeneMaskError(f"{checksums['url']}: checksum algorithm {algorithm!r} is not one of "
+                            f"{', '.join(ALGORITHMS)}")
     data, where = _checksum_list(checksums, url, mirror)
     try:
         text = data.decode("utf-8")
@@ -180,7 +181,8 @@ def _expectation(url: str, sha256: str | None, checksums: dict | None, output: P
     name = urllib.parse.unquote(PurePosixPath(urllib.parse.urlparse(url).path).name)
     entries = parse_checksums(text, algorithm, where)
     if name not in entries:
-        raise GeneMaskError(f"{where}: checksum list has no {algorithm} entry for {name!r} (source {url}); file refused")
+        raise GeneMaskError(f"{where}: checksum list has no {algorithm} entry for {name!r} (source {url}); "
+                            f"file refused")
     return _Expect(lock=lock, listed=(algorithm, entries[name], where))
 
 
