@@ -207,5 +207,8 @@ def test_config_overrides_one_key_of_a_catalogued_source():
     cfg["sources"] = {"hg38": {"sha256": "a" * 64}}
     resolved = plan.resolve(cfg)
     assert resolved["sources"]["hg38"] == {"url": "https://hgdownload.soe.ucsc.edu/goldenPath/hg38/bigZips/hg38.fa.gz",
-                                           "sha256": "a" * 64, "path": "genome/hg38.fa.gz"}
+                                           "sha256": "a" * 64, "path": "genome/hg38.fa.gz",
+                                           "checksums": {"url": "https://hgdownload.soe.ucsc.edu/goldenPath/hg38/"
+                                                                "bigZips/md5sum.txt",
+                                                         "algorithm": "md5", "path": "genome/hg38.md5sum.txt"}}
     assert plan.resolve(yaml.safe_load(open(ROOT / "config/config.yaml")))["sources"]["hg38"]["sha256"] is None

@@ -21,10 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     # ---- sources / genome (sources.py, genome.py) -------------------------------------------
-    p = _p(sub, "fetch", "download a declared source (or copy it from $GENEMASK_MIRROR) and verify its sha256")
+    p = _p(sub, "fetch", "download a declared source (or copy it from $GENEMASK_MIRROR) and verify it: pinned "
+           "sha256, else the sha256 locked in <output>.sha256, else a published checksum list (then locked)")
     p.add_argument("--url", required=True)
-    p.add_argument("--sha256", required=True)
+    p.add_argument("--sha256", default=None, help="pinned sha256 (wins over lock and list)")
     p.add_argument("--mirror-path", required=True, help="path of the file inside a mirror folder")
+    p.add_argument("--checksums-url", default=None, help="published checksum list (md5sum format) beside the file")
+    p.add_argument("--checksums-algorithm", default="md5", help="digest the list holds (md5, sha1, sha256, sha512)")
+    p.add_argument("--checksums-path", default=None, help="path of the list inside a mirror folder")
     p.add_argument("--mirror", default=None, help="mirror folder (default: $GENEMASK_MIRROR)")
     p.add_argument("-o", "--output", required=True)
 
@@ -196,7 +200,12 @@ def dispatch(args: argparse.Namespace):
     if c == "fetch":
         from .sources import fetch
 
-        return fetch(args.url, args.sha256, args.mirror_path, args.output, mirror=args.mirror)
+        checksums = None
+        if args.checksums_url:
+            if not args.checksums_path:
+                raise GeneMaskError("--checksums-url needs --checksums-path (the list's path inside a mirror folder)")
+            checksums = {"url": args.checksums_url, "algorithm": args.checksums_algorithm, "path": args.checksums_path}
+        return fetch(args.url, args.sha256, args.mirror_path, args.output, mirror=args.mirror, checksums=checksums)
     if c == "index":
         from .genome import index_fasta
 

@@ -1,6 +1,10 @@
 # Fetch + verify a declared source, then bgzip + faidx the genome, then plan the chunks.
+from genemask.sources import fetch_args
 
 
+# A source verified by a published checksum list (no pinned sha256) leaves the sha256 it saw in
+# <output>.sha256. That lock is deliberately not an output: Snakemake would delete it before a
+# rerun, and it is what a rerun (or another node sharing results/) checks the file against.
 rule fetch:
     output:
         f"{RESULTS}/sources/{{path}}",
@@ -15,10 +19,9 @@ rule fetch:
         mem_mb=500,
         runtime=120,
     params:
-        src=lambda wc: SOURCE_BY_PATH[wc.path],
+        args=lambda wc: fetch_args(SOURCE_BY_PATH[wc.path]),
     shell:
-        "genemask fetch --url '{params.src[url]}' --sha256 '{params.src[sha256]}' "
-        "--mirror-path '{params.src[path]}' -o {output} 2> {log}"
+        "genemask fetch {params.args} -o {output} 2> {log}"
 
 
 rule index_genome:
