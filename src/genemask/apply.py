@@ -351,9 +351,12 @@ def predict(folder, seqs: list[bytes | str], ids: list[str] | None = None, strid
     window (default and maximum: max_position_embeddings - 2)."""
     import torch
 
+    dev = _device(device)
+    if batch_size < 1:
+        raise GeneMaskError(f"--batch-size: must be >= 1, got {batch_size}")
     model, k, labels = load_for_predict(folder)
     tokens = _tokens(model.config, folder, k, seqs, ids, stride, window, source)
-    logits = predict_logits(model, tokens, batch_size, _device(device))
+    logits = predict_logits(model, tokens, batch_size, dev)
     return torch.softmax(torch.from_numpy(logits), dim=-1).numpy(), labels
 
 
@@ -368,13 +371,13 @@ def embed(folder, seqs: list[bytes | str], ids: list[str] | None = None, pooling
         raise GeneMaskError(f"--pooling: expected cls or mean, got {pooling!r}")
     if batch_size < 1:
         raise GeneMaskError(f"--batch-size: must be >= 1, got {batch_size}")
+    dev = _device(device)
     model, k = load_encoder(folder)
     n_layers = int(model.config.num_hidden_layers)
     if not -(n_layers + 1) <= layer <= n_layers:
         raise GeneMaskError(f"--layer: {folder} has hidden states 0..{n_layers} (0 = embeddings; negative "
                             f"from the end, -1 = last), got {layer}")
     tokens = _tokens(model.config, folder, k, seqs, ids, stride, window, source)
-    dev = _device(device)
     model.to(dev)
     total = np.zeros((tokens.n, int(model.config.hidden_size)), dtype=np.float64)
     weight = np.zeros(tokens.n, dtype=np.float64)
