@@ -119,6 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tuning settings: a JSON string or a JSON/YAML file (schema: genemask.finetune docstring)")
     p.add_argument("-o", "--output", required=True, help="metrics JSON")
 
+    # ---- using a model (apply.py) ---------------------------------------------------------------
+    p = _p(sub, "predict", "class probabilities of new sequences (FASTA or TSV/CSV) from a fine-tuned classifier")
+    p.add_argument("--model", required=True, help="fine-tuned classifier folder (apply.save_classifier)")
+    p.add_argument("input", help="FASTA (.fa/.fasta/.fna[.gz]) or table (.tsv/.csv[.gz], a sequence column)")
+    p.add_argument("--stride", type=int, default=None, help="tokens between window starts (default: half a window)")
+    p.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("-o", "--output", required=True, help="TSV: id, prob_<label> per class, predicted")
+
+    p = _p(sub, "embed", "per-sequence vectors of new sequences from any model folder (pretrained or fine-tuned)")
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("input", help="FASTA (.fa/.fasta/.fna[.gz]) or table (.tsv/.csv[.gz], a sequence column)")
+    p.add_argument("--pooling", choices=["cls", "mean"], default="cls")
+    p.add_argument("--layer", type=int, default=-1, help="hidden state: 0 = embeddings, 1..L layers, -1 = last")
+    p.add_argument("--stride", type=int, default=None, help="tokens between window starts (default: half a window)")
+    p.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("-o", "--output", required=True, help=".npy (ids in <stem>.ids.txt beside it) or .parquet")
+
     # ---- report (report.py, motifs.py) --------------------------------------------------------
     p = _p(sub, "aggregate", "collect run metrics: one TSV row per run, mean +- sd table, tests, plots")
     p.add_argument("metrics", nargs="+")
@@ -259,6 +278,16 @@ def dispatch(args: argparse.Namespace):
             model=args.model, train=args.train, test=args.test, task=args.task, shot=args.shot, seed=args.seed,
             scheme=args.scheme, num_labels=args.num_labels, settings=args.settings, output=args.output,
         )
+    if c == "predict":
+        from .apply import predict_cli
+
+        return predict_cli(args.model, args.input, args.output, stride=args.stride, batch_size=args.batch_size,
+                           device=args.device)
+    if c == "embed":
+        from .apply import embed_cli
+
+        return embed_cli(args.model, args.input, args.output, pooling=args.pooling, layer=args.layer,
+                         stride=args.stride, batch_size=args.batch_size, device=args.device)
     if c == "aggregate":
         from .report import aggregate_cli
 

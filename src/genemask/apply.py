@@ -1,0 +1,487 @@
+"""Using a model: save a fine-tuned classifier, predict classes and embed new sequences.
+
+- `save_classifier(model, folder, meta)` writes a fine-tuned `BertForSequenceClassification` as a
+  Hugging Face folder that `AutoModelForSequenceClassification.from_pretrained(folder)` loads:
+  config.json (with `id2label`/`label2id`), model.safetensors, the tokenizer files of the source
+  model folder (tokenizer.json, tokenizer_config.json, vocab.txt; built for k if the source has
+  none) and our metadata `genemask.json` ("kind": "classifier", k, labels, task, shot, seed,
+  source_model, metrics, ...).
+- `predict_cli` (`genemask predict`): class probabilities per sequence, TSV `id prob_<label>...
+  predicted`.
+- `embed_cli` (`genemask embed`): one vector per sequence from any of our model folders (pretrained
+  MLM or fine-tuned classifier; the base encoder is loaded with AutoModel), [CLS] or mean pooling
+  over the real tokens ([CLS], k-mers, [SEP]; [PAD] masked out) of a chosen hidden layer
+  (0 = embedding output, 1..L = encoder layers, negative counts from the end; default -1 = last).
+  `.npy` (float32 [n, hidden]) with the ids in `<stem>.ids.txt` beside it, or `.parquet` (columns
+  `id`, `e0`..`e{hidden-1}`; needs pyarrow or fastparquet).
+
+Inputs: FASTA (`.fa .fasta .fna .fas`, plain or `.gz`; read with `genome.iter_fasta_validated`, so
+a malformed file is a one-line error; ids = record names) or a table (`.tsv .csv`, plain or `.gz`;
+header with a `sequence` (or `seq`) column, optionally an `id` (or `name`) column, other columns
+ignored; sequences raw bp or space-separated k-mers as in the task files; ids = the id column or the
+data row number, 1-based). Every sequence is held in memory.
+
+Windows: a sequence of L bp has n = L - k + 1 k-mer tokens; the model takes W = max_position_embeddings
+- 2 of them at a time. A sequence with n <= W is one window (exactly the tokens fine-tuning uses).
+A longer one is scored by windows of W tokens starting at 0, S, 2S, ... and a last window flush with
+the end (start n - W), so every token is covered (`plan_windows`; S = --stride, default W // 2).
+Predictions average the window logits, then softmax; [CLS] embeddings average the window vectors;
+mean embeddings weight each window by its real tokens (sum of token vectors / number of tokens over
+all windows). Windows are sorted by length and run in batches of --batch-size under
+`torch.inference_mode`. Tokenisation is one vectorised `kmers.seq_to_ids` call over all sequences
+joined (k-mers across a boundary are never gathered).
+"""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+import numpy as np
+
+from .finetune import _set_threads, load_classifier, model_k
+from .kmers import CLS, N_SPECIAL, PAD, SEP, kmers_to_seq, seq_to_ids, vocab_size
+from .tasks import SEQ_NAMES, _delimiter, _short, _unquote
+from .util import GeneMaskError, Progress, atomic_output
+
+FASTA_EXT = (".fa", ".fasta", ".fna", ".fas")
+TABLE_EXT = (".tsv", ".csv")
+ID_NAMES = ("id", "name")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+_BP = re.compile(r"[A-Za-z]+")
+
+
+# ---------------------------------------------------------------------------------------------
+# saving a fine-tuned classifier
+# ---------------------------------------------------------------------------------------------
+def save_classifier(model, folder: str | os.PathLike, meta: dict) -> Path:
+    """Write a fine-tuned sequence classifier as a Hugging Face folder (atomically); returns it.
+
+    meta: written to genemask.json (JSON-able values; others via str). Keys read here, all optional:
+    `labels` (list of num_labels class names; default "0".."n-1"), `source_model` (the pretrained
+    folder: its tokenizer files are copied and its k is the default for `k`), `k` (default: the
+    source's k, else 6). Suggested: task, shot, seed, scheme, metrics. Sets model.config.id2label
+    and label2id to the label names.
+    """
+    folder = Path(folder)
+    meta = dict(meta)
+    n = int(model.config.num_labels)
+    labels = [str(x) for x in meta.get("labels") or range(n)]
+    if len(labels) != n or len(set(labels)) != n:
+        raise GeneMaskError(f"{folder}: meta labels {labels} must be {n} distinct names (the model has {n} classes)")
+    src = Path(meta["source_model"]) if meta.get("source_model") else None
+    k = meta.get("k")
+    if k is None:
+        k = model_k(src) if src is not None else 6
+    meta.update({"kind": "classifier", "k": int(k), "num_labels": n, "labels": labels})
+    if src is not None:
+        meta["source_model"] = str(src)
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {lab: i for i, lab in enumerate(labels)}
+    with atomic_output(folder, is_dir=True) as tmp:
+        with _quiet_hf():
+            model.save_pretrained(tmp)  # safetensors (model.safetensors)
+        copied = [f for f in TOKENIZER_FILES if src is not None and (src / f).is_file()]
+        for f in copied:
+            shutil.copyfile(src / f, tmp / f)
+        if "tokenizer.json" not in copied:  # source without a tokenizer (or none given): build it for k
+            from .tokenizer import build_tokenizer, save_tokenizer
+
+            save_tokenizer(build_tokenizer(int(k)), tmp)
+        (tmp / "genemask.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------
+def input_kind(path: str | os.PathLike) -> str:
+    """'fasta' or 'table' from the file name (a trailing .gz allowed); anything else -> GeneMaskError."""
+    name = Path(path).name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    suffix = Path(name).suffix
+    if suffix in FASTA_EXT:
+        return "fasta"
+    if suffix in TABLE_EXT:
+        return "table"
+    raise GeneMaskError(f"{path}: unknown input extension {suffix or '(none)'!r}; expected FASTA "
+                        f"({' '.join(FASTA_EXT)}) or a table ({' '.join(TABLE_EXT)}), optionally .gz")
+
+
+def read_input(path: str | os.PathLike) -> tuple[list[str], list[bytes]]:
+    """(ids, sequences as bytes) of a FASTA or a sequence table (see the module docstring)."""
+    path = Path(path)
+    kind = input_kind(path)
+    if not path.is_file():
+        raise GeneMaskError(f"{path}: file not found")
+    if kind == "fasta":
+        from .genome import iter_fasta_validated
+
+        ids, seqs = [], []
+        for name, seq in iter_fasta_validated(path):
+            ids.append(name)
+            seqs.append(seq)
+        return ids, seqs
+    return _read_table(path)
+
+
+def _read_table(path: Path) -> tuple[list[str], list[bytes]]:
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.name.lower().endswith(".gz") else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise GeneMaskError(f"{path}: cannot read the sequence table ({e})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise GeneMaskError(f"{path}:{line}: not UTF-8/ASCII text") from None
+    lines = text.splitlines()
+    first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
+    if first is None:
+        raise GeneMaskError(f"{path}:1: empty file (expected a header with a 'sequence' column)")
+    header = lines[first]
+    delim = _delimiter(Path(path.name[:-3]) if path.name.lower().endswith(".gz") else path, header)
+    names = [_unquote(f).lower() for f in header.split(delim)]
+    si = next((i for i, c in enumerate(names) if c in SEQ_NAMES), None)
+    if si is None:
+        raise GeneMaskError(f"{path}:{first + 1}: header columns {names} have no 'sequence' (or 'seq') column")
+    ii = next((i for i, c in enumerate(names) if c in ID_NAMES), None)
+    ids: list[str] = []
+    seqs: list[bytes] = []
+    seen: set[str] = set()
+    for i in range(first + 1, len(lines)):
+        ln = lines[i]
+        if not ln.strip():
+            continue
+        fields = ln.split(delim)
+        if len(fields) != len(names):
+            raise GeneMaskError(f"{path}:{i + 1}: {len(fields)} field(s), the header has {len(names)}")
+        seq = _unquote(fields[si])
+        if " " in seq:
+            try:
+                seq = kmers_to_seq(seq.split())
+            except ValueError as e:
+                raise GeneMaskError(f"{path}:{i + 1}: k-mers do not overlap: {e}") from None
+        if not _BP.fullmatch(seq):
+            what = "empty sequence" if not seq else f"sequence {_short(seq)} has a character that is not a base letter"
+            raise GeneMaskError(f"{path}:{i + 1}: {what}")
+        rid = _unquote(fields[ii]) if ii is not None else str(len(ids) + 1)
+        if not rid or rid in seen:
+            raise GeneMaskError(f"{path}:{i + 1}: " + (f"duplicate id {rid!r}" if rid else "empty id"))
+        seen.add(rid)
+        ids.append(rid)
+        seqs.append(seq.encode("ascii"))
+    if not seqs:
+        raise GeneMaskError(f"{path}:{first + 1}: a header but no data rows")
+    return ids, seqs
+
+
+# ---------------------------------------------------------------------------------------------
+# windows and tokens
+# ---------------------------------------------------------------------------------------------
+def plan_windows(n_tokens, window: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows over sequences of n_tokens k-mer tokens each -> (sequence index, start, length).
+
+    One window [0, n) when n <= window; otherwise starts 0, stride, 2*stride, ... < n - window and a
+    last start n - window (flush with the end), each `window` tokens long. Vectorised.
+    """
+    n = np.asarray(n_tokens, dtype=np.int64)
+    if window < 1 or not 1 <= stride <= window:
+        raise GeneMaskError(f"--stride: must be in [1, {window}] (the window is {window} tokens), got {stride}")
+    if (n < 1).any():
+        raise GeneMaskError(f"sequence {int(np.flatnonzero(n < 1)[0]) + 1} has no k-mer token")
+    over = np.maximum(n - window, 0)
+    m = np.where(over > 0, -(-over // stride) + 1, 1)  # ceil(over / stride) + 1 windows
+    seq = np.repeat(np.arange(len(n)), m)
+    j = np.arange(int(m.sum())) - np.repeat(np.cumsum(m) - m, m)
+    start = np.minimum(j * stride, over[seq])
+    length = np.minimum(n, window)[seq]
+    return seq, start, length
+
+
+class _Tokens:
+    """Token ids of all sequences (one seq_to_ids call over the joined bytes) and their windows."""
+
+    def __init__(self, ids: list[str], seqs: list[bytes], k: int, window: int, stride: int, source: str):
+        bp = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        short = np.flatnonzero(bp < k)
+        if short.size:
+            i = int(short[0])
+            raise GeneMaskError(f"{source}: record {ids[i]!r} has {bp[i]} bp, shorter than k={k}: "
+                                f"no k-mer to score")
+        self.n = len(seqs)
+        self.offset = np.cumsum(bp) - bp  # token j of sequence i is tok[offset[i] + j]
+        self.tok = seq_to_ids(b"".join(seqs), k)
+        self.seq, start, self.length = plan_windows(bp - k + 1, window, stride)
+        self.base = self.offset[self.seq] + start
+
+    def batches(self, batch_size: int):
+        """Yield (window indices, input_ids LongTensor [B, T], attention_mask) longest first."""
+        import torch
+
+        order = np.argsort(-self.length, kind="stable")
+        for b in range(0, len(order), batch_size):
+            w = order[b : b + batch_size]
+            length = self.length[w]
+            col = np.arange(int(length.max()))
+            pos = np.minimum(self.base[w][:, None] + col[None, :], len(self.tok) - 1)
+            x = np.full((len(w), len(col) + 2), PAD, dtype=np.int64)
+            x[:, 1:-1] = np.where(col[None, :] < length[:, None], self.tok[pos], PAD)
+            x[:, 0] = CLS
+            x[np.arange(len(w)), length + 1] = SEP
+            ids = torch.from_numpy(x)
+            yield w, ids, (ids != PAD).long()
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------
+def _device(name: str):
+    import torch
+
+    if name not in ("cpu", "cuda", "auto"):
+        raise GeneMaskError(f"--device: expected cpu, cuda or auto, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GeneMaskError("--device: cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def _config(folder: Path):
+    from transformers import AutoConfig
+
+    if not (folder / "config.json").is_file():
+        raise GeneMaskError(f"{folder}: not a model folder (no config.json)")
+    try:
+        return AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise GeneMaskError(f"{folder}: cannot read config.json ({str(e).splitlines()[0][:200]})") from None
+
+
+def _window_size(cfg, folder: Path, k: int, window: int | None) -> int:
+    if cfg.vocab_size < vocab_size(k):
+        raise GeneMaskError(f"{folder}: vocab_size {cfg.vocab_size} is smaller than the {k}-mer vocabulary "
+                            f"({vocab_size(k)} = {N_SPECIAL} specials + 4^{k})")
+    w_max = int(cfg.max_position_embeddings) - 2
+    if window is None:
+        return w_max
+    if not 1 <= window <= w_max:
+        raise GeneMaskError(f"window: must be in [1, {w_max}] tokens for {folder}, got {window}")
+    return window
+
+
+def load_for_predict(folder: str | os.PathLike):
+    """(classifier in eval mode, k, label names) of a fine-tuned classifier folder."""
+    folder = Path(folder)
+    cfg = _config(folder)
+    if not any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or [])):
+        raise GeneMaskError(f"{folder}: not a fine-tuned classifier (architectures {cfg.architectures}); "
+                            f"use `genemask embed` for a pretrained model")
+    model = load_classifier(folder, int(cfg.num_labels), None)
+    labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    return model.eval(), model_k(folder), labels
+
+
+def load_encoder(folder: str | os.PathLike):
+    """(base encoder, e.g. BertModel without pooler, in eval mode, k) of any of our model folders."""
+    from transformers import AutoModel
+
+    folder = Path(folder)
+    _config(folder)
+    try:
+        with _quiet_hf():  # MLM/classifier heads left unused are expected here
+            try:
+                model = AutoModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=False)
+            except TypeError:  # an encoder class without a pooler option
+                model = AutoModel.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise GeneMaskError(f"{folder}: cannot load the encoder ({str(e).replace(chr(10), ' ')[:300]})") from None
+    return model.eval(), model_k(folder)
+
+
+@contextlib.contextmanager
+def _quiet_hf():
+    """Hugging Face warnings and tqdm bars off for the block (they clutter Snakemake logs)."""
+    from transformers.utils import logging as hf_logging
+
+    prev, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(prev)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+# ---------------------------------------------------------------------------------------------
+# predict / embed (Python API)
+# ---------------------------------------------------------------------------------------------
+def predict_logits(model, tokens: _Tokens, batch_size: int, device, label: str = "predict") -> np.ndarray:
+    """Window-averaged logits [n, num_labels] (float64)."""
+    import torch
+
+    if batch_size < 1:
+        raise GeneMaskError(f"--batch-size: must be >= 1, got {batch_size}")
+    model.to(device)
+    total = np.zeros((tokens.n, model.config.num_labels), dtype=np.float64)
+    prog = Progress(label, len(tokens.seq), "windows")
+    with torch.inference_mode():
+        for w, x, mask in tokens.batches(batch_size):
+            logits = model(input_ids=x.to(device), attention_mask=mask.to(device)).logits
+            np.add.at(total, tokens.seq[w], logits.double().cpu().numpy())
+            prog.update(len(w))
+    prog.close(f"{tokens.n} sequences")
+    return total / np.bincount(tokens.seq, minlength=tokens.n)[:, None]
+
+
+def predict(folder, seqs: list[bytes | str], ids: list[str] | None = None, stride: int | None = None,
+            batch_size: int = 64, device: str = "auto", window: int | None = None,
+            source: str = "input") -> tuple[np.ndarray, list[str]]:
+    """(class probabilities [n, num_labels] float64, label names) of raw-bp sequences.
+
+    ids name the records in errors (default "1".."n"); source names the input; window: tokens per
+    window (default and maximum: max_position_embeddings - 2)."""
+    import torch
+
+    dev = _device(device)
+    if batch_size < 1:
+        raise GeneMaskError(f"--batch-size: must be >= 1, got {batch_size}")
+    model, k, labels = load_for_predict(folder)
+    tokens = _tokens(model.config, folder, k, seqs, ids, stride, window, source)
+    logits = predict_logits(model, tokens, batch_size, dev)
+    return torch.softmax(torch.from_numpy(logits), dim=-1).numpy(), labels
+
+
+def embed(folder, seqs: list[bytes | str], ids: list[str] | None = None, pooling: str = "cls", layer: int = -1,
+          stride: int | None = None, batch_size: int = 64, device: str = "auto",
+          window: int | None = None, source: str = "input") -> np.ndarray:
+    """Per-sequence vectors [n, hidden] float32 (see the module docstring for pooling and windows;
+    the other arguments as for `predict`)."""
+    import torch
+
+    if pooling not in ("cls", "mean"):
+        raise GeneMaskError(f"--pooling: expected cls or mean, got {pooling!r}")
+    if batch_size < 1:
+        raise GeneMaskError(f"--batch-size: must be >= 1, got {batch_size}")
+    dev = _device(device)
+    model, k = load_encoder(folder)
+    n_layers = int(model.config.num_hidden_layers)
+    if not -(n_layers + 1) <= layer <= n_layers:
+        raise GeneMaskError(f"--layer: {folder} has hidden states 0..{n_layers} (0 = embeddings; negative "
+                            f"from the end, -1 = last), got {layer}")
+    tokens = _tokens(model.config, folder, k, seqs, ids, stride, window, source)
+    model.to(dev)
+    total = np.zeros((tokens.n, int(model.config.hidden_size)), dtype=np.float64)
+    weight = np.zeros(tokens.n, dtype=np.float64)
+    prog = Progress("embed", len(tokens.seq), "windows")
+    with torch.inference_mode():
+        for w, x, mask in tokens.batches(batch_size):
+            mask = mask.to(dev)
+            h = model(input_ids=x.to(dev), attention_mask=mask, output_hidden_states=True).hidden_states[layer]
+            if pooling == "cls":
+                v, wt = h[:, 0], np.ones(len(w))
+            else:
+                v = (h * mask[..., None].to(h.dtype)).sum(dim=1)
+                wt = mask.sum(dim=1).cpu().numpy()
+            np.add.at(total, tokens.seq[w], v.double().cpu().numpy())
+            np.add.at(weight, tokens.seq[w], wt)
+            prog.update(len(w))
+    prog.close(f"{tokens.n} sequences")
+    return (total / weight[:, None]).astype(np.float32)
+
+
+def _tokens(cfg, folder, k, seqs, ids, stride, window, source) -> _Tokens:
+    seqs = [s.encode("ascii", "replace") if isinstance(s, str) else s for s in seqs]
+    ids = list(ids) if ids is not None else [str(i + 1) for i in range(len(seqs))]
+    if not seqs:
+        raise GeneMaskError(f"{source}: no sequences to score")
+    w = _window_size(cfg, Path(folder), k, window)
+    return _Tokens(ids, seqs, k, w, w // 2 if stride is None else int(stride), source)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+def _threads(fn, *args, **kw):
+    import torch
+
+    prev = torch.get_num_threads()
+    _set_threads()
+    try:
+        return fn(*args, **kw)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _read_named(path) -> tuple[list[str], list[bytes]]:
+    ids, seqs = read_input(path)
+    print(f"[apply] {path}: {len(seqs)} sequences, {sum(map(len, seqs)):,} bp", file=sys.stderr, flush=True)
+    return ids, seqs
+
+
+def predict_cli(model: str, input: str, output: str, stride: int | None = None, batch_size: int = 64,
+                device: str = "auto") -> None:
+    """`genemask predict`: TSV id, prob_<label> per class, predicted (the label of the largest)."""
+    import pandas as pd
+
+    if not str(output).lower().endswith((".tsv", ".tsv.gz")):
+        raise GeneMaskError(f"{output}: predictions are written as TSV; use a .tsv (or .tsv.gz) name")
+    ids, seqs = _read_named(input)
+    prob, labels = _threads(predict, model, seqs, ids, stride=stride, batch_size=batch_size, device=device,
+                            source=str(input))
+    df = pd.DataFrame(prob, columns=[f"prob_{lab}" for lab in labels])
+    df.insert(0, "id", ids)
+    df["predicted"] = np.asarray(labels, dtype=object)[prob.argmax(axis=1)]
+    with atomic_output(output) as tmp:
+        df.to_csv(tmp, sep="\t", index=False, float_format="%.6g",
+                  compression="gzip" if str(output).endswith(".gz") else None)
+
+
+def _parquet_engine() -> str:
+    import importlib.util
+
+    for eng in ("pyarrow", "fastparquet"):
+        if importlib.util.find_spec(eng) is not None:
+            return eng
+    raise GeneMaskError("writing .parquet needs pyarrow or fastparquet and neither is installed; write .npy instead")
+
+
+def embed_cli(model: str, input: str, output: str, pooling: str = "cls", layer: int = -1,
+              stride: int | None = None, batch_size: int = 64, device: str = "auto") -> None:
+    """`genemask embed`: .npy [n, hidden] float32 + `<stem>.ids.txt`, or .parquet (id, e0..)."""
+    out = Path(output)
+    fmt = out.suffix.lower()
+    if fmt not in (".npy", ".parquet"):
+        raise GeneMaskError(f"{output}: unknown output extension {fmt or '(none)'!r}; expected .npy or .parquet")
+    engine = _parquet_engine() if fmt == ".parquet" else None  # fail before the model runs
+    ids, seqs = _read_named(input)
+    vec = _threads(embed, model, seqs, ids, pooling=pooling, layer=layer, stride=stride,
+                   batch_size=batch_size, device=device, source=str(input))
+    if fmt == ".npy":
+        ids_path = ids_file(out)
+        with atomic_output(out) as tmp, atomic_output(ids_path) as tmp_ids:
+            with open(tmp, "wb") as fh:
+                np.save(fh, vec)
+            tmp_ids.write_text("".join(f"{i}\n" for i in ids))
+    else:
+        import pandas as pd
+
+        df = pd.DataFrame(vec, columns=[f"e{j}" for j in range(vec.shape[1])])
+        df.insert(0, "id", ids)
+        with atomic_output(out) as tmp:
+            df.to_parquet(tmp, engine=engine, index=False)
+
+
+def ids_file(npy: str | os.PathLike) -> Path:
+    """The ids file written beside an embeddings .npy: `<stem>.ids.txt`."""
+    p = Path(npy)
+    return p.with_name(p.stem + ".ids.txt")
+
