@@ -1,2 +1,2 @@
-from importlib.metadata import version as _v
+"""GeneMask: NPMI-guided masking for DNA language models, as a Snakemake pipeline (see README.md)."""
 __version__ = "0.1.0"

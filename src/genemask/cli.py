@@ -191,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-order", type=int, default=10)
     b = bsub.add_parser("masking", help="masking schemes vs Hugging Face collator vs loop")
     b.add_argument("--ranking", default=None)
+    b = bsub.add_parser("finetune", help="fixed cost per fine-tuning run (one process per run vs the warm "
+                        "worker) and our fine-tuning step vs a bare Hugging Face loop")
+    b.add_argument("--runs", type=int, default=24, help="runs through the warm worker (its start is amortised)")
+    b.add_argument("--steps", type=int, default=200)
     b = bsub.add_parser("train", help="our training loop vs a bare Hugging Face loop")
     b.add_argument("--model-config", default=None)
     b.add_argument("--steps", type=int, default=10)
@@ -199,13 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
     from . import worker
 
-    if worker.enabled(args.command):  # GENEMASK_WORKER=1: run in a child of the warm server
-        rc = worker.run(argv)
+    if argv and worker.enabled(argv[0]):  # GENEMASK_WORKER=1: run in a child of the warm server,
+        rc = worker.run(argv)              # which parses the arguments (and reports their errors)
         if rc is not None:
             return rc
+    args = build_parser().parse_args(argv)
     try:
         rc = dispatch(args)
         return rc if isinstance(rc, int) else 0

@@ -18,6 +18,7 @@ DEFAULTS = {
     "npmi": {"variant": "paper", "min_count": 101, "ranking": "computed"},
     "corpus": {"k": 6, "max_bp": 511, "min_bp": 6, "valid_fraction": 0.1, "seed": 42},
     "report": {"motifs_top": 50},
+    "finetune": {"worker": True},
 }
 
 

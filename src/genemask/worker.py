@@ -33,9 +33,7 @@ import os
 import signal
 import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,7 +41,7 @@ ENV_SWITCH = "GENEMASK_WORKER"
 ENV_CHILD = "GENEMASK_WORKER_CHILD"
 COMMANDS = ("finetune",)  # the subcommands that go through the worker
 PRELOAD = ("torch", "transformers", "transformers.models.bert.modeling_bert", "sklearn.metrics",
-           "genemask.finetune", "genemask.tasks")
+           "genemask.cli", "genemask.finetune", "genemask.tasks")
 _HEADER = struct.Struct("!I")
 
 
@@ -63,6 +61,8 @@ def _code_key() -> str:
 
 def socket_path() -> Path:
     """The server's socket for this environment and code version (its folder made 0700 if absent)."""
+    import tempfile
+
     base = os.environ.get("GENEMASK_WORKER_DIR") or os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     d = Path(base) / f"genemask-{os.getuid()}"
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -85,7 +85,9 @@ def _connect(path: Path) -> socket.socket | None:
         return None
 
 
-def _start_server(path: Path) -> subprocess.Popen:
+def _start_server(path: Path):
+    import subprocess
+
     log = open(path.with_suffix(".log"), "ab")
     env = {k: v for k, v in os.environ.items() if k != ENV_SWITCH}
     try:
@@ -161,6 +163,11 @@ def _recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
     return json.loads(buf), fds
 
 
+def _default_threads() -> int:
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else max(1, len(os.sched_getaffinity(0)))
+
+
 def _child(req: dict, fds: list[int]) -> None:
     """In the forked child: become the caller (streams, cwd, environment) and run its command."""
     rc = 1
@@ -174,6 +181,10 @@ def _child(req: dict, fds: list[int]) -> None:
         os.environ.clear()
         os.environ.update(req["env"])
         os.environ[ENV_CHILD] = "1"
+        if "GENEMASK_THREADS" not in os.environ:  # the server ran on one thread; restore torch's default
+            import torch
+
+            torch.set_num_threads(_default_threads())
         from . import cli
 
         rc = cli.main(req["argv"])
@@ -189,6 +200,29 @@ def _child(req: dict, fds: list[int]) -> None:
             sys.stderr.flush()
         finally:
             os._exit(rc if isinstance(rc, int) else 1)
+
+
+def _warm_up() -> None:
+    """Pay the first-call costs (transformers' lazy imports, from_pretrained's first load, the
+    metrics' first call) once, here, on one thread: with one thread torch runs no OpenMP parallel
+    region, so no thread pool exists that a forked child could inherit half-alive. The child sets
+    its own thread count (GENEMASK_THREADS, else torch's default) before any work."""
+    import tempfile
+
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from .finetune import compute_metrics, load_classifier
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as d:
+        BertForMaskedLM(BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                                   intermediate_size=8, max_position_embeddings=8)).save_pretrained(d)
+        clf = load_classifier(d, 2, 0.1)
+        x = torch.ones((1, 4), dtype=torch.long)
+        clf(input_ids=x, attention_mask=x, labels=torch.zeros(1, dtype=torch.long)).loss.backward()
+    compute_metrics([0, 1, 0], [[0.2, 0.8], [0.3, 0.7], [0.9, 0.1]], 2)
+    compute_metrics([0, 1, 2], [[0.2, 0.7, 0.1], [0.3, 0.6, 0.1], [0.1, 0.1, 0.8]], 3)
 
 
 def serve(path: str | Path, idle_s: float | None = None) -> int:
@@ -212,8 +246,9 @@ def serve(path: str | Path, idle_s: float | None = None) -> int:
         os.umask(old_umask)
     ino = os.stat(path).st_ino
     srv.listen(64)
-    for name in PRELOAD:  # imports only: no torch op runs here, so no thread pool exists to fork
+    for name in PRELOAD:
         importlib.import_module(name)
+    _warm_up()
     print(f"genemask worker {os.getpid()} serving {path}", file=sys.stderr, flush=True)
 
     sel = selectors.DefaultSelector()
@@ -275,6 +310,8 @@ def serve(path: str | Path, idle_s: float | None = None) -> int:
         try:
             if os.stat(path).st_ino == ino:  # still ours (not a successor's)
                 path.unlink()
+                path.with_suffix(".log").unlink(missing_ok=True)
+                Path(f"{path}.lock").unlink(missing_ok=True)
         except OSError:
             pass
         srv.close()

@@ -1,5 +1,8 @@
 # Few-shot data per task x shot (cleaned, leakage removed), then fine-tuning per
-# task x shot x scheme x seed, each scored once on the test set.
+# task x shot x scheme x seed, each scored once on the test set. Each run is its own job (its own
+# JSON, log and rerun decision); with finetune.worker (default) the runs are children of one warm
+# process that imported torch/transformers once (genemask.worker), and on SLURM the profile bundles
+# them into group jobs (profiles/slurm: groups / group-components).
 
 
 rule task_data:
@@ -51,8 +54,9 @@ rule finetune:
     params:
         num_labels=lambda wc: CFG["tasks"][wc.task]["num_labels"],
         settings=json.dumps(CFG["finetune"].get("settings", {}), sort_keys=True),
+        worker=int(CFG["finetune"]["worker"]),
     shell:
-        "GENEMASK_THREADS={threads} genemask finetune --model {input.model} --train {input.train} "
-        "--test {input.test} --task {wildcards.task} --shot {wildcards.shot} --seed {wildcards.seed} "
-        "--scheme {wildcards.scheme} --num-labels {params.num_labels} --settings '{params.settings}' "
-        "-o {output} 2> {log}"
+        "GENEMASK_THREADS={threads} GENEMASK_WORKER={params.worker} genemask finetune --model {input.model:q} "
+        "--train {input.train:q} --test {input.test:q} --task {wildcards.task} --shot {wildcards.shot} "
+        "--seed {wildcards.seed} --scheme {wildcards.scheme} --num-labels {params.num_labels} "
+        "--settings {params.settings:q} -o {output:q} 2> {log:q}"

@@ -1,0 +1,150 @@
+"""`genemask bench finetune [--runs N] [--steps S]`: the fixed cost of a fine-tuning run, and its step.
+
+1. Fixed cost per run (process start + imports + model load + writing the JSON: everything but
+   training and scoring), measured as `wall - train_seconds - eval_seconds` of real
+   `genemask finetune` commands on a demo-size model and a small generated 2-class task:
+   - one process per run (`GENEMASK_WORKER=0`, the path before the warm worker): 3 runs;
+   - the warm worker (`GENEMASK_WORKER=1`, a fresh server in a private folder, so its start-up is
+     paid once and amortised): N runs, as the Snakemake jobs of one task x model would call it.
+2. The step: `finetune.train_classifier` (ours) against the textbook Hugging Face loop on the same
+   model (same initial weights) and the same batches (5 x 37 tokens, Splice-40's length, 3
+   classes): AutoModelForSequenceClassification with its default attention, `torch.optim.AdamW`
+   with its defaults, `get_linear_schedule_with_warmup`, clipping, `loss.item()` every step.
+   Each is timed three times, interleaved; the best of the three counts (a busy machine only
+   slows runs down).
+The last line reads `fixed cost per run: A s -> B s; step: R.RRx the bare loop`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _model_folder(d: Path, num_labels: int = 2) -> Path:
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    mc = json.loads((ROOT / "resources" / "models" / "demo.json").read_text())
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=4101, **{k: v for k, v in mc.items() if k not in ("name", "k")})
+    BertForMaskedLM(cfg).save_pretrained(d)
+    (d / "genemask.json").write_text(json.dumps({"k": 6}))
+    return d
+
+
+def _task_file(path: Path, n_per_class: int, length: int, num_labels: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    rows = ["sequence\tlabel"]
+    for label in range(num_labels):
+        for _ in range(n_per_class):
+            rows.append("".join(np.array(list("ACGT"))[rng.integers(0, 4, length)]) + f"\t{label}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _runs(tmp: Path, model: Path, n: int, worker: bool) -> list[float]:
+    """Fixed cost of each of n `genemask finetune` commands (seconds)."""
+    env = {**os.environ, "GENEMASK_WORKER": "1" if worker else "0", "GENEMASK_THREADS": "1",
+           "GENEMASK_WORKER_DIR": str(tmp / "sock"), "GENEMASK_WORKER_IDLE": "30"}
+    exe = Path(sys.executable).with_name("genemask")
+    cmd0 = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "genemask.cli"])]
+    out = []
+    for i in range(n):
+        js = tmp / f"run-{int(worker)}-{i}.json"
+        cmd = [*cmd0, "finetune", "--model", str(model), "--train", str(tmp / "train.tsv"),
+               "--test", str(tmp / "test.tsv"), "--task", "bench", "--shot", "10", "--seed", str(i),
+               "--scheme", "none", "--num-labels", "2", "--settings", '{"epochs": 1}', "-o", str(js)]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=env, check=True, stderr=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        r = json.loads(js.read_text())
+        out.append(wall - r["train_seconds"] - r["eval_seconds"])
+    return out
+
+
+def _step_data(steps: int, bs: int = 5, length: int = 37, num_labels: int = 3, seed: int = 0):
+    import torch
+
+    rng = np.random.default_rng(seed)
+    n = steps * bs
+    ids = torch.from_numpy(rng.integers(5, 4101, (n, length)).astype(np.int64))
+    ids[:, 0], ids[:, -1] = 2, 3  # [CLS] ... [SEP]
+    return ids, torch.full((n,), length, dtype=torch.long), rng.integers(0, num_labels, n)
+
+
+def _bare_loop(model, ids, labels, bs: int, lr: float) -> float:
+    """The textbook Hugging Face fine-tuning loop; seconds for all steps."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    steps = math.ceil(len(ids) / bs)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = get_linear_schedule_with_warmup(opt, math.ceil(0.1 * steps), steps)
+    y = torch.as_tensor(labels)
+    mask = torch.ones_like(ids)
+    model.train()
+    t0 = time.perf_counter()
+    for b in range(steps):
+        sl = slice(b * bs, (b + 1) * bs)
+        out = model(input_ids=ids[sl], attention_mask=mask[sl], labels=y[sl])
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        out.loss.item()
+    return time.perf_counter() - t0
+
+
+def main(args) -> int:
+    import torch
+
+    from ..finetune import DEFAULT_SETTINGS, load_classifier, train_classifier
+
+    n_runs, steps = max(2, int(args.runs)), max(10, int(args.steps))
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = _model_folder(tmp / "model")
+        _task_file(tmp / "train.tsv", 10, 70, 2, seed=1)
+        _task_file(tmp / "test.tsv", 50, 70, 2, seed=2)
+        (tmp / "sock").mkdir(mode=0o700)
+
+        print(f"fine-tuning bench: demo model ({ROOT / 'resources/models/demo.json'}), 1 thread, cpu")
+        old = _runs(tmp, model, 3, worker=False)
+        new = _runs(tmp, model, n_runs, worker=True)
+        old_s, new_s = float(np.mean(old)), float(np.mean(new))
+        print(f"fixed cost per run, one process per run ({len(old)} runs): "
+              + " ".join(f"{v:.2f}" for v in old) + f" s; mean {old_s:.2f} s")
+        print(f"fixed cost per run, warm worker ({n_runs} runs): first {new[0]:.2f} s (server start), then "
+              f"median {float(np.median(new[1:])):.2f} s; amortised {new_s:.2f} s")
+
+        ids, lengths, labels = _step_data(steps)
+        st = dict(DEFAULT_SETTINGS)
+        regime = {"batch_size": 5, "lr": 1e-4, "epochs": 1}
+        ours, bare = [], []
+        for _ in range(3):
+            torch.manual_seed(0)
+            m = load_classifier(model, 3, 0.1)
+            t0 = time.perf_counter()
+            train_classifier(m, ids, lengths, labels, regime, st, 0, torch.device("cpu"), label="bench")
+            ours.append(time.perf_counter() - t0)
+            torch.manual_seed(0)
+            m = load_classifier(model, 3, 0.1)
+            bare.append(_bare_loop(m, ids, labels, 5, 1e-4))
+        ours_sps, bare_sps = steps / min(ours), steps / min(bare)
+        print(f"step at batch 5 x 37 tokens, 3 classes, {steps} steps (best of 3): "
+              f"bare Hugging Face loop {bare_sps:.1f} steps/s ({1e3 / bare_sps:.1f} ms), "
+              f"ours {ours_sps:.1f} steps/s ({1e3 / ours_sps:.1f} ms)")
+    print(f"fixed cost per run: {old_s:.2f} s -> {new_s:.2f} s; step: {ours_sps / bare_sps:.2f}x the bare loop")
+    return 0
