@@ -120,11 +120,12 @@ def test_paired_tests_equal_scipy(metrics, tmp_path):
     out = tmp_path / "out"
     report.aggregate_cli(metrics, out)
     t = pd.read_csv(out / "tests.tsv", sep="\t")
-    assert set(t.baseline) == {"dnabert"}
+    assert set(t.baseline) == {"dnabert", "none"}  # the references present: dnabert, none (no baselines)
     assert set(t.metric) == set(report.METRICS)
 
-    def row(task, shot, scheme, metric="accuracy"):
-        r = t[(t.task == task) & (t.shot == shot) & (t.scheme == scheme) & (t.metric == metric)]
+    def row(task, shot, scheme, metric="accuracy", baseline="dnabert"):
+        r = t[(t.task == task) & (t.shot == shot) & (t.scheme == scheme) & (t.metric == metric)
+              & (t.baseline == baseline)]
         assert len(r) == 1
         return r.iloc[0]
 
