@@ -306,3 +306,52 @@ def test_table_readers_name_file_and_fault(tmp_path, reader, name, content, faul
     assert msg.startswith(f"{p}: ") and fault in msg and "\n" not in msg, msg
     if fault != "cannot read":
         assert name in msg, msg
+
+
+# ---------------------------------------------------------------------------------------------
+# the study's statistics on generated designs where the truth is known
+# ---------------------------------------------------------------------------------------------
+DESIGN_CELLS = [(t, s) for t in ("Prom-core", "Prom-300", "Cohn-enh", "Splice-40") for s in (10, 100)]
+
+
+def _design_records(effects, *, steps=(1000, 2000), pseeds=(0, 1, 2), seeds=(0, 1, 2, 3), sd_pretrain=0.03,
+                    sd_finetune=0.02, sd_noise=0.01, baselines=None, rng_seed=0, cells=DESIGN_CELLS,
+                    legacy=False):
+    """Metrics records of a nested design with known truth.
+
+    accuracy = 0.6 + effects[scheme] + u[cell, pretrain_seed] + v[cell, pretrain_seed, seed] + e, where u
+    (sd_pretrain) and v (sd_finetune) are shared by every scheme with the same pretraining / fine-tuning
+    seed (what pairing removes) and e (sd_noise) is each run's own noise. `none` (random init) is at
+    step 0 with the same pretrain seeds; `baselines` {name: effect} have no pretraining seed/step
+    (their v is the one of pretrain seed 0). legacy=True leaves the two pretraining keys out.
+    """
+    rng = np.random.default_rng(rng_seed)
+    recs = []
+    for task, shot in cells:
+        u = rng.normal(0, sd_pretrain, len(pseeds))
+        v = rng.normal(0, sd_finetune, (len(pseeds), len(seeds)))
+        for scheme, eff in effects.items():
+            for st in ((0,) if scheme == "none" else steps):
+                for i, ps in enumerate(pseeds):
+                    for j, sd in enumerate(seeds):
+                        acc = 0.6 + eff + u[i] + v[i, j] + rng.normal(0, sd_noise)
+                        r = _record(task, shot, scheme, sd, float(acc))
+                        if not legacy:
+                            r.update(pretrain_seed=ps, pretrain_step=st)
+                        recs.append(r)
+        for scheme, eff in (baselines or {}).items():
+            for j, sd in enumerate(seeds):
+                r = _record(task, shot, scheme, sd, float(0.6 + eff + v[0, j] + rng.normal(0, sd_noise)))
+                r.update(pretrain_seed=None, pretrain_step=None)
+                recs.append(r)
+    return recs
+
+
+def _write_records(recs, d: Path) -> list[Path]:
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, r in enumerate(recs):
+        p = d / f"run{i:05d}.json"
+        p.write_text(json.dumps(r))
+        paths.append(p)
+    return paths

@@ -213,47 +213,68 @@ def comparison_plan(runs: pd.DataFrame, references: Sequence[str]) -> list[tuple
     return plan
 
 
-def _side(cell: pd.DataFrame, scheme: str, step: int, kinds: dict) -> pd.DataFrame:
-    d = cell[cell["scheme"] == scheme]
+def _side(runs: pd.DataFrame, scheme: str, step: int, kinds: dict) -> pd.DataFrame:
+    d = runs[runs["scheme"] == scheme]
     if kinds[scheme] == "pretrained" and step != STEP_NA:
         d = d[d["_step"] == step]
     return d
 
 
-def paired_differences(cell: pd.DataFrame, scheme: str, ref: str, step: int, metric: str,
-                       kinds: dict) -> pd.DataFrame:
-    """Columns group (pretraining seed the pair belongs to), seed, x, r, d = x - r for one cell.
+PAIR_KEYS = ["scheme", "baseline", "_step", "task", "shot"]
 
-    Pairs on (pretrain_seed, seed) when both sides record pretraining seeds, else on seed only
-    (group = the pretraining seed of the side that has one; SEED_NA when neither has).
+
+def pair_table(runs: pd.DataFrame, references: Sequence[str], metrics: Sequence[str]) -> tuple[pd.DataFrame, set]:
+    """Every paired run of every comparison of `comparison_plan`, and the set of
+    (scheme, baseline, step, task, shot) cells where both sides have runs (pairs or not).
+
+    Columns: scheme, baseline, _step, task, shot, group (the pretraining seed the pair belongs to),
+    seed, and `<metric>_x`, `<metric>_r` (scheme's and reference's value). Pairs on (pretrain_seed,
+    seed) when both sides record pretraining seeds, else on seed only (group = the pretraining seed of
+    the side that has one; SEED_NA when neither has). One merge per comparison, all cells at once.
     """
-    a = _side(cell, scheme, step, kinds)
-    b = _side(cell, ref, step, kinds)
-    a_ps, b_ps = bool((a["_pseed"] != SEED_NA).any()), bool((b["_pseed"] != SEED_NA).any())
-    for side, name, has in ((a, scheme, a_ps), (b, ref, b_ps)):
-        k = ["_pseed", "seed"] if has else ["seed"]
-        if side.duplicated(k).any():
-            raise GeneMaskError(f"runs of scheme '{name}' in {cell['task'].iloc[0]} {cell['shot'].iloc[0]}-shot"
-                                f"{step_text(step)}: more than one run per {' and '.join(k).lstrip('_')}")
-    both = a_ps and b_ps
-    keys = ["_pseed", "seed"] if both else ["seed"]
-    cols = keys + [metric] if both else keys + ["_pseed", metric]
-    m = a[cols].merge(b[cols], on=keys, suffixes=("_x", "_r"))
-    if both:
-        group = m["_pseed"]
-    elif a_ps or b_ps:
-        group = m["_pseed_x"] if a_ps else m["_pseed_r"]
-    else:
-        group = pd.Series(SEED_NA, index=m.index)
-    out = pd.DataFrame({"group": group.to_numpy(dtype=np.int64), "seed": m["seed"].to_numpy(),
-                        "x": m[f"{metric}_x"].to_numpy(dtype=float), "r": m[f"{metric}_r"].to_numpy(dtype=float)})
-    out = out[~(np.isnan(out["x"]) | np.isnan(out["r"]))].reset_index(drop=True)
-    out["d"] = out["x"] - out["r"]
-    return out
+    df = design(runs)
+    kinds = scheme_kinds(df)
+    frames, cells = [], set()
+    for x, ref, step in comparison_plan(df, references):
+        a, b = _side(df, x, step, kinds), _side(df, ref, step, kinds)
+        a_ps, b_ps = bool((a["_pseed"] != SEED_NA).any()), bool((b["_pseed"] != SEED_NA).any())
+        for side, name, has in ((a, x, a_ps), (b, ref, b_ps)):
+            k = ["task", "shot", "_pseed", "seed"] if has else ["task", "shot", "seed"]
+            dup = side[side.duplicated(k)]
+            if len(dup):
+                r = dup.iloc[0]
+                raise GeneMaskError(f"runs of scheme '{name}' in {r['task']} {r['shot']}-shot{step_text(step)}: more "
+                                    f"than one run per {' and '.join(k[2:]).replace('_pseed', 'pretrain_seed')}")
+        both = a_ps and b_ps
+        keys = ["task", "shot", "_pseed", "seed"] if both else ["task", "shot", "seed"]
+        cols = keys + list(metrics) if both else keys + ["_pseed", *metrics]
+        m = a[cols].merge(b[cols], on=keys, suffixes=("_x", "_r"))
+        if both:
+            group = m["_pseed"]
+        elif a_ps or b_ps:
+            group = m["_pseed_x"] if a_ps else m["_pseed_r"]
+        else:
+            group = pd.Series(SEED_NA, index=m.index)
+        cells |= {(x, ref, step, t, sh) for t, sh in set(zip(a["task"], a["shot"])) & set(zip(b["task"], b["shot"]))}
+        f = pd.DataFrame({"scheme": x, "baseline": ref, "_step": step, "task": m["task"], "shot": m["shot"],
+                          "group": group.to_numpy(dtype=np.int64), "seed": m["seed"]})
+        for mt in metrics:
+            f[f"{mt}_x"], f[f"{mt}_r"] = m[f"{mt}_x"].to_numpy(dtype=float), m[f"{mt}_r"].to_numpy(dtype=float)
+        frames.append(f)
+    cols = PAIR_KEYS + ["group", "seed"] + [f"{mt}_{s}" for mt in metrics for s in "xr"]
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    return out[cols], cells
+
+
+def metric_pairs(pairs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """group, x, r, d = x - r for one metric of (a slice of) `pair_table`, runs with a NaN dropped."""
+    x, r = pairs[f"{metric}_x"].to_numpy(dtype=float), pairs[f"{metric}_r"].to_numpy(dtype=float)
+    ok = ~(np.isnan(x) | np.isnan(r))
+    return pd.DataFrame({"group": pairs["group"].to_numpy()[ok], "x": x[ok], "r": r[ok], "d": x[ok] - r[ok]})
 
 
 def cell_test(pairs: pd.DataFrame, pretrained_design: bool = True) -> dict:
-    """The per-cell test on the output of `paired_differences`.
+    """The per-cell test on a `metric_pairs` frame (group = pretraining seed, x, r, d).
 
     Choice: average the paired differences over fine-tuning seeds within each pretraining seed and
     run a one-sample t-test (and Wilcoxon signed-rank with >= WILCOXON_MIN_UNITS units) on those
@@ -274,31 +295,31 @@ def cell_test(pairs: pd.DataFrame, pretrained_design: bool = True) -> dict:
     if pairs.empty:
         res["note"] = "no pairs"
         return res
-    g = pairs.groupby("group", sort=True)[["x", "r", "d"]].mean()
-    n_groups = len(g)
-    res["n_pretrain_seeds"] = n_groups if (pairs["group"] != SEED_NA).any() else 0
+    grp = pairs["group"].to_numpy()
+    gids, inv, cnt = np.unique(grp, return_inverse=True, return_counts=True)
+    res["n_pretrain_seeds"] = int(gids.size) if (gids != SEED_NA).any() else 0
+    x, r = pairs["x"].to_numpy(dtype=float), pairs["r"].to_numpy(dtype=float)
     notes = []
-    if n_groups >= 2:
-        units, level = g, "pretrain_seed"
+    if gids.size >= 2:
+        x, r, level = np.bincount(inv, weights=x) / cnt, np.bincount(inv, weights=r) / cnt, "pretrain_seed"
     else:
-        units, level = pairs[["x", "r", "d"]], "finetune_seed"
+        level = "finetune_seed"
         if pretrained_design:
             notes.append("one pretraining seed: fine-tuning seeds used as replicates (about this model only)")
-    d = units["d"].to_numpy(dtype=float)
+    d = x - r
     n = int(d.size)
-    res.update(test_level=level, n_units=n, mean_scheme=float(units["x"].mean()),
-               mean_baseline=float(units["r"].mean()), mean_diff=float(d.mean()),
-               sd_diff=float(d.std(ddof=1)) if n >= 2 else math.nan)
+    res.update(test_level=level, n_units=n, mean_scheme=float(x.mean()), mean_baseline=float(r.mean()),
+               mean_diff=float(d.mean()), sd_diff=float(d.std(ddof=1)) if n >= 2 else math.nan)
     if n < TTEST_MIN_UNITS:
         notes.append(f"{n} {level.replace('_', ' ')} unit(s): a test needs {TTEST_MIN_UNITS}")
     elif np.std(d) <= 1e-12:
         notes.append("constant differences: no test")
     else:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            t = stats.ttest_1samp(d, 0.0)
-            res["t_stat"], res["p_ttest"] = float(t.statistic), float(t.pvalue)
-            if n >= WILCOXON_MIN_UNITS and np.any(d != 0):
+        t = d.mean() / (d.std(ddof=1) / math.sqrt(n))  # = scipy.stats.ttest_1samp(d, 0) = ttest_rel(x, r)
+        res["t_stat"], res["p_ttest"] = float(t), float(2 * stats.t.sf(abs(t), n - 1))
+        if n >= WILCOXON_MIN_UNITS and np.any(d != 0):
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
                 try:
                     w = stats.wilcoxon(d)
                     res["w_stat"], res["p_wilcoxon"] = float(w.statistic), float(w.pvalue)
@@ -313,10 +334,6 @@ TEST_COLUMNS = ["task", "shot", "metric", "scheme", "baseline", "pretrain_step",
                 "p_ttest", "w_stat", "p_wilcoxon", "p_holm", "p_bh", "note"]
 
 
-def _cells(df: pd.DataFrame) -> dict:
-    return {k: g for k, g in df.groupby(["task", "shot"], sort=True)}
-
-
 def paired_tests(runs: pd.DataFrame, references: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
     """`cell_test` for every comparison of `comparison_plan` x task x shot x metric (tests.tsv).
 
@@ -325,19 +342,18 @@ def paired_tests(runs: pd.DataFrame, references: Sequence[str], metrics: Sequenc
     task x shot cells of one (scheme, baseline, pretrain_step, metric), i.e. the cells one verdict
     counts; untested cells (NaN) are not in the family.
     """
-    df = design(runs)
-    kinds = scheme_kinds(df)
-    cells = _cells(df)
+    kinds = scheme_kinds(runs)
+    pairs, cells = pair_table(runs, references, metrics)
+    groups = pairs.groupby(PAIR_KEYS, sort=False).indices
+    empty = pairs.iloc[:0]
     rows = []
-    for x, ref, step in comparison_plan(df, references):
+    for key in sorted(cells, key=lambda k: (k[1], k[0], k[2], k[3], k[4])):
+        x, ref, step, task, shot = key
+        sub = pairs.iloc[groups[key]] if key in groups else empty
         pretrained_design = kinds[x] != "baseline" or kinds[ref] != "baseline"
-        for (task, shot), cell in cells.items():
-            if _side(cell, x, step, kinds).empty or _side(cell, ref, step, kinds).empty:
-                continue  # a side (at this step) has no runs in this cell
-            for m in metrics:
-                pairs = paired_differences(cell, x, ref, step, m, kinds)
-                rows.append({"task": task, "shot": shot, "metric": m, "scheme": x, "baseline": ref,
-                             "pretrain_step": _out_step(step), **cell_test(pairs, pretrained_design)})
+        for m in metrics:
+            rows.append({"task": task, "shot": shot, "metric": m, "scheme": x, "baseline": ref,
+                         "pretrain_step": _out_step(step), **cell_test(metric_pairs(sub, m), pretrained_design)})
     out = pd.DataFrame(rows, columns=TEST_COLUMNS)
     out["pretrain_step"] = out["pretrain_step"].astype("Int64")
     if not out.empty:
@@ -356,7 +372,7 @@ def hierarchical_bootstrap(cells: Sequence[pd.DataFrame], n_boot: int = N_BOOT,
                            rng: np.random.Generator | int = BOOT_SEED) -> tuple[float, np.ndarray]:
     """Point estimate and `n_boot` bootstrap replicates of the mean over cells of the paired difference.
 
-    Each cell is a `paired_differences` frame (group = pretraining seed, d). Cell estimate = mean over
+    Each cell is a `metric_pairs` frame (group = pretraining seed, d). Cell estimate = mean over
     its pretraining seeds of the mean over fine-tuning seeds of d (pairs stay pairs: resampling is of
     differences). One replicate: (1) draw pretraining seeds with replacement from the union of the
     seeds, once for all cells (the same pretrained model is fine-tuned in every cell, so its luck is
@@ -442,22 +458,25 @@ def verdicts(runs: pd.DataFrame, tests: pd.DataFrame, references: Sequence[str],
     """
     df = design(runs)
     kinds = scheme_kinds(df)
-    cells = _cells(df)
     hstep = headline_step(df)
+    pairs, _ = pair_table(df, references, metrics)
+    by_comp = pairs.groupby(["scheme", "baseline", "_step"], sort=False).indices
     t = tests.copy()
     t["_step"] = t["pretrain_step"].astype("Float64").fillna(STEP_NA).astype("int64") if len(t) else []
+    t_groups = t.groupby(["scheme", "baseline", "_step", "metric"], sort=False).indices
     rows = []
     for x, ref, step in comparison_plan(df, references):
         pretrained_design = kinds[x] != "baseline" or kinds[ref] != "baseline"
+        comp = pairs.iloc[by_comp.get((x, ref, step), [])]
         for m in metrics:
-            diffs = [paired_differences(c, x, ref, step, m, kinds) for c in cells.values()]
+            diffs = [metric_pairs(c, m) for _, c in comp.groupby(["task", "shot"], sort=True)]
             diffs = [d for d in diffs if len(d)]
             if not diffs:
                 continue
             key = f"{x}|{ref}|{step}|{m}".encode()
             est, reps = hierarchical_bootstrap(diffs, n_boot, np.random.default_rng([boot_seed, zlib.crc32(key)]))
             lo, hi = (float(v) for v in np.quantile(reps, [0.025, 0.975]))
-            sel = t[(t["scheme"] == x) & (t["baseline"] == ref) & (t["_step"] == step) & (t["metric"] == m)]
+            sel = t.iloc[t_groups.get((x, ref, step, m), [])]
             tested = sel["p_holm"].notna()
             sig = tested & (sel["p_holm"] < alpha)
             won, lost = int((sig & (sel["mean_diff"] > 0)).sum()), int((sig & (sel["mean_diff"] < 0)).sum())
