@@ -782,6 +782,18 @@ def summary_html(outdir: str | Path, include: Sequence[str | Path] = (), title: 
 # ---------------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------------
+def _ordered_verdict(verdict: pd.DataFrame, refs: Sequence[str]) -> pd.DataFrame:
+    """Rows by reference (dnabert, none, baselines), metric (accuracy first), scheme (canonical
+    order), step: the order of verdict.tsv/md and of the page's headline list."""
+    if verdict.empty:
+        return verdict
+    rank = {s: i for i, s in enumerate(_ordered(verdict["scheme"], SCHEME_ORDER))}
+    key = pd.DataFrame({"b": verdict["baseline"].map({r: i for i, r in enumerate(refs)}),
+                        "m": verdict["metric"].map({m: i for i, m in enumerate(METRICS)}),
+                        "s": verdict["scheme"].map(rank), "t": verdict["pretrain_step"].fillna(-1)})
+    return verdict.iloc[key.sort_values(["b", "m", "s", "t"], kind="stable").index].reset_index(drop=True)
+
+
 def aggregate_cli(metrics_jsons: Sequence[str | Path], outdir: str | Path, expected: str | Path | None = None,
                   include: Sequence[str | Path] = (), baseline: str = BASELINE, *, n_boot: int = stats.N_BOOT,
                   boot_seed: int = stats.BOOT_SEED) -> int:
@@ -801,7 +813,7 @@ def aggregate_cli(metrics_jsons: Sequence[str | Path], outdir: str | Path, expec
     refs = references(runs, baseline)
     tests = stats.paired_tests(runs, refs, METRICS)
     variance = stats.variance_table(runs)
-    verdict = stats.verdicts(runs, tests, refs, n_boot=n_boot, boot_seed=boot_seed)
+    verdict = _ordered_verdict(stats.verdicts(runs, tests, refs, n_boot=n_boot, boot_seed=boot_seed), refs)
     verdict_md = stats.verdict_markdown(verdict, primary=(baseline, "none"))
     acc, n_ref = accuracy_table(summary)
     md_table = to_markdown(acc)
@@ -809,7 +821,8 @@ def aggregate_cli(metrics_jsons: Sequence[str | Path], outdir: str | Path, expec
     md = "".join(f"- {v}\n" for v in head["verdict"])
     md = (f"# Verdict\n\n{md}\n" if md else "") + (
         f"# Few-shot accuracy (mean ± sd over seeds)\n\n{md_table}\n\n"
-        f"sd: sample standard deviation over seeds; usual n = {n_ref} seeds (other n shown).\n")
+        f"sd: sample standard deviation over runs (pretraining x fine-tuning seeds); usual n = {n_ref} runs "
+        f"(other n shown).\n")
     notes = missing_notes(summary)
     if notes:
         md += "\nMissing settings (no data):\n" + "".join(f"- {n}\n" for n in notes)
