@@ -447,7 +447,8 @@ def plot_accuracy_vs_steps(summary: pd.DataFrame, task: str, kinds: Mapping[str,
                 labels.append(lab)
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), title="scheme")
-    fig.suptitle(f"{task}: few-shot results vs pretraining steps (mean ± sd over pretraining and fine-tuning seeds)")
+    fig.suptitle(f"{task}: few-shot results vs pretraining steps\n(mean ± sd over all pretraining × fine-tuning "
+                 f"seed runs; horizontal lines: no pretraining steps)", fontsize=10)
     return _png_bytes(fig)
 
 

@@ -410,7 +410,8 @@ def hierarchical_bootstrap(cells: Sequence[pd.DataFrame], n_boot: int = N_BOOT,
 def verdict_sentence(row: Mapping) -> str:
     """The sentence for one verdict row, by these rules (in order):
 
-    * fewer than TTEST_MIN_UNITS pairs over all cells, or no cell with >= 2 pairs: "too few runs to judge";
+    * fewer than TTEST_MIN_UNITS pairs over all cells, or no cell with >= 2 pairs: "<scheme> vs
+      <baseline>[ at <step> steps]: <metric> from <n> pair(s) over <c> cell(s): too few runs to judge.";
     * 95% CI lower bound > 0: "<scheme> better than <baseline>";
     * 95% CI upper bound < 0: "<scheme> worse than <baseline>";
     * otherwise: "no difference beyond noise".
@@ -421,7 +422,7 @@ def verdict_sentence(row: Mapping) -> str:
     step = STEP_NA if pd.isna(row["pretrain_step"]) else int(row["pretrain_step"])
     head = f"{row['scheme']} vs {row['baseline']}{step_text(step)}: "
     if row["conclusion"] == "too few runs to judge":
-        return head + f"{row['n_pairs']} pair(s) over {row['n_cells']} cell(s): too few runs to judge."
+        return head + f"{row['metric']} from {row['n_pairs']} pair(s) over {row['n_cells']} cell(s): too few runs to judge."
     untested = f", {row['n_untested']} untested" if row["n_untested"] else ""
     s = (f"{head}{row['mean_diff']:+.3f} {row['metric']} [95% CI {row['ci_low']:+.3f}, {row['ci_high']:+.3f}] "
          f"over {row['n_cells']} cell{'s' if row['n_cells'] != 1 else ''}, {row['won']} won, {row['lost']} lost, "
