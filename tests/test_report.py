@@ -120,11 +120,12 @@ def test_paired_tests_equal_scipy(metrics, tmp_path):
     out = tmp_path / "out"
     report.aggregate_cli(metrics, out)
     t = pd.read_csv(out / "tests.tsv", sep="\t")
-    assert set(t.baseline) == {"dnabert"}
+    assert set(t.baseline) == {"dnabert", "none"}  # the references present: dnabert, none (no baselines)
     assert set(t.metric) == set(report.METRICS)
 
-    def row(task, shot, scheme, metric="accuracy"):
-        r = t[(t.task == task) & (t.shot == shot) & (t.scheme == scheme) & (t.metric == metric)]
+    def row(task, shot, scheme, metric="accuracy", baseline="dnabert"):
+        r = t[(t.task == task) & (t.shot == shot) & (t.scheme == scheme) & (t.metric == metric)
+              & (t.baseline == baseline)]
         assert len(r) == 1
         return r.iloc[0]
 
@@ -305,3 +306,315 @@ def test_table_readers_name_file_and_fault(tmp_path, reader, name, content, faul
     assert msg.startswith(f"{p}: ") and fault in msg and "\n" not in msg, msg
     if fault != "cannot read":
         assert name in msg, msg
+
+
+# ---------------------------------------------------------------------------------------------
+# the study's statistics on generated designs where the truth is known
+# ---------------------------------------------------------------------------------------------
+DESIGN_CELLS = [(t, s) for t in ("Prom-core", "Prom-300", "Cohn-enh", "Splice-40") for s in (10, 100)]
+
+
+def _design_records(effects, *, steps=(1000, 2000), pseeds=(0, 1, 2), seeds=(0, 1, 2, 3), sd_pretrain=0.03,
+                    sd_finetune=0.02, sd_noise=0.01, baselines=None, rng_seed=0, cells=DESIGN_CELLS,
+                    legacy=False):
+    """Metrics records of a nested design with known truth.
+
+    accuracy = 0.6 + effects[scheme] + u[cell, pretrain_seed] + v[cell, pretrain_seed, seed] + e, where u
+    (sd_pretrain) and v (sd_finetune) are shared by every scheme with the same pretraining / fine-tuning
+    seed (what pairing removes) and e (sd_noise) is each run's own noise. `none` (random init) is at
+    step 0 with the same pretrain seeds; `baselines` {name: effect} have no pretraining seed/step
+    (their v is the one of pretrain seed 0). legacy=True leaves the two pretraining keys out.
+    """
+    rng = np.random.default_rng(rng_seed)
+    recs = []
+    for task, shot in cells:
+        u = rng.normal(0, sd_pretrain, len(pseeds))
+        v = rng.normal(0, sd_finetune, (len(pseeds), len(seeds)))
+        for scheme, eff in effects.items():
+            for st in ((0,) if scheme == "none" else steps):
+                for i, ps in enumerate(pseeds):
+                    for j, sd in enumerate(seeds):
+                        acc = 0.6 + eff + u[i] + v[i, j] + rng.normal(0, sd_noise)
+                        r = _record(task, shot, scheme, sd, float(acc))
+                        if not legacy:
+                            r.update(pretrain_seed=ps, pretrain_step=st)
+                        recs.append(r)
+        for scheme, eff in (baselines or {}).items():
+            for j, sd in enumerate(seeds):
+                r = _record(task, shot, scheme, sd, float(0.6 + eff + v[0, j] + rng.normal(0, sd_noise)))
+                r.update(pretrain_seed=None, pretrain_step=None)
+                recs.append(r)
+    return recs
+
+
+def _write_records(recs, d: Path) -> list[Path]:
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, r in enumerate(recs):
+        p = d / f"run{i:05d}.json"
+        p.write_text(json.dumps(r))
+        paths.append(p)
+    return paths
+
+
+PLANTED = {"none": -0.2, "dnabert": 0.0, "genemask": 0.1, "random": 0.0}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """aggregate on a generated nested design: genemask +0.1 over dnabert, random identical in law to
+    dnabert, none -0.2, one external baseline dnabert6 (+0.05, no pretraining seed/step)."""
+    tmp = tmp_path_factory.mktemp("planted")
+    paths = _write_records(_design_records(PLANTED, baselines={"dnabert6": 0.05}), tmp / "metrics")
+    out = tmp / "out"
+    assert report.aggregate_cli(paths, out, n_boot=1000) == 0
+    return out, paths
+
+
+def _read(out, name):
+    return pd.read_csv(out / name, sep="\t", keep_default_na=False, na_values=["NaN"])
+
+
+def _verdict_row(v, scheme, baseline, step, metric="accuracy"):
+    r = v[(v.scheme == scheme) & (v.baseline == baseline) & (v.metric == metric)
+          & ((v.pretrain_step == step) if step is not None else v.pretrain_step.isna())]
+    assert len(r) == 1, (scheme, baseline, step)
+    return r.iloc[0]
+
+
+def test_verdict_planted_effect_and_identical_scheme(planted):
+    out, _ = planted
+    v = _read(out, "verdict.tsv")
+    g = _verdict_row(v, "genemask", "dnabert", 2000)
+    assert g.ci_low > 0 and g.mean_diff == pytest.approx(0.1, abs=0.01)
+    assert g.conclusion == "genemask better than dnabert" and g.headline
+    assert (g.won, g.lost, g.tied, g.n_cells, g.n_pairs) == (8, 0, 0, 8, 8 * 12)
+    assert g.verdict.startswith("genemask vs dnabert at 2000 steps: +0.09") and g.verdict.endswith(
+        "over 8 cells, 8 won, 0 lost, 0 tied: genemask better than dnabert.")
+    # the verdict sentence is made from the row's numbers by the documented rules
+    assert g.verdict == (f"genemask vs dnabert at 2000 steps: {g.mean_diff:+.3f} accuracy [95% CI {g.ci_low:+.3f}, "
+                         f"{g.ci_high:+.3f}] over 8 cells, 8 won, 0 lost, 0 tied: genemask better than dnabert.")
+    # pinned: fixed data seed and bootstrap seed give this exact sentence
+    assert g.verdict == ("genemask vs dnabert at 2000 steps: +0.099 accuracy [95% CI +0.095, +0.103] over 8 cells, "
+                         "8 won, 0 lost, 0 tied: genemask better than dnabert.")
+    r = _verdict_row(v, "random", "dnabert", 2000)
+    assert r.verdict == ("random vs dnabert at 2000 steps: -0.001 accuracy [95% CI -0.005, +0.003] over 8 cells, "
+                         "0 won, 0 lost, 8 tied: no difference beyond noise.")
+    assert r.ci_low < 0 < r.ci_high and r.conclusion == "no difference beyond noise" and r.lost == 0
+    assert r.verdict.endswith(": no difference beyond noise.")
+    assert _verdict_row(v, "genemask", "none", 1000).conclusion == "genemask better than none"
+    assert _verdict_row(v, "none", "dnabert", 1000, "mcc").conclusion == "none worse than dnabert"
+    # against the external baseline: paired on the fine-tuning seed only, every pretraining seed kept
+    b = _verdict_row(v, "genemask", "dnabert6", 2000)
+    assert b.n_pairs == 8 * 12 and b.mean_diff == pytest.approx(0.05, abs=0.02)
+    # headline = the largest step common to the pretrained schemes; per-step rows are not headlines
+    assert set(v.loc[v.headline & v.pretrain_step.notna(), "pretrain_step"]) == {2000}
+    assert not _verdict_row(v, "genemask", "dnabert", 1000).headline
+    md = (out / "verdict.md").read_text()
+    assert md.startswith("# Verdict") and g.verdict in md
+    page = (out / "report.html").read_text()
+    assert page.index("Verdict") < page.index("Accuracy, mean") and html_escape(g.verdict) in page
+
+
+def html_escape(s):
+    import html
+
+    return html.escape(s)
+
+
+def test_tests_pretraining_level_and_holm(planted):
+    out, _ = planted
+    t = _read(out, "tests.tsv")
+    assert set(t.baseline) == {"dnabert", "none", "dnabert6"}
+    c = t[(t.scheme == "genemask") & (t.baseline == "dnabert") & (t.pretrain_step == 2000) & (t.metric == "accuracy")]
+    assert len(c) == 8 and (c.test_level == "pretrain_seed").all() and (c.n_units == 3).all()
+    assert (c.n_pairs == 12).all() and (c.n_pretrain_seeds == 3).all()
+    # p-values: one-sample t-test on the 3 per-pretraining-seed mean differences, recomputed here
+    runs = _read(out, "runs.tsv")
+    cell = runs[(runs.task == "Prom-core") & (runs.shot == 10) & (runs.pretrain_step == 2000)]
+    x = cell[cell.scheme == "genemask"].groupby("pretrain_seed").accuracy.mean()
+    r = cell[cell.scheme == "dnabert"].groupby("pretrain_seed").accuracy.mean()
+    row = c[(c.task == "Prom-core") & (c.shot == 10)].iloc[0]
+    assert row.p_ttest == pytest.approx(stats.ttest_rel(x, r).pvalue, rel=1e-6)
+    assert row.mean_diff == pytest.approx((x - r).mean(), abs=1e-9)  # TSV keeps 10 digits
+    # Holm within the family of the 8 cells, as computed by hand
+    p = c.p_ttest.to_numpy()
+    o = np.argsort(p)
+    hand = np.maximum.accumulate(np.minimum(1, (8 - np.arange(8)) * p[o]))
+    assert c.p_holm.to_numpy()[o] == pytest.approx(hand, rel=1e-9)
+    assert c.p_bh.to_numpy() == pytest.approx(stats.false_discovery_control(p), rel=1e-9)
+
+
+def test_holm_bh_hand_values():
+    p = [0.01, 0.04, 0.03, 0.005, math.nan]
+    # sorted: 0.005, 0.01, 0.03, 0.04 (m = 4; NaN not counted)
+    # Holm: 4*0.005=0.02, 3*0.01=0.03, 2*0.03=0.06, max(0.06, 1*0.04)=0.06
+    h = report.stats.holm(p)
+    assert h[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(h[4])
+    # BH: 4/1*0.005=0.02, 4/2*0.01=0.02, 4/3*0.03=0.04, 4/4*0.04=0.04 (running min from the top)
+    q = report.stats.bh(p)
+    assert q[:4] == pytest.approx([0.02, 0.04, 0.04, 0.02]) and math.isnan(q[4])
+    assert report.stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert report.stats.holm([]).size == 0
+
+
+def test_variance_decomposition_recovers_planted_components():
+    st = report.stats
+    # hand example: groups {1,2,3} and {4,5,6}: MSB = 3*(1.5^2+1.5^2)/1 = 13.5, MSW = 4/4 = 1, n0 = 3
+    vc = st.variance_components(np.array([1, 2, 3, 4, 5, 6.0]), np.array([0, 0, 0, 1, 1, 1]))
+    assert (vc["ms_between"], vc["ms_within"], vc["n0"]) == pytest.approx((13.5, 1.0, 3.0))
+    assert vc["var_pretrain"] == pytest.approx(12.5 / 3) and vc["var_finetune"] == pytest.approx(1.0)
+    # between below within: clipped at 0
+    vc = st.variance_components(np.array([1, 3, 2, 2.0]), np.array([0, 0, 1, 1]))
+    assert vc["var_pretrain"] == 0.0 and vc["share_pretrain"] == 0.0
+    # one pretraining seed: not estimable, said so
+    vc = st.variance_components(np.array([1, 2, 3.0]), np.array([-1, -1, -1]))
+    assert math.isnan(vc["var_pretrain"]) and "one pretraining seed" in vc["note"]
+    assert vc["var_finetune"] == pytest.approx(1.0)
+    cells = [("Prom-core", 10)]
+    for sd_p, sd_f, lo, hi in ((0.05, 0.005, 0.85, 1.0), (0.005, 0.05, 0.0, 0.15)):
+        recs = _design_records({"genemask": 0.0}, steps=(2000,), pseeds=range(30), seeds=range(8), sd_pretrain=0,
+                               sd_finetune=0, sd_noise=0, cells=cells)
+        rng = np.random.default_rng(1)
+        u, v = rng.normal(0, sd_p, 30), rng.normal(0, sd_f, (30, 8))
+        for r in recs:
+            r["accuracy"] = r["mcc"] = 0.6 + u[r["pretrain_seed"]] + v[r["pretrain_seed"], r["seed"]]
+        var = st.variance_table(pd.DataFrame(recs))
+        row = var[var.metric == "accuracy"].iloc[0]
+        assert row.n_pretrain_seeds == 30 and row.n_runs == 240
+        assert lo <= row.share_pretrain <= hi, (sd_p, sd_f, row.share_pretrain)
+        assert row.var_finetune == pytest.approx(sd_f**2, rel=0.25)
+        assert row.var_pretrain == pytest.approx(sd_p**2, rel=0.5, abs=sd_f**2 / 8)  # MSB noise ~ sd_f^2/n
+
+
+def test_bootstrap_reproducible_and_hierarchical(planted, tmp_path):
+    out, paths = planted
+    out2 = tmp_path / "again"
+    report.aggregate_cli(paths, out2, n_boot=1000)
+    assert (out2 / "verdict.tsv").read_bytes() == (out / "verdict.tsv").read_bytes()
+    report.aggregate_cli(paths, out2, n_boot=1000, boot_seed=7)
+    a, b = _read(out, "verdict.tsv"), _read(out2, "verdict.tsv")
+    assert not np.allclose(a.ci_low, b.ci_low) and np.allclose(a.mean_diff, b.mean_diff)
+    # two levels: differences with a large between-pretraining-seed spread and none within give a CI
+    # as wide as the seed means vary; treating every run as its own unit would make it 4x narrower
+    st = report.stats
+    d = np.repeat([-0.05, 0.0, 0.05], 16) + 0.02
+    nested = pd.DataFrame({"group": np.repeat([0, 1, 2], 16), "d": d})
+    flat = pd.DataFrame({"group": np.arange(48), "d": d})
+    est, reps = st.hierarchical_bootstrap([nested], 2000, 0)
+    _, reps_flat = st.hierarchical_bootstrap([flat], 2000, 0)
+    assert est == pytest.approx(0.02)
+    w = np.subtract(*np.quantile(reps, [0.975, 0.025]))
+    w_flat = np.subtract(*np.quantile(reps_flat, [0.975, 0.025]))
+    assert w > 0.05 and w > 3 * w_flat
+    assert np.array_equal(st.hierarchical_bootstrap([nested], 500, 3)[1], st.hierarchical_bootstrap([nested], 500, 3)[1])
+
+
+def test_pairing_matters(tmp_path):
+    """Pairs share large pretraining- and fine-tuning-seed effects: paired on (pretrain_seed, seed) a
+    +0.02 effect is clear; with fine-tuning seeds shuffled across pretraining seeds it is not."""
+    recs = _design_records({"dnabert": 0.0, "genemask": 0.02}, steps=(2000,), pseeds=range(4), seeds=range(4),
+                           sd_pretrain=0.05, sd_finetune=0.05, sd_noise=0.004, cells=DESIGN_CELLS[:2], rng_seed=3)
+    runs = pd.DataFrame(recs)
+    rng = np.random.default_rng(0)
+    shuffled = runs.copy()
+    for (_, _), idx in shuffled[shuffled.scheme == "genemask"].groupby(["task", "shot"]).groups.items():
+        perm = rng.permutation(len(idx))
+        shuffled.loc[idx, ["pretrain_seed", "seed"]] = shuffled.loc[idx, ["pretrain_seed", "seed"]].to_numpy()[perm]
+    st = report.stats
+    res = {}
+    for name, df in (("paired", runs), ("shuffled", shuffled)):
+        t = st.paired_tests(df, ["dnabert"], ["accuracy"])
+        t = t[t.scheme == "genemask"]
+        v = st.verdicts(df, t, ["dnabert"], metrics=("accuracy",), n_boot=1000)
+        res[name] = (t, v.iloc[0])
+    tp, vp = res["paired"]
+    ts, vs = res["shuffled"]
+    assert (tp.p_ttest < 0.01).all() and (ts.p_ttest > 0.01).all()
+    assert (ts.sd_diff.to_numpy() > 3 * tp.sd_diff.to_numpy()).all()
+    assert vp.conclusion == "genemask better than dnabert" and vs.conclusion == "no difference beyond noise"
+    assert vs.ci_high - vs.ci_low > 3 * (vp.ci_high - vp.ci_low)
+
+
+def test_few_pretraining_seeds_flagged_or_untested(tmp_path):
+    st = report.stats
+    # two pretraining seeds: tested at the pretraining level, 2 units < 3: NaN with the reason
+    runs = pd.DataFrame(_design_records({"dnabert": 0.0, "genemask": 0.1}, steps=(500,), pseeds=(0, 1),
+                                        cells=DESIGN_CELLS[:1]))
+    t = st.paired_tests(runs, ["dnabert"], ["accuracy"])
+    r = t[t.scheme == "genemask"].iloc[0]
+    assert r.test_level == "pretrain_seed" and r.n_units == 2 and math.isnan(r.p_ttest)
+    assert "2 pretrain seed unit(s): a test needs 3" in r.note
+    # one pretraining seed: falls back to fine-tuning seeds, flagged, and the verdict says so
+    runs = pd.DataFrame(_design_records({"dnabert": 0.0, "genemask": 0.1}, steps=(500,), pseeds=(0,),
+                                        cells=DESIGN_CELLS[:3]))
+    t = st.paired_tests(runs, ["dnabert"], ["accuracy"])
+    r = t[t.scheme == "genemask"]
+    assert (r.test_level == "finetune_seed").all() and (r.n_units == 4).all() and r.p_ttest.notna().all()
+    assert r.note.str.contains("one pretraining seed").all()
+    v = st.verdicts(runs, t, ["dnabert"], metrics=("accuracy",), n_boot=200)
+    g = v[v.scheme == "genemask"].iloc[0]
+    assert g.single_pretrain_seed and "(one pretraining seed: the CI covers fine-tuning noise only)." in g.verdict
+    # one run per cell: no CI is trusted, the sentence says so
+    runs = pd.DataFrame(_design_records({"dnabert": 0.0, "genemask": 0.1}, steps=(500,), pseeds=(0,), seeds=(0,),
+                                        cells=DESIGN_CELLS[:2]))
+    t = st.paired_tests(runs, ["dnabert"], ["accuracy"])
+    assert t.p_ttest.isna().all() and t.note.str.contains("1 finetune seed unit").all()
+    v = st.verdicts(runs, t, ["dnabert"], metrics=("accuracy",), n_boot=100)
+    assert v.iloc[0].verdict == ("genemask vs dnabert at 500 steps: accuracy from 2 pair(s) over 2 cell(s): "
+                                 "too few runs to judge.")
+
+
+def test_old_style_runs_without_design_columns(metrics, tmp_path):
+    """Metrics JSONs without pretrain_seed/pretrain_step: one pretraining seed at the only step."""
+    out = tmp_path / "out"
+    report.aggregate_cli(metrics, out, n_boot=200)
+    runs = _read(out, "runs.tsv")
+    assert runs.pretrain_seed.isna().all() and runs.pretrain_step.isna().all()
+    summ = _read(out, "summary.tsv")
+    assert summ.pretrain_step.isna().all() and (summ.n_pretrain_seeds == 0).all()
+    var = _read(out, "variance.tsv")
+    r = var[(var.task == "Prom-core") & (var.shot == 10) & (var.scheme == "genemask") & (var.metric == "accuracy")]
+    assert r.iloc[0].var_finetune == pytest.approx(np.var(ACC[("Prom-core", 10, "genemask")], ddof=1))
+    v = _read(out, "verdict.tsv")
+    g = _verdict_row(v, "genemask", "dnabert", None)
+    assert g.verdict.startswith("genemask vs dnabert: +0.0") and g.headline and g.n_cells == 4
+    _png_ok(out / report.steps_plot_name("Prom-core"), min_ink=0.005)
+    # the same runs with the keys written as null read the same
+    nulls = []
+    for p in metrics:
+        rec = json.loads(p.read_text())
+        rec.update(pretrain_seed=None, pretrain_step=None)
+        q = tmp_path / "nulls" / p.name
+        q.parent.mkdir(exist_ok=True)
+        q.write_text(json.dumps(rec))
+        nulls.append(q)
+    report.aggregate_cli(nulls, tmp_path / "out2", n_boot=200)
+    assert (tmp_path / "out2/verdict.tsv").read_bytes() == (out / "verdict.tsv").read_bytes()
+
+
+def test_steps_dimension_in_tables_and_plot(planted):
+    out, _ = planted
+    summ = _read(out, "summary.tsv")
+    g = summ[(summ.task == "Cohn-enh") & (summ.shot == 10) & (summ.scheme == "genemask")]
+    assert list(g.pretrain_step) == [1000, 2000] and (g.n == 12).all() and (g.n_pretrain_seeds == 3).all()
+    assert list(summ[(summ.task == "Cohn-enh") & (summ.shot == 10) & (summ.scheme == "none")].pretrain_step) == [0]
+    assert summ[summ.scheme == "dnabert6"].pretrain_step.isna().all()
+    md = (out / "summary.md").read_text()
+    assert "genemask @1000" in md and "genemask @2000" in md and "| dnabert6" in md
+    var = _read(out, "variance.tsv")
+    assert set(var.metric) == {"accuracy", "mcc"} and (var[var.scheme == "dnabert6"].n_pretrain_seeds == 1).all()
+    for task in ("Prom-core", "Prom-300", "Cohn-enh", "Splice-40"):
+        _png_ok(out / report.steps_plot_name(task))
+    page = (out / "report.html").read_text()
+    assert "accuracy and MCC vs pretraining steps" in page and "share_pretrain" in page
+
+
+@pytest.mark.parametrize("key, value", [("pretrain_step", "2000"), ("pretrain_seed", -1), ("pretrain_seed", 1.5)])
+def test_bad_design_keys_rejected(tmp_path, key, value):
+    rec = _record("Prom-core", 10, "genemask", 0, 0.6)
+    rec[key] = value
+    p = tmp_path / "bad_run.json"
+    p.write_text(json.dumps(rec))
+    with pytest.raises(GeneMaskError, match=f"bad_run.json: '{key}' must be a non-negative integer or null"):
+        report.load_run(p)

@@ -3,21 +3,26 @@
 `aggregate_cli` (the `genemask aggregate` command) reads one metrics JSON per fine-tuning run and
 writes, in `outdir`:
 
-* `runs.tsv`     one row per run, sorted by task, shot, scheme, seed;
-* `summary.tsv`  mean, sample sd (ddof=1) and n over seeds of accuracy, macro-F1, MCC and AUROC per
-                 task x shot x scheme; settings listed as missing (see below) appear with
-                 status=missing and their reason, never silently dropped, and a scheme with no run in
-                 a setting that other schemes have appears with status=no_runs;
-* `summary.md`   accuracy "mean ± sd" (rows task x shot, columns scheme), also printed to stdout;
-* `tests.tsv`    every scheme minus the `dnabert` baseline per task x shot x metric, paired by seed:
-                 mean difference, number of pairs, paired t-test (scipy.stats.ttest_rel) and
-                 Wilcoxon signed-rank test (scipy.stats.wilcoxon, only with >= WILCOXON_MIN_PAIRS
-                 pairs: below 6 pairs its exact two-sided p-value can never reach 0.05); p-values are
-                 NaN with fewer than TTEST_MIN_PAIRS (3) pairs or constant differences;
-* `accuracy_vs_shots.png`  one panel per task, accuracy vs shots (log x), one line per scheme,
-                 error bars = sd over seeds, missing shots marked;
-* `report.html`  a self-contained page (tables + figures embedded as base64), so a report exists
-                 without `snakemake --report`.
+* `runs.tsv`     one row per run, sorted by task, shot, scheme, pretrain_step, pretrain_seed, seed
+                 (the two pretraining columns empty/NaN where the metrics JSON does not record them);
+* `summary.tsv`  mean, sample sd (ddof=1), n (runs) and n_pretrain_seeds of accuracy, macro-F1, MCC
+                 and AUROC per task x shot x scheme x pretrain_step (over all pretraining x
+                 fine-tuning seed runs); settings listed as missing (see below) appear with
+                 status=missing and their reason, never silently dropped, and a scheme (at a step)
+                 with no run in a setting that other schemes have appears with status=no_runs;
+* `summary.md`   the headline verdict, then accuracy "mean ± sd" (rows task x shot, columns scheme,
+                 or 'scheme @step' for a scheme with several steps), also printed to stdout;
+* `tests.tsv`    every scheme minus each reference (`dnabert`, `none`, each external baseline) per
+                 task x shot x metric x pretraining step, paired on (pretrain_seed, seed), tested on
+                 the per-pretraining-seed means, with Holm / BH adjusted p-values: `stats.paired_tests`;
+* `variance.tsv` pretraining- vs fine-tuning-seed variance components: `stats.variance_table`;
+* `verdict.tsv`, `verdict.md`  mean difference over cells with a hierarchical-bootstrap 95% CI, cells
+                 won / lost / tied and one generated sentence per comparison: `stats.verdicts`;
+* `accuracy_vs_shots.png`  one panel per task, accuracy vs shots (log x), one line per scheme (at its
+                 largest pretraining step), error bars = sd over runs, missing shots marked;
+* `accuracy_vs_steps_<task>.png` (`steps_plot_name`) accuracy and MCC vs pretraining steps per shot;
+* `report.html`  a self-contained page (verdict on top, tables + figures embedded as base64), so a
+                 report exists without `snakemake --report`.
 
 Missing settings come from an optional TSV (`task`, `shot`, `reason`), e.g. shots for which the
 authors released no file (Cohn-enh and Splice-40 1000-shot).
@@ -33,7 +38,6 @@ import io
 import json
 import math
 import sys
-import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import stats
 from .util import GeneMaskError, atomic_output, read_tsv, require_columns
 
 METRICS = ("accuracy", "macro_f1", "mcc", "auroc")
@@ -48,12 +53,13 @@ ID_KEYS = ("task", "shot", "seed", "scheme")
 # the keys finetune.finetune_cli writes (docs/contracts.md); the others are kept when present
 REQUIRED_KEYS = ID_KEYS + ("n_train", "n_test") + METRICS + ("train_seconds", "eval_seconds")
 OPTIONAL_KEYS = ("num_labels", "epochs", "batch_size", "lr")
+# the pretraining design (docs/contracts.md): int or null; absent = the single default seed / the only step
+DESIGN_KEYS = ("pretrain_seed", "pretrain_step")
 BASELINE = "dnabert"
-WILCOXON_MIN_PAIRS = 6
-# With 2 pairs the t-test has one degree of freedom and a near-constant difference (identical test
-# subsets give differences equal up to float noise) yields absurd p-values such as 1e-15: need 3.
-TTEST_MIN_PAIRS = 3
-SCHEME_ORDER = ("none", "dnabert", "genemask", "curriculum", "random", "reference")
+WILCOXON_MIN_PAIRS = stats.WILCOXON_MIN_UNITS
+TTEST_MIN_PAIRS = stats.TTEST_MIN_UNITS
+SCHEME_ORDER = ("none", "dnabert", "genemask", "curriculum", "cm_step", "cm_gems", "global_pmi", "random",
+                "reference")
 TASK_ORDER = ("Prom-core", "Prom-300", "Cohn-enh", "Splice-40")
 _PALETTE = {  # fixed colours so a scheme looks the same in every figure
     "none": "#7f7f7f", "dnabert": "#1f77b4", "genemask": "#d62728", "curriculum": "#2ca02c",
@@ -148,26 +154,38 @@ def load_run(path: str | Path) -> dict:
         v = rec[k]
         if not math.isnan(v) and not -1.0 <= v <= 1.0:
             raise GeneMaskError(f"{path}: '{k}' = {v} is outside [-1, 1]")
-    out = {k: rec[k] for k in REQUIRED_KEYS + OPTIONAL_KEYS}
+    for k in DESIGN_KEYS:
+        v = rec.get(k)
+        if v is None:
+            rec[k] = math.nan
+        elif not (_is_number(v) and float(v).is_integer() and v >= 0):
+            raise GeneMaskError(f"{path}: '{k}' must be a non-negative integer or null, got {v!r}")
+    out = {k: rec[k] for k in REQUIRED_KEYS + OPTIONAL_KEYS + DESIGN_KEYS}
     out["source"] = str(path)
     return out
 
 
 def load_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """All runs, validated; duplicates of (task, shot, scheme, seed) are an error naming both files."""
+    """All runs, validated; duplicates of (task, shot, scheme, pretrain_step, pretrain_seed, seed) are
+    an error naming both files. `pretrain_step`/`pretrain_seed` are nullable integers (NA: not recorded)."""
     if not paths:
         raise GeneMaskError("no metrics JSON files given")
     recs = [load_run(p) for p in paths]
     seen: dict[tuple, str] = {}
     for r in recs:
-        key = tuple(r[k] for k in ("task", "shot", "scheme", "seed"))
+        key = tuple(r[k] for k in ("task", "shot", "scheme", "pretrain_step", "pretrain_seed", "seed"))
+        key = tuple(None if isinstance(v, float) and math.isnan(v) else v for v in key)
         if key in seen:
-            raise GeneMaskError(f"{r['source']}: same task/shot/scheme/seed {key} as {seen[key]}")
+            raise GeneMaskError(f"{r['source']}: same task/shot/scheme/pretrain_step/pretrain_seed/seed {key} "
+                                f"as {seen[key]}")
         seen[key] = r["source"]
     df = pd.DataFrame.from_records(recs)
-    cols = ["task", "shot", "scheme", "seed", *METRICS, "n_train", "n_test", "num_labels", "epochs",
-            "batch_size", "lr", "train_seconds", "eval_seconds", "source"]
-    return df[cols].sort_values(["task", "shot", "scheme", "seed"], kind="stable").reset_index(drop=True)
+    for k in DESIGN_KEYS:
+        df[k] = df[k].astype(float).astype("Int64")
+    cols = ["task", "shot", "scheme", "pretrain_step", "pretrain_seed", "seed", *METRICS, "n_train", "n_test",
+            "num_labels", "epochs", "batch_size", "lr", "train_seconds", "eval_seconds", "source"]
+    return df[cols].sort_values(["task", "shot", "scheme", "pretrain_step", "pretrain_seed", "seed"],
+                                kind="stable").reset_index(drop=True)
 
 
 def load_missing(path: str | Path | None) -> pd.DataFrame:
@@ -192,80 +210,59 @@ def load_missing(path: str | Path | None) -> pd.DataFrame:
 # tables
 # ---------------------------------------------------------------------------------------------
 def summarize(runs: pd.DataFrame, missing: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Mean, sd (ddof=1, NaN for n=1) and n per task x shot x scheme; missing settings as rows."""
-    g = runs.groupby(["task", "shot", "scheme"], sort=True)
+    """Mean, sd (ddof=1, NaN for n=1), n (runs) and n_pretrain_seeds per task x shot x scheme x
+    pretrain_step (NA: not recorded, i.e. the only step); missing settings as rows."""
+    df = stats.design(runs)
+    g = df.groupby(["task", "shot", "scheme", "_step"], sort=True)
     out = g.size().rename("n").reset_index()
+    out["n_pretrain_seeds"] = g["pretrain_seed"].nunique().to_numpy()
     for m in METRICS:
         out[f"{m}_mean"] = g[m].mean().to_numpy()
         out[f"{m}_sd"] = g[m].std(ddof=1).to_numpy()
     out["status"] = "ok"
     out["reason"] = ""
-    # a scheme without runs in a setting that other schemes have: a row saying so, not a silent gap
-    schemes_all = sorted(set(runs["scheme"]))
-    have3 = set(zip(out["task"], out["shot"], out["scheme"]))
-    gaps = [{"task": t, "shot": s, "scheme": sch, "n": 0, "status": "no_runs", "reason": "no metrics file"}
-            for t, s in sorted(set(zip(runs["task"], runs["shot"]))) for sch in schemes_all
-            if (t, s, sch) not in have3]
+    # a scheme (at a step) without runs in a setting that other schemes have: a row saying so
+    variants = sorted(set(zip(out["scheme"], out["_step"])))
+    have = set(zip(out["task"], out["shot"], out["scheme"], out["_step"]))
+    gaps = [{"task": t, "shot": s, "scheme": sch, "_step": st, "n": 0, "n_pretrain_seeds": 0, "status": "no_runs",
+             "reason": "no metrics file"}
+            for t, s in sorted(set(zip(runs["task"], runs["shot"]))) for sch, st in variants
+            if (t, s, sch, st) not in have]
     if gaps:
         out = pd.concat([out, pd.DataFrame(gaps)], ignore_index=True)
     if missing is not None and not missing.empty:
-        have = set(zip(runs["task"], runs["shot"]))
+        have2 = set(zip(runs["task"], runs["shot"]))
         schemes = _ordered(runs["scheme"], SCHEME_ORDER) or ["all"]
         rows = []
         for t, s, reason in missing.itertuples(index=False):
-            if (t, s) in have:
+            if (t, s) in have2:
                 print(f"genemask aggregate: warning: {t} {s}-shot is listed as missing ({reason}) "
                       f"but has runs; the runs are reported", file=sys.stderr)
                 continue
             for sch in schemes:
-                rows.append({"task": t, "shot": s, "scheme": sch, "n": 0, "status": "missing", "reason": reason})
+                rows.append({"task": t, "shot": s, "scheme": sch, "_step": stats.STEP_NA, "n": 0,
+                             "n_pretrain_seeds": 0, "status": "missing", "reason": reason})
         if rows:
             out = pd.concat([out, pd.DataFrame(rows)], ignore_index=True)
     out["n"] = out["n"].astype("int64")
-    return out.sort_values(["task", "shot", "scheme"], kind="stable").reset_index(drop=True)
+    out["n_pretrain_seeds"] = out["n_pretrain_seeds"].astype("int64")
+    out = out.sort_values(["task", "shot", "scheme", "_step"], kind="stable").reset_index(drop=True)
+    out.insert(3, "pretrain_step", out.pop("_step").map(lambda v: pd.NA if v == stats.STEP_NA else v).astype("Int64"))
+    return out
+
+
+def references(runs: pd.DataFrame, baseline: str = BASELINE) -> list[str]:
+    """The reference schemes present: `baseline` (dnabert), `none`, then each external baseline."""
+    kinds = stats.scheme_kinds(runs)
+    refs = [baseline, "none", *sorted(s for s, k in kinds.items() if k == "baseline")]
+    return [r for r in dict.fromkeys(refs) if r in kinds]
 
 
 def paired_tests(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
-    """Each scheme minus `baseline`, paired by seed, per task x shot x metric."""
-    from scipy import stats
-
-    cols = ["task", "shot", "metric", "scheme", "baseline", "n_pairs", "mean_scheme", "mean_baseline",
-            "mean_diff", "sd_diff", "t_stat", "p_ttest", "w_stat", "p_wilcoxon"]
-    rows = []
-    for (task, shot), grp in runs.groupby(["task", "shot"], sort=True):
-        base = grp[grp["scheme"] == baseline].set_index("seed")
-        if base.empty:
-            continue
-        for scheme in sorted(set(grp["scheme"]) - {baseline}):
-            other = grp[grp["scheme"] == scheme].set_index("seed")
-            seeds = sorted(set(base.index) & set(other.index))
-            for m in METRICS:
-                a = other.loc[seeds, m].to_numpy(dtype=float)
-                b = base.loc[seeds, m].to_numpy(dtype=float)
-                ok = ~(np.isnan(a) | np.isnan(b))
-                a, b = a[ok], b[ok]
-                n = int(a.size)
-                d = a - b
-                t = p_t = w = p_w = math.nan
-                if n >= TTEST_MIN_PAIRS and np.std(d) > 1e-12:
-                    with warnings.catch_warnings(), np.errstate(all="ignore"):
-                        warnings.simplefilter("ignore")
-                        res = stats.ttest_rel(a, b)
-                        t, p_t = float(res.statistic), float(res.pvalue)
-                        if n >= WILCOXON_MIN_PAIRS and np.any(d != 0):
-                            try:
-                                wr = stats.wilcoxon(a, b)
-                                w, p_w = float(wr.statistic), float(wr.pvalue)
-                            except ValueError:
-                                pass
-                rows.append({
-                    "task": task, "shot": shot, "metric": m, "scheme": scheme, "baseline": baseline,
-                    "n_pairs": n, "mean_scheme": a.mean() if n else math.nan,
-                    "mean_baseline": b.mean() if n else math.nan, "mean_diff": d.mean() if n else math.nan,
-                    "sd_diff": d.std(ddof=1) if n >= 2 else math.nan,
-                    "t_stat": t, "p_ttest": p_t, "w_stat": w, "p_wilcoxon": p_w,
-                })
-    return pd.DataFrame(rows, columns=cols)
+    """Each scheme minus each reference of `references` per task x shot x metric x pretraining step,
+    paired on (pretrain_seed, seed) (seed only against a baseline), tested at the pretraining-seed
+    level, with Holm and BH adjusted p-values: `stats.paired_tests`."""
+    return stats.paired_tests(runs, references(runs, baseline), METRICS)
 
 
 def _fmt_cell(mean: float, sd: float, n: int, n_ref: int, digits: int = 3) -> str:
@@ -284,31 +281,49 @@ def missing_notes(summary: pd.DataFrame) -> list[str]:
     return [f"{t} {int(s)}-shot: {r or 'no data'}" for t, s, r in miss[["task", "shot", "reason"]].itertuples(index=False)]
 
 
+def _variants(summary: pd.DataFrame) -> list[tuple[str, object, str]]:
+    """(scheme, pretrain_step, column label) of the rows with runs, schemes in canonical order, steps
+    ascending; the label is the scheme name, or 'scheme @step' for a scheme with several steps."""
+    ok = summary[summary["status"] == "ok"]
+    out = []
+    for sch in _ordered(ok["scheme"], SCHEME_ORDER):
+        steps = ok.loc[ok["scheme"] == sch, "pretrain_step"]
+        vals = sorted(set(steps.dropna().astype(int))) + ([pd.NA] if steps.isna().any() else [])
+        for st in vals:
+            out.append((sch, st, sch if len(vals) == 1 else f"{sch} @{'?' if pd.isna(st) else st}"))
+    return out
+
+
+def _step_rows(sub: pd.DataFrame, scheme: str, step) -> pd.DataFrame:
+    hit = sub[sub["scheme"] == scheme]
+    return hit[hit["pretrain_step"].isna()] if pd.isna(step) else hit[hit["pretrain_step"] == step]
+
+
 def accuracy_table(summary: pd.DataFrame, metric: str = "accuracy") -> tuple[pd.DataFrame, int]:
-    """Rows task x shot, columns scheme, cells 'mean ± sd' (strings), 'missing' for settings without
-    data (reasons: `missing_notes`), 'no runs' for a scheme absent from a setting; also the usual n."""
+    """Rows task x shot, columns scheme (one per pretraining step where a scheme has several:
+    'genemask @2000'), cells 'mean ± sd' (strings), 'missing' for settings without data (reasons:
+    `missing_notes`), 'no runs' for a scheme absent from a setting; also the usual n."""
     ok = summary[summary["status"] == "ok"]
     n_ref = int(ok["n"].mode().max()) if not ok.empty else 0
-    schemes = _ordered(ok["scheme"], SCHEME_ORDER)
+    variants = _variants(summary)
     tasks = _ordered(summary["task"], TASK_ORDER)
     rows = []
     for t in tasks:
         for s in sorted(set(summary.loc[summary["task"] == t, "shot"])):
             sub = summary[(summary["task"] == t) & (summary["shot"] == s)]
             row = {"task": t, "shot": int(s)}
-            if (sub["status"] == "missing").all():
-                for sch in schemes:
-                    row[sch] = "missing"
-            else:
-                for sch in schemes:
-                    hit = sub[sub["scheme"] == sch]
-                    if hit.empty:
-                        row[sch] = "no runs"
-                    else:
-                        r = hit.iloc[0]
-                        row[sch] = _fmt_cell(r[f"{metric}_mean"], r[f"{metric}_sd"], int(r["n"]), n_ref)
+            for sch, st, label in variants:
+                if (sub["status"] == "missing").all():
+                    row[label] = "missing"
+                    continue
+                hit = _step_rows(sub, sch, st)
+                if hit.empty or hit.iloc[0]["status"] != "ok":
+                    row[label] = "no runs"
+                else:
+                    r = hit.iloc[0]
+                    row[label] = _fmt_cell(r[f"{metric}_mean"], r[f"{metric}_sd"], int(r["n"]), n_ref)
             rows.append(row)
-    return pd.DataFrame(rows, columns=["task", "shot", *schemes]), n_ref
+    return pd.DataFrame(rows, columns=["task", "shot", *(v[2] for v in variants)]), n_ref
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -323,7 +338,9 @@ def to_markdown(df: pd.DataFrame) -> str:
 # figures
 # ---------------------------------------------------------------------------------------------
 def plot_accuracy_vs_shots(summary: pd.DataFrame, metric: str = "accuracy") -> bytes:
-    """PNG bytes: one panel per task, `metric` vs shots (log x), one line per scheme, sd error bars."""
+    """PNG bytes: one panel per task, `metric` vs shots (log x), one line per scheme, sd error bars;
+    a scheme pretrained for several step counts is drawn at its largest."""
+    summary = largest_step(summary)
     tasks = _ordered(summary["task"], TASK_ORDER)
     ok = summary[summary["status"] == "ok"]
     schemes = _ordered(ok["scheme"], SCHEME_ORDER)
@@ -366,6 +383,72 @@ def plot_accuracy_vs_shots(summary: pd.DataFrame, metric: str = "accuracy") -> b
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), title="pretraining scheme")
     fig.suptitle(f"Few-shot {metric.replace('_', '-')} vs shots (mean ± sd over seeds)")
+    return _png_bytes(fig)
+
+
+def largest_step(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `summary` at each scheme's largest recorded pretraining step (all rows of a scheme
+    without recorded steps, and every missing-setting row)."""
+    top = summary.groupby("scheme")["pretrain_step"].max()
+    st = summary["pretrain_step"]
+    best = summary["scheme"].map(top)
+    keep = (summary["status"] == "missing") | (best.isna() & st.isna()) | (st == best).fillna(False)
+    return summary[keep.astype(bool)]
+
+
+def steps_plot_name(task: str) -> str:
+    """File name of the accuracy-vs-pretraining-steps figure of `task` (the report rule lists these)."""
+    return "accuracy_vs_steps_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in task) + ".png"
+
+
+def plot_accuracy_vs_steps(summary: pd.DataFrame, task: str, kinds: Mapping[str, str],
+                           metrics: Sequence[str] = ("accuracy", "mcc")) -> bytes:
+    """PNG bytes for one task: rows `metrics`, one panel per shot; x = pretraining steps, one line per
+    pretrained scheme (mean ± sd over all pretraining x fine-tuning seed runs at each step); `none`
+    (random init) a solid horizontal line at its mean, external baselines dashed horizontal lines."""
+    sub = summary[(summary["task"] == task) & (summary["status"] == "ok")]
+    shots = sorted(set(sub["shot"]))
+    all_schemes = _ordered(sub["scheme"], SCHEME_ORDER)
+    fig = _new_figure(max(4.8, 3.9 * len(shots)), 3.3 * len(metrics) + 0.6)
+    axes = fig.subplots(len(metrics), max(1, len(shots)), squeeze=False)
+    steps_known = sorted(set(sub.loc[sub["scheme"].map(kinds) == "pretrained", "pretrain_step"].dropna().astype(int)))
+    for i, m in enumerate(metrics):
+        for j, shot in enumerate(shots):
+            ax = axes[i, j]
+            cell = sub[sub["shot"] == shot]
+            for sch in all_schemes:
+                d = cell[cell["scheme"] == sch].sort_values("pretrain_step")
+                col = scheme_color(sch, all_schemes)
+                if d.empty:
+                    continue
+                if kinds.get(sch) == "pretrained" and d["pretrain_step"].notna().any():
+                    d = d[d["pretrain_step"].notna()]
+                    ax.errorbar(d["pretrain_step"], d[f"{m}_mean"], yerr=d[f"{m}_sd"].fillna(0.0), marker="o",
+                                ms=4, lw=1.6, capsize=3, color=col, label=sch)
+                else:
+                    ls = "-" if sch == "none" else "--"
+                    label = "none (random init)" if sch == "none" else f"{sch} (baseline)"
+                    ax.axhline(float(d[f"{m}_mean"].mean()), color=col, ls=ls, lw=1.4, label=label)
+            if steps_known:
+                ax.set_xticks(steps_known)
+                ax.set_xticklabels([str(v) for v in steps_known], rotation=30 if len(steps_known) > 4 else 0)
+            else:
+                ax.text(0.5, 0.5, "no pretraining steps recorded in the runs", ha="center", va="center",
+                        transform=ax.transAxes, color="0.4", fontsize=8)
+            ax.set_title(f"{task}, {shot}-shot", fontsize=10)
+            ax.set_xlabel("pretraining steps")
+            ax.set_ylabel(m.replace("_", "-"))
+            ax.grid(True, alpha=0.3)
+    handles, labels = [], []
+    for ax in axes.ravel():
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), title="scheme")
+    fig.suptitle(f"{task}: few-shot results vs pretraining steps\n(mean ± sd over all pretraining × fine-tuning "
+                 f"seed runs; horizontal lines: no pretraining steps)", fontsize=10)
     return _png_bytes(fig)
 
 
@@ -582,6 +665,13 @@ img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
 """
 
 
+_VERDICT_NOTE = ("Each line: scheme minus reference, averaged over task × shot cells, with a 95% CI from a "
+                 "hierarchical bootstrap (pretraining seeds, then fine-tuning seeds within them); won / lost = "
+                 "cells with Holm-adjusted p < 0.05 and a positive / negative difference, tied = the other "
+                 "tested cells. Better / worse when the CI excludes 0, else no difference beyond noise. "
+                 "Headline: the largest pretraining step all pretrained schemes share; verdict.tsv has them all.")
+
+
 def _img_tag(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
@@ -599,9 +689,28 @@ def summary_html(outdir: str | Path, include: Sequence[str | Path] = (), title: 
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     runs = pd.read_csv(outdir / "runs.tsv", sep="\t")
     summary = pd.read_csv(outdir / "summary.tsv", sep="\t", keep_default_na=False, na_values=["NaN"])
+    pseeds = sorted(runs["pretrain_seed"].dropna().astype(int).unique()) if "pretrain_seed" in runs else []
+    psteps = sorted(runs["pretrain_step"].dropna().astype(int).unique()) if "pretrain_step" in runs else []
     parts.append(f"<p class='note'>{len(runs)} fine-tuning runs: {runs['task'].nunique()} task(s), "
                  f"{runs['scheme'].nunique()} scheme(s) ({', '.join(_ordered(runs['scheme'], SCHEME_ORDER))}), "
-                 f"seeds {', '.join(str(s) for s in sorted(runs['seed'].unique()))}.</p>")
+                 f"fine-tuning seeds {', '.join(str(s) for s in sorted(runs['seed'].unique()))}; "
+                 f"pretraining seeds {', '.join(map(str, pseeds)) or 'not recorded (one)'}; "
+                 f"pretraining steps {', '.join(map(str, psteps)) or 'not recorded (one)'}.</p>")
+    if (outdir / "verdict.tsv").exists():
+        verdict = pd.read_csv(outdir / "verdict.tsv", sep="\t", keep_default_na=False, na_values=["NaN"])
+        parts.append("<h2>Verdict</h2>")
+        if verdict.empty:
+            parts.append("<p class='note'>No comparisons: no reference scheme (dnabert, none or a baseline) "
+                         "has runs.</p>")
+        else:
+            head = verdict[verdict["headline"].astype(str) == "True"]
+            head = head[head["baseline"].isin([BASELINE, "none"])]
+            parts.append("<ul>" + "".join(f"<li><b>{html.escape(v)}</b></li>" for v in head["verdict"]) + "</ul>")
+            parts.append("<p class='note'>" + html.escape(_VERDICT_NOTE) + "</p>")
+            rest = verdict[~verdict.index.isin(head.index)]
+            if not rest.empty:
+                parts.append("<details><summary>Every step and reference</summary><ul>"
+                             + "".join(f"<li>{html.escape(v)}</li>" for v in rest["verdict"]) + "</ul></details>")
 
     acc, n_ref = accuracy_table(summary)
     parts.append("<h2>Accuracy, mean ± sd over seeds</h2>")
@@ -616,20 +725,39 @@ def summary_html(outdir: str | Path, include: Sequence[str | Path] = (), title: 
     if (outdir / "accuracy_vs_shots.png").exists():
         parts.append("<h2>Accuracy vs shots</h2>" + _img_tag(outdir / "accuracy_vs_shots.png", "accuracy vs shots"))
 
-    parts.append(f"<h2>Paired tests against {BASELINE}</h2>")
+    for t in _ordered(runs["task"], TASK_ORDER):
+        p = outdir / steps_plot_name(t)
+        if p.exists():
+            parts.append(f"<h2>{html.escape(t)}: accuracy and MCC vs pretraining steps</h2>" + _img_tag(p, p.name))
+
+    if (outdir / "variance.tsv").exists():
+        var = pd.read_csv(outdir / "variance.tsv", sep="\t", keep_default_na=False, na_values=["NaN"])
+        parts.append("<h2>Where the spread comes from: pretraining vs fine-tuning seeds</h2>")
+        parts.append("<p class='note'>One-way random-effects ANOVA per task × shot × scheme × step (method of "
+                     "moments, clipped at 0): var_pretrain = between-pretraining-seed component, var_finetune = "
+                     "within (fine-tuning seeds); share_pretrain = var_pretrain / (var_pretrain + var_finetune). "
+                     "Accuracy shown; MCC in variance.tsv.</p>")
+        parts.append(_table_html(var[var["metric"] == "accuracy"].drop(
+            columns=["metric", "ms_between", "ms_within", "n0"])))
+
+    parts.append("<h2>Paired tests per task × shot</h2>")
     if (outdir / "tests.tsv").exists():
-        tests = pd.read_csv(outdir / "tests.tsv", sep="\t")
+        tests = pd.read_csv(outdir / "tests.tsv", sep="\t", keep_default_na=False, na_values=["NaN"])
         if tests.empty:
-            parts.append(f"<p class='note'>No tests: no {BASELINE} runs to pair with.</p>")
+            parts.append(f"<p class='note'>No tests: no {BASELINE}, none or baseline runs to pair with.</p>")
         else:
-            parts.append("<p class='note'>Difference scheme minus baseline paired by seed (positive = better "
-                         "than the baseline). p_ttest: paired t-test; p_wilcoxon: Wilcoxon signed-rank "
-                         f"(only with >= {WILCOXON_MIN_PAIRS} pairs). No correction for multiple testing. "
-                         "Accuracy shown; all metrics in tests.tsv.</p>")
-            show = tests[tests["metric"] == "accuracy"].drop(columns=["metric", "baseline"])
+            parts.append("<p class='note'>Difference scheme minus reference (baseline column), paired on "
+                         "pretraining seed and fine-tuning seed (fine-tuning seed only against an external "
+                         "baseline); positive = better than the reference. The test is a one-sample t-test "
+                         "(and Wilcoxon signed-rank with >= "
+                         f"{stats.WILCOXON_MIN_UNITS} units) on the per-pretraining-seed means of the differences "
+                         "(test_level); with one pretraining seed the fine-tuning seeds are the units, flagged in "
+                         "note. p_holm / p_bh: Holm / Benjamini-Hochberg adjusted over the task × shot cells of one "
+                         "scheme × reference × step × metric. Accuracy shown; all metrics in tests.tsv.</p>")
+            show = tests[tests["metric"] == "accuracy"].drop(columns=["metric"])
             parts.append(_table_html(show))
 
-    parts.append("<h2>All metrics, mean and sd per task × shot × scheme</h2>")
+    parts.append("<h2>All metrics, mean and sd per task × shot × scheme × pretraining step</h2>")
     parts.append(_table_html(summary))
 
     for p in map(Path, include):
@@ -655,12 +783,26 @@ def summary_html(outdir: str | Path, include: Sequence[str | Path] = (), title: 
 # ---------------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------------
+def _ordered_verdict(verdict: pd.DataFrame, refs: Sequence[str]) -> pd.DataFrame:
+    """Rows by reference (dnabert, none, baselines), metric (accuracy first), scheme (canonical
+    order), step: the order of verdict.tsv/md and of the page's headline list."""
+    if verdict.empty:
+        return verdict
+    rank = {s: i for i, s in enumerate(_ordered(verdict["scheme"], SCHEME_ORDER))}
+    key = pd.DataFrame({"b": verdict["baseline"].map({r: i for i, r in enumerate(refs)}),
+                        "m": verdict["metric"].map({m: i for i, m in enumerate(METRICS)}),
+                        "s": verdict["scheme"].map(rank), "t": verdict["pretrain_step"].fillna(-1)})
+    return verdict.iloc[key.sort_values(["b", "m", "s", "t"], kind="stable").index].reset_index(drop=True)
+
+
 def aggregate_cli(metrics_jsons: Sequence[str | Path], outdir: str | Path, expected: str | Path | None = None,
-                  include: Sequence[str | Path] = (), baseline: str = BASELINE) -> int:
+                  include: Sequence[str | Path] = (), baseline: str = BASELINE, *, n_boot: int = stats.N_BOOT,
+                  boot_seed: int = stats.BOOT_SEED) -> int:
     """`genemask aggregate`: validate every input first, then write all outputs (see module doc).
 
     `expected`: optional TSV of settings expected but without data (columns task, shot, reason).
     `include`: extra PNG/TSV files to embed in report.html (e.g. loss.png, motifs.tsv).
+    `n_boot`, `boot_seed`: replicates and seed of the verdict's hierarchical bootstrap.
     """
     outdir = Path(outdir)
     runs = load_runs(metrics_jsons)
@@ -669,31 +811,50 @@ def aggregate_cli(metrics_jsons: Sequence[str | Path], outdir: str | Path, expec
         if not p.exists():
             raise GeneMaskError(f"{p}: file to include in the report does not exist")
     summary = summarize(runs, missing)
-    tests = paired_tests(runs, baseline)
+    refs = references(runs, baseline)
+    tests = stats.paired_tests(runs, refs, METRICS)
+    variance = stats.variance_table(runs)
+    verdict = _ordered_verdict(stats.verdicts(runs, tests, refs, n_boot=n_boot, boot_seed=boot_seed), refs)
+    verdict_md = stats.verdict_markdown(verdict, primary=(baseline, "none"))
     acc, n_ref = accuracy_table(summary)
     md_table = to_markdown(acc)
-    md = (f"# Few-shot accuracy (mean ± sd over seeds)\n\n{md_table}\n\n"
-          f"sd: sample standard deviation over seeds; usual n = {n_ref} seeds (other n shown).\n")
+    head = verdict[verdict["headline"] & verdict["baseline"].isin([baseline, "none"])]
+    md = "".join(f"- {v}\n" for v in head["verdict"])
+    md = (f"# Verdict\n\n{md}\n" if md else "") + (
+        f"# Few-shot accuracy (mean ± sd over seeds)\n\n{md_table}\n\n"
+        f"sd: sample standard deviation over runs (pretraining x fine-tuning seeds); usual n = {n_ref} runs "
+        f"(other n shown).\n")
     notes = missing_notes(summary)
     if notes:
         md += "\nMissing settings (no data):\n" + "".join(f"- {n}\n" for n in notes)
-    acc_tests = tests[tests["metric"] == "accuracy"]
+    acc_tests = tests[(tests["metric"] == "accuracy") & (tests["baseline"] == baseline)]
     if not acc_tests.empty:
-        tt = acc_tests[["task", "shot", "scheme", "n_pairs", "mean_diff", "p_ttest", "p_wilcoxon"]].copy()
-        for c in ("mean_diff",):
-            tt[c] = tt[c].map(lambda v: f"{v:+.4f}")
-        for c in ("p_ttest", "p_wilcoxon"):
+        cols = ["task", "shot", "scheme", "pretrain_step", "n_pretrain_seeds", "n_pairs", "mean_diff", "p_ttest",
+                "p_holm", "p_wilcoxon"]
+        tt = acc_tests[cols].copy()
+        if tt["pretrain_step"].isna().all():
+            tt = tt.drop(columns=["pretrain_step", "n_pretrain_seeds"])
+        tt["mean_diff"] = tt["mean_diff"].map(lambda v: f"{v:+.4f}")
+        for c in ("p_ttest", "p_holm", "p_wilcoxon"):
             tt[c] = tt[c].map(lambda v: "NaN" if math.isnan(v) else f"{v:.3g}")
-        md += f"\n## Accuracy minus {baseline}, paired by seed\n\n{to_markdown(tt)}\n"
+        md += (f"\n## Accuracy minus {baseline}, paired on pretraining and fine-tuning seed\n\n"
+               f"{to_markdown(tt.astype(str).replace('<NA>', ''))}\n")
     png = plot_accuracy_vs_shots(summary)
+    kinds = stats.scheme_kinds(runs)
+    steps_png = {t: plot_accuracy_vs_steps(summary, t, kinds) for t in _ordered(runs["task"], TASK_ORDER)}
 
     _write_tsv(outdir / "runs.tsv", runs)
     _write_tsv(outdir / "summary.tsv", summary)
     _write_tsv(outdir / "tests.tsv", tests)
+    _write_tsv(outdir / "variance.tsv", variance)
+    _write_tsv(outdir / "verdict.tsv", verdict)
+    _write_text(outdir / "verdict.md", verdict_md)
     _write_text(outdir / "summary.md", md)
     _write_bytes(outdir / "accuracy_vs_shots.png", png)
+    for t, data in steps_png.items():
+        _write_bytes(outdir / steps_plot_name(t), data)
     _write_text(outdir / "report.html", summary_html(outdir, include))
     print(md)
-    print(f"wrote {outdir}/{{runs.tsv,summary.tsv,summary.md,tests.tsv,accuracy_vs_shots.png,report.html}}",
-          file=sys.stderr)
+    print(f"wrote {outdir}/{{runs.tsv,summary.tsv,summary.md,tests.tsv,variance.tsv,verdict.tsv,verdict.md,"
+          f"accuracy_vs_shots.png,{','.join(steps_plot_name(t) for t in steps_png)},report.html}}", file=sys.stderr)
     return 0

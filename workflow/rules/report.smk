@@ -1,16 +1,26 @@
 # Aggregation: one TSV row per run, mean +- sd, paired tests against dnabert, plots, motifs, and
 # the HTML report (also `snakemake --report`, which collects the report() outputs below).
 
+from genemask.report import steps_plot_name
+
 METRICS = [
     f"{RESULTS}/finetune/{r['task']}/{r['shot']}/{r['scheme']}/seed{r['seed']}.json"
     for r in RUNS
 ]
 REPORT = f"{RESULTS}/report"
+# accuracy/MCC vs pretraining steps: one figure per task with runs (names: report.steps_plot_name)
+STEPS_PLOTS = [
+    f"{REPORT}/{steps_plot_name(t)}" for t in sorted({r["task"] for r in RUNS})
+]
 REPORT_OUTPUTS = [
     f"{REPORT}/runs.tsv",
     f"{REPORT}/summary.tsv",
     f"{REPORT}/tests.tsv",
+    f"{REPORT}/variance.tsv",
+    f"{REPORT}/verdict.tsv",
+    f"{REPORT}/verdict.md",
     f"{REPORT}/accuracy_vs_shots.png",
+    *STEPS_PLOTS,
     f"{REPORT}/report.html",
 ]
 
@@ -150,6 +160,10 @@ rule aggregate:
             caption="../report/accuracy.rst",
             category="Few-shot results",
         ),
+        variance=f"{REPORT}/variance.tsv",
+        verdict=f"{REPORT}/verdict.tsv",
+        verdict_md=f"{REPORT}/verdict.md",
+        steps=STEPS_PLOTS,
         html=f"{REPORT}/report.html",
     log:
         f"{RESULTS}/logs/aggregate.log",
