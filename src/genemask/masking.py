@@ -680,7 +680,9 @@ def _as_ids(x) -> torch.Tensor:
 
 def _number(key: str, v, integer: bool = False):
     """A numeric masking option, or a one-line GeneMaskError naming it."""
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+    if isinstance(v, (bool, np.bool_)):
+        raise GeneMaskError(f"masking option {key}={v!r}: expected a number")
+    if not isinstance(v, (int, float, np.integer, np.floating)):
         try:  # numeric strings, as before (e.g. from a hand-written settings file)
             v = float(v)
         except (TypeError, ValueError):
