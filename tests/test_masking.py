@@ -746,3 +746,52 @@ def test_mask_stats_curriculum_schemes(hg38_slice, data_a, capsys):
     assert [post[x] for x in keys] == [gp[x] for x in keys] and post["global_pmi_batches"] == "6"
     ff = _stats(capsys, hg38_slice, "global_pmi", options=["faithful=true"], **base)
     assert ff["option.faithful"] == "True" and float(ff["mean_rank_masked"]) > float(gp["mean_rank_masked"]) + 250
+
+
+def test_pretrain_records_cm_gems_switch_through_a_kill(hg38_slice, data_a, tmp_path):
+    """pretrain reports each validation perplexity to the masker; cm_gems's switch step lands in
+    genemask.json and the plateau rule's state survives SIGKILL + resume: threshold 1e9 switches at the
+    second evaluation (step 8), which after a kill at the step-4 checkpoint needs the restored step-4
+    perplexity; the resumed weights equal an uninterrupted run's. (A pretrain test, kept here with the
+    masking scheme it checks.)"""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from genemask.corpus import build_corpus
+
+    build_corpus(hg38_slice, tmp_path / "c0", region="chr2:1-300000", seed=1)
+    tiny = {"k": 6, "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64,
+            "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 512}
+    (tmp_path / "tiny.json").write_text(json.dumps(tiny))
+
+    def cmd(out):
+        sets = ["steps=16", "batch_size=4", "grad_accum=2", "warmup_steps=3", "log_every=1", "eval_every=4",
+                "eval_batches=2", "checkpoint_every=4", "threads=1", "masking={threshold: 1000000000}"]
+        return [sys.executable, "-m", "genemask.cli", "pretrain", "--corpus", str(tmp_path / "c0"), "--model-config",
+                str(tmp_path / "tiny.json"), "--scheme", "cm_gems", "--ranking", str(data_a), "-o", str(out),
+                *[x for s in sets for x in ("--set", s)]]
+
+    ref = tmp_path / "ref"
+    r = subprocess.run(cmd(ref), check=True, capture_output=True, text=True)
+    assert "masking switches to global_pmi at step 8" in r.stderr
+    assert json.loads((ref / "genemask.json").read_text())["switch_step"] == 8
+
+    out, ckpt = tmp_path / "killed", tmp_path / "killed.ckpt" / "state.pt"
+    proc = subprocess.Popen(cmd(out), stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(ckpt, weights_only=False)["state"]
+    assert state["masker"]["last_perplexity"] is not None  # saved with the checkpoint
+    subprocess.run(cmd(out), check=True, capture_output=True)
+    assert json.loads((out / "genemask.json").read_text())["switch_step"] == 8
+    a, b = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
