@@ -269,6 +269,16 @@ def _argsort(key: torch.Tensor) -> torch.Tensor:
     return torch.sort(key).indices
 
 
+def _smallest(key: torch.Tensor, n: int) -> torch.Tensor:
+    """The n smallest entries of each row of `key` (int64 [B, L], distinct per row), ascending: [B, n]
+    (numpy's partition + sort of n on CPU, ~4x faster than torch.topk here)."""
+    if NUMPY_SORT and key.device.type == "cpu":
+        a = key.numpy()
+        part = np.partition(a, n - 1, axis=1)[:, :n] if n < a.shape[1] else a
+        return torch.from_numpy(np.sort(part, axis=1))
+    return torch.topk(key, n, dim=1, largest=False, sorted=True).values
+
+
 PRIORITY_BITS = 31  # curriculum priorities are uniform integers in [0, 2**31) (ties: by column, as the loop)
 
 
@@ -385,7 +395,7 @@ def global_pmi_positions(input_ids: torch.Tensor, m: torch.Tensor, ranks: torch.
     r = pos_ranks.to(dev)[None, :] if pos_ranks is not None else ranks.to(dev).index_select(0, input_ids.view(-1)).view(B, L)
     big = (4**k + 2) * L  # above every real position's key (ranks are capped at 4**k + 1)
     key = torch.where(real_mask(end, L), r * L + col, big)
-    top = torch.topk(key, n, dim=1, largest=False, sorted=True).values  # [B, n]: each row's n best
+    top = _smallest(key, n)  # [B, n]: each row's n best, ascending
     rows = torch.arange(B, device=dev)[:, None].expand(B, n)
     keep = torch.arange(n, device=dev)[None, :] < m[:, None]
     first, last = rows * L + 1, rows * L + end[:, None]
