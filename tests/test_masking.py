@@ -101,7 +101,8 @@ def test_make_masker_errors(ranking):
         make_masker("genemask", ranking=ranking[:10])
     with pytest.raises(GeneMaskError, match="ramp"):
         make_masker("curriculum", ranking=ranking, ramp=0)
-    assert masking.SCHEMES == ("random", "dnabert", "genemask", "reference", "curriculum")
+    assert masking.SCHEMES == ("random", "dnabert", "genemask", "reference", "curriculum", "global_pmi", "cm_step",
+                               "cm_gems")
 
 
 def test_ranking_from_path(data_a, ranking):
@@ -191,21 +192,25 @@ def test_equals_loop_implementation(batch, scheme, rule, p, tied, step, block):
     k, ids, seed = batch
     rk = rankings(k, seed, tied)
     m = make_masker(scheme, k=k, ranking=rk, p=p, high_rule=rule, ramp=0.8)
-    draws = m.draw(ids, torch.Generator().manual_seed(seed), block=block)  # block: force extra gap blocks
+    draws = m.draw(ids, torch.Generator().manual_seed(seed), block=block, step=step, total_steps=10)  # block: force extra gap blocks
     if draws.rows is not None:
         assert torch.equal(torch.stack(torch.nonzero(draws.centres, as_tuple=True)), torch.stack([draws.rows, draws.cols]))
-        draws = Draws(draws.centres, draws.priority, draws.jitter)  # also the path that derives the centre list
+        draws = Draws(draws.centres, draws.priority, draws.jitter, coin=draws.coin)  # also the path that derives the centre list
     fast = m.positions_from_draws(ids, draws, step=step, total_steps=10)
     slow = loop_positions(ids, draws, scheme, k=k, ranks=m.ranks("cpu"), high_rule=rule, high_radius=k - 1,
                           step=step, total_steps=10, ramp=0.8)
     assert torch.equal(fast, slow)
 
 
-@pytest.mark.parametrize("scheme", ["dnabert", "genemask", "reference", "curriculum"])
+@pytest.mark.parametrize("scheme,options", [
+    ("dnabert", {}), ("genemask", {}), ("reference", {}), ("curriculum", {}), ("global_pmi", {}),
+    ("global_pmi", {"faithful": True}), ("cm_step", {}), ("cm_step", {"faithful": True}), ("cm_gems", {}),
+    ("cm_gems", {"faithful": True}), ("cm_gems", {"switch_at": 2}), ("cm_gems", {"switch_at": 2, "faithful": True}),
+])
 @pytest.mark.parametrize("numpy_sort", [True, False])  # False: torch.sort, the path taken on a GPU
-def test_equals_loop_on_real_batches(real_ids, ranking, scheme, numpy_sort, monkeypatch):
+def test_equals_loop_on_real_batches(real_ids, ranking, scheme, options, numpy_sort, monkeypatch):
     monkeypatch.setattr(masking, "NUMPY_SORT", numpy_sort)
-    m = make_masker(scheme, ranking=ranking)
+    m = make_masker(scheme, ranking=ranking, **options)
     for b in range(4):
         ids = real_ids[b * 64 : (b + 1) * 64]
         g1, g2 = torch.Generator().manual_seed(b), torch.Generator().manual_seed(b)
@@ -248,6 +253,13 @@ def test_centre_draws_are_bernoulli(p, block):
     ("genemask", {}, 0.149, 0.157),     # spec: 15.3 % (all centres high when m <= 8)
     ("genemask", {"high_rule": "half"}, 0.137, 0.145),  # spec: 14.1 %
     ("reference", {}, 0.149, 0.157),
+    # the best-ranked positions of a row cluster (repeats such as GTGTGT...), so their 11-spans overlap:
+    # README "Masking schemes": 11.47 % (faithful: the same positions in every row, 10.19 %)
+    ("global_pmi", {}, 0.108, 0.121),
+    ("global_pmi", {"faithful": True}, 0.097, 0.107),
+    ("cm_gems", {}, 0.149, 0.157),                   # before the switch: genemask
+    ("cm_gems", {"faithful": True}, 0.149, 0.157),   # its released genemask branch: same budget
+    ("cm_gems", {"switch_at": 0}, 0.108, 0.121),     # after the switch: global_pmi
 ])
 def test_masked_fraction_full_length(real_ids, ranking, scheme, options, lo, hi):
     m = make_masker(scheme, ranking=ranking, **options)
@@ -353,7 +365,10 @@ def test_same_seed_same_masks(real_ids, ranking, scheme):
 # when its priorities became integers. Update a digest only for a deliberate change of the random
 # stream: it changes every model pretrained with that scheme.
 PINNED_DIGESTS = {"random": "0011ba3c104fde64", "dnabert": "709632bf062fdcc6", "genemask": "e166e8b9965bbb2a",
-                  "reference": "d9fbde82ce64823c", "curriculum": "dec8192d4cdaff92"}
+                  "reference": "d9fbde82ce64823c", "curriculum": "dec8192d4cdaff92",
+                  # cm_step at s(3 of 10) = 0.03: its coin picks dnabert; cm_gems before any switch is
+                  # genemask draw for draw (same digest); global_pmi and the variants: test below
+                  "global_pmi": "2a5510c2aeb36148", "cm_step": "9f4e5f06846ccea3", "cm_gems": "e166e8b9965bbb2a"}
 
 
 @pytest.mark.parametrize("scheme", masking.SCHEMES)
@@ -422,3 +437,361 @@ def test_mask_stats_via_cli(hg38_slice, data_a, capsys):
     s1 = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
     assert (s0["curriculum_share"], s1["curriculum_share"]) == ("0.0", "1.0")
     assert float(s1["mean_rank_masked"]) < float(s0["mean_rank_masked"])
+
+
+# ---- the authors' curriculum schemes (spec section 5b): global_pmi, cm_step, cm_gems -------------------
+
+def curriculum_rankings(k, seed, kind):
+    """Rankings for the 5b schemes: a permutation, few distinct ranks (ties), two ranks (ties everywhere),
+    or a table with missing k-mers (rank 4**k + 1, as `load_ranking` gives them) and rank 0 (which the
+    release maps to 4096)."""
+    if kind == "binary":
+        return np.random.default_rng(seed).integers(1, 3, 4**k)
+    if kind == "holes":
+        rk = rankings(k, seed, False).copy()
+        g = np.random.default_rng(seed)
+        rk[g.random(4**k) < 0.2] = 4**k + 1
+        rk[g.random(4**k) < 0.05] = 0
+        return rk
+    return rankings(k, seed, kind == "tied")
+
+
+@settings(deadline=None, max_examples=400)
+@given(batches(), st.sampled_from(["global_pmi", "cm_step", "cm_gems"]), st.booleans(),
+       st.sampled_from(["perm", "tied", "binary", "holes"]), st.sampled_from(["all_if_le8", "half"]), st.floats(0.01, 0.5),
+       st.integers(0, 12), st.sampled_from([None, 0, 4]), st.booleans())
+def test_curriculum_schemes_equal_loop(batch, scheme, faithful, kind, rule, p, step, switch_at, interior_pad):
+    """Fast == loop on random batches (right padding, short and empty rows, a truncated row, an interior
+    [PAD] or two), every branch (cm_step's coin over the schedule, cm_gems before / after its switch)."""
+    k, ids, seed = batch
+    if interior_pad and ids.shape[1] > 4:
+        ids = ids.clone()
+        ids[0, 2] = kmers.PAD
+        ids[-1, ids.shape[1] // 2] = kmers.PAD
+    rk = curriculum_rankings(k, seed, kind)
+    m = make_masker(scheme, k=k, ranking=rk, p=p, global_p=p / 2, high_rule=rule, faithful=faithful,
+                    switch_at=switch_at)
+    total = 1 + seed % 200  # both sides of T = 100 for cm_step's schedule
+    draws = m.draw(ids, torch.Generator().manual_seed(seed), step=step, total_steps=total)
+    fast = m.positions_from_draws(ids, draws, step=step, total_steps=total)
+    loop_draws = Draws(draws.centres, coin=draws.coin)  # the loop re-derives the branch from the coin / step
+    slow = loop_positions(ids, loop_draws, scheme, k=k, ranks=m.ranks("cpu"), high_rule=rule, high_radius=k - 1,
+                          step=step, total_steps=total, faithful=faithful, switch_step=switch_at)
+    assert torch.equal(fast, slow)
+    real, _ = real_positions(ids)
+    assert not (fast & ~real).any()
+
+
+def test_curriculum_scheme_options_validated(ranking):
+    for scheme in ("global_pmi", "cm_step", "cm_gems"):
+        with pytest.raises(GeneMaskError, match="needs an NPMI ranking"):
+            make_masker(scheme)
+    bad = [({"faithful": "yes"}, "faithful='yes': expected true or false"),
+           ({"faithful": 1}, "faithful=1: expected true or false"),
+           ({"threshold": -1}, "threshold=-1: must be >= 0"),
+           ({"threshold": "low"}, "threshold='low': expected a number"),
+           ({"switch_at": -3}, "switch_at=-3"),
+           ({"switch_at": 2.5}, "switch_at=2.5: expected an integer"),
+           ({"switch_at": True}, "switch_at=True: expected a number"),
+           ({"global_p": 1.5}, r"global_p=1.5: must be in \[0, 1\]"),
+           ({"thresh": 1.0}, "masking option 'thresh': unknown")]
+    for opts, msg in bad:
+        with pytest.raises(GeneMaskError, match=msg):
+            make_masker("cm_gems", ranking=ranking, **opts)
+    with pytest.raises(GeneMaskError, match="faithful: only for global_pmi, cm_step, cm_gems"):
+        make_masker("genemask", ranking=ranking, faithful=True)
+    m = make_masker("cm_gems", ranking=ranking)
+    assert (m.p, m.global_p, m.threshold, m.switch_at, m.faithful) == (0.0176, 0.0136, masking.DEFAULT_THRESHOLD, None, False)
+    assert make_masker("global_pmi", ranking=ranking).p == 0.0136 and make_masker("cm_step", ranking=ranking).p == 0.025
+    assert m.settings()["threshold"] == 1.0 and m.settings()["faithful"] is False
+    # from the CLI, values are YAML scalars
+    assert make_masker("cm_gems", ranking=ranking, **masking.parse_options(["faithful=true", "switch_at=0"])).faithful
+
+
+def test_global_pmi_masks_best_ranked_positions(real_ids, ranking):
+    """Each row: as many 11-spans as drawn centres, around its best-ranked positions (ties leftmost)."""
+    ids = real_ids[:200]
+    m = make_masker("global_pmi", ranking=ranking)
+    draws = m.draw(ids, torch.Generator().manual_seed(2))
+    masked = m.positions_from_draws(ids, draws)
+    ranks = rank_table(ranking, 6)
+    counts = draws.centres.sum(1)
+    for i in range(0, 200, 20):
+        r = ranks[ids[i, 1:507]]
+        best = sorted(zip(r.tolist(), range(1, 507)))[: int(counts[i])]
+        expect = torch.zeros(508, dtype=torch.bool)
+        for _, q in best:
+            expect[max(1, q - 5) : min(506, q + 5) + 1] = True
+        assert torch.equal(masked[i], expect)
+    # much higher-NPMI tokens than genemask (README: mean rank 937 vs 1344)
+    rm = ranks[ids[masked]].double().mean().item()
+    gm = make_masker("genemask", ranking=ranking).mask_positions(ids, torch.Generator().manual_seed(2))
+    assert rm < ranks[ids[gm]].double().mean().item() - 250
+
+
+def test_faithful_global_pmi_ignores_dna(ranking):
+    """The released defect: ranks by position, so rows of one length and one centre count get the same
+    masked set whatever their DNA, and a longer count only adds spans (nested sets)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 4101, (64, 300), generator=g)
+    ids[:, 0], ids[:, -1] = kmers.CLS, kmers.SEP
+    m = make_masker("global_pmi", ranking=ranking, p=0.03, faithful=True)
+    draws = m.draw(ids, torch.Generator().manual_seed(1))
+    masked = m.positions_from_draws(ids, draws)
+    counts = draws.centres.sum(1)
+    by_count = {}
+    for i, c in enumerate(counts.tolist()):
+        by_count.setdefault(c, []).append(i)
+    assert max(len(v) for v in by_count.values()) > 3
+    for rows in by_count.values():
+        assert all(torch.equal(masked[rows[0]], masked[j]) for j in rows)
+    order = sorted(by_count)
+    for a, b in zip(order, order[1:]):
+        assert not (masked[by_count[a][0]] & ~masked[by_count[b][0]]).any()
+    # the rank-by-id default depends on the DNA
+    fair = make_masker("global_pmi", ranking=ranking, p=0.03).positions_from_draws(ids, draws)
+    rows = max(by_count.values(), key=len)
+    assert not all(torch.equal(fair[rows[0]], fair[j]) for j in rows)
+
+
+def test_faithful_rank_table(ranking):
+    """The release's `kmer_id_to_pmi_rank`: 4096 for the special ids, for missing k-mers and for rank 0."""
+    rk = ranking.copy()
+    rk[7], rk[9] = 4**6 + 1, 0  # a k-mer missing from the table, a k-mer with rank 0
+    t, f = rank_table(rk, 6), masking.faithful_rank_table(rk, 6)
+    assert t[:5].tolist() == [4097] * 5 and f[:5].tolist() == [4096] * 5
+    assert (t[12], t[14], f[12], f[14]) == (4097, 0, 4096, 4096)
+    keep = torch.ones(4101, dtype=torch.bool)
+    keep[[0, 1, 2, 3, 4, 12, 14]] = False
+    assert torch.equal(t[keep], f[keep])
+    pos = masking.position_ranks(masking.faithful_rank_table(rk, 6), 600, 4096)
+    assert pos.shape == (600,) and torch.equal(pos, f[:600])
+    small = masking.position_ranks(masking.faithful_rank_table(rankings(3, 0, False), 3), 100, 64)
+    assert small[69:].tolist() == [64] * 31  # positions beyond the 3-mer vocabulary (69 ids)
+
+
+def test_faithful_cm_gems_high_centres_unsorted(ranking):
+    """cm_gems's released genemask branch keeps the first ceil(m/2) centres by position (all when m <= 8),
+    not the best half: with centres 20 tokens apart each high centre adds positions outside the DNABERT
+    spans only in its own neighbourhood."""
+    L = 260
+    ids = torch.randint(5, 4101, (2, L), generator=torch.Generator().manual_seed(3))
+    ids[:, 0], ids[:, -1] = kmers.CLS, kmers.SEP
+    cols8, cols9 = [20 * (j + 1) for j in range(8)], [20 * (j + 1) for j in range(9)]
+    rows = torch.tensor([0] * 8 + [1] * 9)
+    cols = torch.tensor(cols8 + cols9)
+    draws = Draws(None, rows=rows, cols=cols, shape=(2, L), branch="genemask")
+    dn = make_masker("dnabert").positions_from_draws(ids, Draws(None, rows=rows, cols=cols, shape=(2, L)))
+
+    def widened(masker, row, cs):
+        extra = masker.positions_from_draws(ids, draws) & ~dn
+        return [bool(extra[row, c - 8 : c + 9].any()) for c in cs]
+
+    faithful = make_masker("cm_gems", ranking=ranking, faithful=True)
+    assert widened(faithful, 0, cols8) == [True] * 8           # m = 8: every centre (fewer than 5 would be kept)
+    assert widened(faithful, 1, cols9) == [True] * 5 + [False] * 4  # m = 9: the first ceil(9/2) = 5
+    ours = make_masker("cm_gems", ranking=ranking)
+    w = widened(ours, 1, cols9)
+    assert sum(w) == 5 and w != [True] * 5 + [False] * 4  # the best 5 by NPMI rank are elsewhere
+
+
+def test_faithful_cm_gems_ties_go_to_the_centre():
+    """The release starts each span's minimum at the centre: with every k-mer ranked alike, every high
+    centre widens around itself (ours: around the leftmost token of its span)."""
+    L = 200
+    ids = torch.randint(5, 4101, (3, L), generator=torch.Generator().manual_seed(0))
+    ids[:, 0], ids[:, -1] = kmers.CLS, kmers.SEP
+    flat = np.full(4096, 7)
+    for faithful, shift in ((True, 0), (False, -2)):
+        m = make_masker("cm_gems", ranking=flat, faithful=faithful, p=0.02)
+        draws = m.draw(ids, torch.Generator().manual_seed(1))
+        masked = m.positions_from_draws(ids, draws)
+        expect = torch.zeros_like(masked)
+        for i in range(3):
+            cs = torch.nonzero(draws.centres[i]).flatten().tolist()
+            n_high = len(cs) if len(cs) <= 8 else math.ceil(len(cs) / 2)
+            for j, c in enumerate(cs):
+                expect[i, max(1, c - 2) : min(L - 2, c + 3) + 1] = True
+                if j < n_high:  # ties: the first centres by position in both (equal ranks, then column)
+                    q = max(1, c + shift) if not faithful else c
+                    expect[i, max(1, q - 5) : min(L - 2, q + 5) + 1] = True
+        assert draws.centres.sum() > 6 and torch.equal(masked, expect), faithful
+
+
+def test_cm_step_schedule(ranking):
+    share = masking.cm_step_share
+    # T = 10000: blocks of 100 steps, 0 -> 1 by 1 %
+    assert [share(t, 10000) for t in (0, 99, 100, 5000, 9999, 10000)] == [0.0, 0.0, 0.01, 0.5, 0.99, 1.0]
+    assert [share(t, 150) for t in (0, 1, 99, 100, 149)] == [0.0, 0.01, 0.99, 1.0, 1.0]  # capped at 1
+    assert [share(t, 40) for t in (0, 1, 20, 39, 40)] == [0.0, 0.02, 0.5, 0.97, 1.0]     # T < 100 guard
+    assert share(5, 0) == 1.0 and share(-3, 1000) == 0.0
+    # one coin per call, from the caller's generator: global_pmi for the whole batch with probability s
+    m = make_masker("cm_step", ranking=ranking)
+    ids = torch.randint(5, 4101, (2, 40), generator=torch.Generator().manual_seed(0))
+    ids[:, 0], ids[:, -1] = kmers.CLS, kmers.SEP
+    g = torch.Generator().manual_seed(1)
+    for t, lo, hi in ((0, 0, 0), (300, 0.27, 0.33), (700, 0.67, 0.73), (1000, 1, 1)):
+        hits = sum(m.draw(ids, g, step=t, total_steps=1000).branch == "global_pmi" for _ in range(2000))
+        assert lo <= hits / 2000 <= hi, (t, hits)  # binomial sd ~ 0.01
+    a = [m.draw(ids, torch.Generator().manual_seed(s), step=500, total_steps=1000).branch for s in range(50)]
+    b = [m.draw(ids, torch.Generator().manual_seed(s), step=500, total_steps=1000).branch for s in range(50)]
+    assert a == b and 10 < a.count("global_pmi") < 40
+
+
+def test_cm_step_branches_are_dnabert_and_global_pmi(real_ids, ranking):
+    """After its coin, cm_step's draws and masks are exactly dnabert's (s = 0) or global_pmi's (s = 1)."""
+    ids = real_ids[:64]
+    cm = make_masker("cm_step", ranking=ranking)
+    for t, other in ((0, "dnabert"), (1000, "global_pmi")):
+        g = torch.Generator().manual_seed(4)
+        got = cm.mask_positions(ids, g, step=t, total_steps=1000)
+        g2 = torch.Generator().manual_seed(4)
+        torch.rand(1, generator=g2)  # the coin
+        want = make_masker(other, ranking=ranking).mask_positions(ids, g2)
+        assert torch.equal(got, want)
+
+
+PLATEAU = [4100.0, 1800.0, 420.0, 96.0, 61.0, 52.0, 51.4, 44.5, 44.1]  # |diff|: 2300 1380 324 35 9 0.6 6.9 0.4
+
+
+def test_cm_gems_switches_on_plateau(real_ids, ranking):
+    ids = real_ids[:48]
+    m = make_masker("cm_gems", ranking=ranking)
+    steps = [500 * (i + 1) for i in range(len(PLATEAU))]
+    switched = [m.observe_validation(s, v) for s, v in zip(steps, PLATEAU)]
+    assert m.switch_step == 3500 and switched == [False] * 6 + [True, False, False]
+    gm, gp = make_masker("genemask", ranking=ranking), make_masker("global_pmi", ranking=ranking)
+    for t, same_as in ((0, gm), (3499, gm), (3500, gp), (9000, gp)):
+        got = m(ids, torch.Generator().manual_seed(t), step=t, total_steps=10000)
+        want = same_as(ids, torch.Generator().manual_seed(t), step=t, total_steps=10000)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), t
+    # the threshold moves the switch; NaN never counts; no plateau -> never
+    for thr, at in ((10.0, 3000), (0.5, 4500), (0.01, None)):
+        mm = make_masker("cm_gems", ranking=ranking, threshold=thr)
+        for s, v in zip(steps, PLATEAU):
+            mm.observe_validation(s, v)
+        assert mm.switch_step == at, thr
+    nan = make_masker("cm_gems", ranking=ranking)
+    for s, v in ((1, float("nan")), (2, float("nan")), (3, 50.0), (4, float("nan")), (5, 80.0)):
+        nan.observe_validation(s, v)
+    assert nan.switch_step is None
+    # switch_at fixes it; other schemes ignore the signal
+    fixed = make_masker("cm_gems", ranking=ranking, switch_at=100)
+    assert not fixed.observe_validation(50, 3.0) and not fixed.observe_validation(60, 3.0) and fixed.switch_step == 100
+    g = make_masker("genemask", ranking=ranking)
+    assert not g.observe_validation(1, 5.0) and not g.observe_validation(2, 5.0) and g.switch_step is None
+
+
+def test_cm_gems_state_survives_a_checkpoint(ranking):
+    """Restored mid-way (what pretrain does on resume), the plateau rule switches at the same step."""
+    steps = [500 * (i + 1) for i in range(len(PLATEAU))]
+    for cut in range(len(PLATEAU) + 1):
+        a = make_masker("cm_gems", ranking=ranking)
+        for s, v in zip(steps[:cut], PLATEAU[:cut]):
+            a.observe_validation(s, v)
+        blob = torch.load(_roundtrip(a.state_dict()), weights_only=False)
+        b = make_masker("cm_gems", ranking=ranking)
+        b.load_state_dict(blob)
+        for s, v in zip(steps[cut:], PLATEAU[cut:]):
+            b.observe_validation(s, v)
+        assert b.switch_step == 3500, cut
+    fresh = make_masker("cm_gems", ranking=ranking)
+    fresh.load_state_dict(None)  # a checkpoint without masker state
+    assert fresh.switch_step is None
+
+
+def _roundtrip(obj):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+# cm_step at s = 1 (step 10 of 10), cm_gems after a fixed switch, the faithful variants; same batch and seed
+# as PINNED_DIGESTS. cm_gems after the switch is global_pmi draw for draw.
+PINNED_VARIANTS = [
+    ("global_pmi", {"faithful": True}, 3, "b91af948611ef1a3"),
+    ("cm_step", {}, 10, "0238be69ccec25a4"),
+    ("cm_step", {"faithful": True}, 10, "7072d232232c7556"),
+    ("cm_gems", {"switch_at": 3}, 3, "2a5510c2aeb36148"),
+    ("cm_gems", {"faithful": True}, 3, "1f273d5e61aa1c15"),
+    ("cm_gems", {"faithful": True, "switch_at": 3}, 3, "b91af948611ef1a3"),
+]
+
+
+@pytest.mark.parametrize("scheme,options,step,digest", PINNED_VARIANTS)
+def test_curriculum_variants_pinned(real_ids, ranking, scheme, options, step, digest):
+    import hashlib
+
+    m = make_masker(scheme, ranking=ranking, **options)
+    out, lab = m(real_ids[:32], torch.Generator().manual_seed(5), step=step, total_steps=10)
+    assert hashlib.sha256(out.numpy().tobytes() + lab.numpy().tobytes()).hexdigest()[:16] == digest
+
+
+def test_mask_stats_curriculum_schemes(hg38_slice, data_a, capsys):
+    base = dict(ranking=str(data_a), n_seqs=300, batch_size=50)
+    s0 = _stats(capsys, hg38_slice, "cm_step", step=0, total_steps=1000, **base)
+    s1 = _stats(capsys, hg38_slice, "cm_step", step=1000, total_steps=1000, **base)
+    assert (s0["cm_step_share"], s1["cm_step_share"]) == ("0.0", "1.0")
+    assert (s0["batches"], s0["global_pmi_batches"], s1["global_pmi_batches"]) == ("6", "0", "6")
+    assert float(s1["mean_rank_masked"]) < float(s0["mean_rank_masked"]) - 250
+    gp = _stats(capsys, hg38_slice, "global_pmi", **base)
+    gm = _stats(capsys, hg38_slice, "genemask", **base)
+    pre = _stats(capsys, hg38_slice, "cm_gems", **base)  # no validation signal: the pre-switch branch
+    post = _stats(capsys, hg38_slice, "cm_gems", options=["switch_at=0"], **base)
+    keys = ("masked_fraction", "mean_span", "mean_rank_masked", "top_decile_masked")
+    assert [pre[x] for x in keys] == [gm[x] for x in keys] and pre["global_pmi_batches"] == "0"
+    assert [post[x] for x in keys] == [gp[x] for x in keys] and post["global_pmi_batches"] == "6"
+    ff = _stats(capsys, hg38_slice, "global_pmi", options=["faithful=true"], **base)
+    assert ff["option.faithful"] == "True" and float(ff["mean_rank_masked"]) > float(gp["mean_rank_masked"]) + 250
+
+
+def test_pretrain_records_cm_gems_switch_through_a_kill(hg38_slice, data_a, tmp_path):
+    """pretrain reports each validation perplexity to the masker; cm_gems's switch step lands in
+    genemask.json and the plateau rule's state survives SIGKILL + resume: threshold 1e9 switches at the
+    second evaluation (step 8), which after a kill at the step-4 checkpoint needs the restored step-4
+    perplexity; the resumed weights equal an uninterrupted run's. (A pretrain test, kept here with the
+    masking scheme it checks.)"""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from genemask.corpus import build_corpus
+
+    build_corpus(hg38_slice, tmp_path / "c0", region="chr2:1-300000", seed=1)
+    tiny = {"k": 6, "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64,
+            "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 512}
+    (tmp_path / "tiny.json").write_text(json.dumps(tiny))
+
+    def cmd(out):
+        sets = ["steps=16", "batch_size=4", "grad_accum=2", "warmup_steps=3", "log_every=1", "eval_every=4",
+                "eval_batches=2", "checkpoint_every=4", "threads=1", "masking={threshold: 1000000000}"]
+        return [sys.executable, "-m", "genemask.cli", "pretrain", "--corpus", str(tmp_path / "c0"), "--model-config",
+                str(tmp_path / "tiny.json"), "--scheme", "cm_gems", "--ranking", str(data_a), "-o", str(out),
+                *[x for s in sets for x in ("--set", s)]]
+
+    ref = tmp_path / "ref"
+    r = subprocess.run(cmd(ref), check=True, capture_output=True, text=True)
+    assert "masking switches to global_pmi at step 8" in r.stderr
+    assert json.loads((ref / "genemask.json").read_text())["switch_step"] == 8
+
+    out, ckpt = tmp_path / "killed", tmp_path / "killed.ckpt" / "state.pt"
+    proc = subprocess.Popen(cmd(out), stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(ckpt, weights_only=False)["state"]
+    assert state["masker"]["last_perplexity"] is not None  # saved with the checkpoint
+    subprocess.run(cmd(out), check=True, capture_output=True)
+    assert json.loads((out / "genemask.json").read_text())["switch_step"] == 8
+    a, b = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

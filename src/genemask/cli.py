@@ -79,9 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-seqs", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="masking option (p, high_rule, high_radius, ramp, mask_prob, random_prob); repeatable")
-    p.add_argument("--step", type=int, default=0, help="training step (curriculum)")
-    p.add_argument("--total-steps", type=int, default=1, help="total training steps (curriculum)")
+                   help="masking option (p, high_rule, high_radius, ramp, mask_prob, random_prob, global_p, "
+                        "threshold, switch_at, faithful); repeatable")
+    p.add_argument("--step", type=int, default=0, help="training step (curriculum, cm_step, cm_gems)")
+    p.add_argument("--total-steps", type=int, default=1, help="total training steps (curriculum, cm_step)")
 
     # ---- pretraining (pretrain.py) ------------------------------------------------------------
     p = _p(sub, "pretrain", "pretrain a masked language model with one masking scheme")

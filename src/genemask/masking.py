@@ -26,8 +26,8 @@ Schemes (option `p` overrides the probability; defaults in `DEFAULT_P`):
   token's *position* used as a token id (rank of the k-mer whose id equals the position; positions
   that are special ids or beyond the vocabulary rank worst), so the choice never depends on the DNA.
   Ablation only.
-- `curriculum` (after CM-GEMS; our design, the authors' code is unreleased): the genemask
-  machinery with the same number of high centres per row (so the masking budget, about 15 %, is
+- `curriculum` (the project's own design, older than the release of the authors' curriculum code,
+  which `cm_step` / `cm_gems` below follow; spec section 5): the genemask machinery with the same number of high centres per row (so the masking budget, about 15 %, is
   constant through training), but which centres are high, and where their wide span goes, moves
   from random to NPMI-guided along a schedule
       s(t) = min(1, t / (total_steps * ramp))          (option `ramp`, default 1.0 = linear over
@@ -41,6 +41,40 @@ Schemes (option `p` overrides the probability; defaults in `DEFAULT_P`):
   high-NPMI k-mers are the units that cannot be recovered from their parts, i.e. the hard ones, so
   the difficulty criterion is NPMI and the curriculum is easy-to-hard over training.
 
+The authors' curriculum methods (spec section 5b; released code `roysoumya/curriculum-GeneMask`,
+`src/pretraining-adaptive/`), ranks looked up by token id as in genemask:
+- `global_pmi` (their "Global-PMI" baseline): centres with p = 0.0136 (= 0.15 / 11) are drawn only for
+  their count m per row; the row's m real positions whose k-mers have the best NPMI rank (ties:
+  leftmost) each mask q-R..q+R (R = `high_radius`, 11 tokens for k = 6) clipped to [1, end]. The drawn
+  centres themselves are not masked.
+- `cm_step`: per call (one micro-batch) a coin u ~ U[0, 1) picks global_pmi (centres with `global_p`,
+  default 0.0136) for the whole batch when u < s(t), else dnabert (centres with `p`, default 0.025);
+      s(t) = min(1, floor(t / floor(T / 100)) / 100)      (T = total_steps; 0 -> 1 in 1 % steps)
+  and, for T < 100 (where the released formula divides by zero), s(t) = min(1, floor(100 t / T) / 100),
+  the whole percents of training done (`cm_step_share`). The min(1, .) is needed when T is not a
+  multiple of 100 (T = 150: s reaches 1 at t = 100).
+- `cm_gems`: genemask masking (centres with `p`, default 0.0176, all of genemask's options) until the
+  validation perplexity plateaus, then global_pmi (centres with `global_p`) for the rest of training.
+  The plateau rule is the released one: after each validation evaluation the training loop calls
+  `Masker.observe_validation(step, perplexity)`; the masker switches at that `step` (every call with
+  step >= switch_step masks with global_pmi) as soon as the smallest absolute difference between
+  consecutive validation perplexities so far is below `threshold` (default 1.0; see
+  `DEFAULT_THRESHOLD`). `switch_step` is None until then; `state_dict` / `load_state_dict` carry the
+  rule's state through a checkpoint. Option `switch_at=N` fixes the switch at step N instead (an
+  ablation; `genemask mask-stats --option switch_at=0` shows the post-switch branch, which
+  mask-stats cannot otherwise reach: it has no validation signal).
+- option `faithful=true` (the three schemes above; an ablation, never the default) reproduces the
+  released code's defects: every rank is looked up with the token's *position* used as its token id
+  (so faithful global_pmi masks the same positions in every row of the same length and count);
+  a token id without a k-mer rank (the special ids 0-4, a k-mer missing from the table, rank 0, an id
+  beyond the vocabulary) ranks 4**k (4096, the worst k-mer's rank, as in the release; genemask's
+  release gives it 0); in cm_gems's genemask branch the best token of a span is the centre unless
+  another position ranks strictly better (the release starts its minimum at the centre), and the
+  "high" centres are the first ceil(m/2) in position order (the release takes the first half of its
+  list before sorting it; it lists them in Python set order, which for these small integers is
+  hash-table order, an order that, like ours, ignores the ranks), all of them when m <= 8 (fewer than
+  5 would be kept).
+
 Random draws, in order, from the given `torch.Generator` (same seed and batch -> same masks):
 - `random`: `rand(B, L) < p` (dense).
 - centre schemes: the centres, a Bernoulli(p) process over positions 1..end, drawn through its gaps:
@@ -48,6 +82,8 @@ Random draws, in order, from the given `torch.Generator` (same seed and batch ->
   blocks only if a row is not yet covered), which has the law of `rand(B, L) < p` at a fraction of
   the cost (`draw_centres`; p > 0.1 falls back to the dense draw); curriculum then draws
   `randint(0, 2**31, (N,))` (a priority per centre, row-major) and `rand(B)` (the rounding jitter).
+  cm_step draws its coin `rand(1)` first, then the centres of the branch it picked; global_pmi and
+  cm_gems draw only the centres (cm_gems with the p of its current branch).
 - replacement: `rand(n)` and `randint(5, V, (n,))` for the n masked tokens in row-major order.
 `Masker.draw` and `Masker.positions_from_draws` split the drawing from the (deterministic) choice so
 that the slow loop implementation in `masking_reference` is checked against the same draws.
@@ -73,11 +109,24 @@ import torch
 from . import kmers
 from .util import GeneMaskError
 
-SCHEMES = ("random", "dnabert", "genemask", "reference", "curriculum")
-DEFAULT_P = {"random": 0.15, "dnabert": 0.025, "genemask": 0.0176, "reference": 0.0176, "curriculum": 0.0176}
+SCHEMES = ("random", "dnabert", "genemask", "reference", "curriculum", "global_pmi", "cm_step", "cm_gems")
+DEFAULT_P = {"random": 0.15, "dnabert": 0.025, "genemask": 0.0176, "reference": 0.0176, "curriculum": 0.0176,
+             "global_pmi": 0.0136, "cm_step": 0.025, "cm_gems": 0.0176}  # cm_*: their first branch's p
+GLOBAL_P = 0.0136  # centre probability (count only) of global_pmi, and option `global_p` of cm_step / cm_gems
 HIGH_RULES = ("all_if_le8", "half")
-NEEDS_RANKING = ("genemask", "reference", "curriculum")
-OPTIONS = ("p", "high_rule", "high_radius", "ramp", "mask_prob", "random_prob")
+NEEDS_RANKING = ("genemask", "reference", "curriculum", "global_pmi", "cm_step", "cm_gems")
+FAITHFUL_SCHEMES = ("global_pmi", "cm_step", "cm_gems")  # option `faithful`: the released code's defects
+OPTIONS = ("p", "high_rule", "high_radius", "ramp", "mask_prob", "random_prob", "global_p", "threshold",
+           "switch_at", "faithful")
+# cm_gems's plateau threshold on |consecutive validation perplexity difference| (no released default).
+# Perplexity here is exp(validation MLM loss) under the scheme's own masking: it starts near the
+# vocabulary size (~4100) and ends in the tens (a genemask 11-token span hides 6 bases, 3.3 per masked
+# token on average, so 4**3.3 ~ 90 bounds it; dnabert's spans hide 1 base per token, <= 4). With
+# evaluations every 500 steps (the paper's setting), a change below 1.0 there is a few percent of the
+# value, i.e. a plateau, while the early phase moves by tens to thousands; a threshold far smaller
+# (0.01) would rarely be met before the learning rate decays, a larger one (10) would fire on the early
+# drop's first slow-down. The switch step is recorded (`genemask.json` `switch_step`) so it can be judged.
+DEFAULT_THRESHOLD = 1.0
 DATA_A = Path("genemask") / "Data-A_norm-pmi-score-ranking.csv"
 IGNORE = -100
 
@@ -93,6 +142,16 @@ def curriculum_share(step: int, total_steps: int, ramp: float = 1.0) -> float:
     if horizon <= 0:
         return 1.0
     return float(min(1.0, max(0.0, step / horizon)))
+
+
+def cm_step_share(step: int, total_steps: int) -> float:
+    """cm_step's s(t) = min(1, floor(t / floor(T/100)) / 100); for T < 100, min(1, floor(100 t / T) / 100)."""
+    T, t = int(total_steps), max(0, int(step))
+    if T <= 0:
+        return 1.0
+    block = T // 100
+    pct = t // block if block >= 1 else (100 * t) // T
+    return min(100, pct) / 100
 
 
 def real_positions(input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,6 +194,21 @@ def rank_table(ranking: np.ndarray, k: int) -> torch.Tensor:
         raise GeneMaskError(f"ranking: expected {4**k} ranks (one per {k}-mer), got shape {ranking.shape}")
     worst = 4**k + 1
     return torch.from_numpy(np.concatenate([np.full(kmers.N_SPECIAL, worst), np.minimum(ranking, worst)]))
+
+
+def faithful_rank_table(ranking: np.ndarray, k: int) -> torch.Tensor:
+    """The released curriculum code's rank by token id (`faithful`): as `rank_table`, but every id
+    without a k-mer rank (specials, k-mers missing from the table, rank 0) ranks 4**k (4096 for k = 6)."""
+    t = rank_table(ranking, k).clone()
+    t[(t == 0) | (t >= 4**k + 1)] = 4**k
+    return t
+
+
+def position_ranks(table: torch.Tensor, L: int, fill: int) -> torch.Tensor:
+    """long [L]: table[j] for each position j used as a token id (the released defect), `fill` where j is
+    beyond the vocabulary."""
+    pos = torch.arange(L, device=table.device)
+    return torch.where(pos < table.numel(), table.index_select(0, pos.clamp(max=table.numel() - 1)), fill)
 
 
 class Centres(NamedTuple):
@@ -195,19 +269,35 @@ def _argsort(key: torch.Tensor) -> torch.Tensor:
     return torch.sort(key).indices
 
 
+def _smallest(key: torch.Tensor, n: int) -> torch.Tensor:
+    """The n smallest entries of each row of `key` (int64 [B, L], distinct per row), ascending: [B, n]
+    (numpy's partition + sort of n on CPU, ~4x faster than torch.topk here)."""
+    if NUMPY_SORT and key.device.type == "cpu":
+        a = key.numpy()
+        part = np.partition(a, n - 1, axis=1)[:, :n] if n < a.shape[1] else a
+        return torch.from_numpy(np.sort(part, axis=1))
+    return torch.topk(key, n, dim=1, largest=False, sorted=True).values
+
+
 PRIORITY_BITS = 31  # curriculum priorities are uniform integers in [0, 2**31) (ties: by column, as the loop)
 
 
 def genemask_positions(input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, ranks: torch.Tensor,
                        k: int = 6, high_rule: str = "all_if_le8", high_radius: int | None = None,
                        by_position: bool = False, share: float = 1.0, priority: torch.Tensor | None = None,
-                       jitter: torch.Tensor | None = None, end: torch.Tensor | None = None) -> torch.Tensor:
-    """The genemask masked set (bool [B, L]) for the centres (rows[i], cols[i]); also `reference`, `curriculum`.
+                       jitter: torch.Tensor | None = None, end: torch.Tensor | None = None,
+                       pos_ranks: torch.Tensor | None = None, centre_first: bool = False,
+                       sort_by_rank: bool = True) -> torch.Tensor:
+    """The genemask masked set (bool [B, L]) for the centres (rows[i], cols[i]); also `reference`,
+    `curriculum` and cm_gems's genemask branch.
 
     rows, cols: the centres in row-major order, all inside [1, end]. ranks: rank by token id
     (`rank_table`). by_position: the released code's defect (position used as the token id).
     share < 1 (curriculum): needs `priority` (int64 in [0, 2**PRIORITY_BITS), one per centre, row-major)
-    and `jitter` (float [B]). end: `row_ends(input_ids)`, if already known.
+    and `jitter` (float [B]). end: `row_ends(input_ids)`, if already known. The released curriculum
+    code's defects (cm_gems `faithful`): pos_ranks (long [L], `position_ranks`): the rank of column j,
+    whatever the token; centre_first: among a span's best-ranked tokens the centre wins, then the
+    leftmost; sort_by_rank=False: the high centres are the row's first n_high in column order.
 
     Per centre, the best token of its span is the minimum of key = rank * B*L + flat position over the
     clamped span (so ties go to the leftmost position). Per row, the centres are ordered by (best rank,
@@ -229,15 +319,30 @@ def genemask_positions(input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.
     BL = B * L
     worst = 4**k + 1  # rank_table caps every rank at this
     ranks = ranks.to(dev)
-    if by_position:
+    if pos_ranks is not None:
+        pos = nb - (c.first - 1)[None, :]  # column within the row
+        r = pos_ranks.to(dev).index_select(0, pos.view(-1)).view_as(pos)
+    elif by_position:
         pos = nb - (c.first - 1)[None, :]  # column within the row
         r = torch.where(pos < ranks.numel(), ranks.index_select(0, pos.clamp(max=ranks.numel() - 1).view(-1)).view_as(pos), worst)
     else:
         r = ranks.index_select(0, input_ids.view(-1).index_select(0, nb.view(-1))).view_as(nb)
-    # float64 holds rank * B*L + flat exactly (< 2**53) and reduces ~50x faster than int64 on CPU
-    best = (r.double() * BL + nb).amin(0).long()
-    best_q = best % BL  # flat position of the best token
-    order = _argsort(rows * ((worst + 2) * BL) + (best - best_q) + c.flat)  # by (row, best rank, column)
+    if centre_first:  # tie key 0 for the centre (row -lo of the span block), flat + 1 for the others
+        tie = (nb + 1).double()
+        tie[-lo] = 0.0
+        best = (r.double() * (BL + 1) + tie).amin(0).long()
+        t = best % (BL + 1)
+        best_q = torch.where(t == 0, c.flat, t - 1)
+        rank_part = (best // (BL + 1)) * BL
+    else:
+        # float64 holds rank * B*L + flat exactly (< 2**53) and reduces ~50x faster than int64 on CPU
+        best = (r.double() * BL + nb).amin(0).long()
+        best_q = best % BL  # flat position of the best token
+        rank_part = best - best_q
+    if sort_by_rank:
+        order = _argsort(rows * ((worst + 2) * BL) + rank_part + c.flat)  # by (row, best rank, column)
+    else:
+        order = torch.arange(N, device=dev)  # row-major: each row's centres by column
 
     m = torch.bincount(rows, minlength=B)
     start = torch.cumsum(m, 0) - m
@@ -266,22 +371,61 @@ def genemask_positions(input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.
     return _spans_mask(B, L, *sets)
 
 
+def global_pmi_positions(input_ids: torch.Tensor, m: torch.Tensor, ranks: torch.Tensor | None = None,
+                         k: int = 6, radius: int | None = None, pos_ranks: torch.Tensor | None = None,
+                         end: torch.Tensor | None = None) -> torch.Tensor:
+    """The global_pmi masked set (bool [B, L]): in each row b, the m[b] real positions with the best
+    (smallest) rank, ties leftmost, each masking q-radius..q+radius clipped to [1, end].
+
+    ranks: rank by token id (`rank_table`); pos_ranks (long [L]) instead: the rank of column j whatever
+    its token (the released defect, `faithful`). One [B, L] gather and one top-k of the key
+    rank * L + column (distinct per row, so the order is exact) for the max(m) best of every row; the
+    entries past a row's own m go to the dump slot.
+    """
+    B, L = input_ids.shape
+    dev = input_ids.device
+    if end is None:
+        end = row_ends(input_ids)
+    R = k - 1 if radius is None else int(radius)
+    m = m.to(dev)
+    n = int(m.max()) if m.numel() else 0
+    if n == 0:
+        return torch.zeros((B, L), dtype=torch.bool, device=dev)
+    col = torch.arange(L, device=dev)
+    r = pos_ranks.to(dev)[None, :] if pos_ranks is not None else ranks.to(dev).index_select(0, input_ids.view(-1)).view(B, L)
+    big = (4**k + 2) * L  # above every real position's key (ranks are capped at 4**k + 1)
+    key = torch.where(real_mask(end, L), r * L + col, big)
+    top = _smallest(key, n)  # [B, n]: each row's n best, ascending
+    rows = torch.arange(B, device=dev)[:, None].expand(B, n)
+    keep = torch.arange(n, device=dev)[None, :] < m[:, None]
+    first, last = rows * L + 1, rows * L + end[:, None]
+    dump = torch.full_like(first, B * L)
+    anchors = torch.where(keep, rows * L + top % L, dump)
+    idx = span_indices(anchors.reshape(-1), torch.where(keep, first, dump).reshape(-1),
+                       torch.where(keep, last, dump).reshape(-1), -R, R)
+    return _spans_mask(B, L, idx)
+
+
 class Draws:
     """A masker's random draws.
 
     For the centre schemes: the centres as `rows`, `cols` (row-major order); `centres` is the same set as
     a bool [B, L] matrix, built on first use (or given, then rows/cols are derived when needed). For
     `random`: `centres` is the masked set itself. Curriculum: `priority` (int64 in [0, 2**PRIORITY_BITS),
-    one per centre, row-major order) and `jitter` (float [B]).
+    one per centre, row-major order) and `jitter` (float [B]). cm_step: `coin` (float [1]). cm_step /
+    cm_gems: `branch`, the scheme the draw was made for ("dnabert", "genemask" or "global_pmi"; None:
+    the masker works it out from the step and the coin).
     """
 
     def __init__(self, centres: torch.Tensor | None = None, priority: torch.Tensor | None = None,
                  jitter: torch.Tensor | None = None, rows: torch.Tensor | None = None,
-                 cols: torch.Tensor | None = None, shape: tuple[int, int] | None = None):
+                 cols: torch.Tensor | None = None, shape: tuple[int, int] | None = None,
+                 coin: torch.Tensor | None = None, branch: str | None = None):
         if centres is None and (rows is None or shape is None):
             raise ValueError("Draws needs centres, or rows, cols and shape")
         self._centres = centres
         self.priority, self.jitter, self.rows, self.cols = priority, jitter, rows, cols
+        self.coin, self.branch = coin, branch
         self.shape = tuple(centres.shape) if centres is not None else tuple(shape)
 
     @property
@@ -359,17 +503,26 @@ class Masker:
     ramp: float = 1.0
     mask_prob: float = 0.8
     random_prob: float = 0.1
+    global_p: float = GLOBAL_P
+    threshold: float = DEFAULT_THRESHOLD
+    switch_at: int | None = None
+    faithful: bool = False
 
     def __post_init__(self):
         self._ranks = rank_table(self.ranking, self.k) if self.ranking is not None else None
         self._ranks_dev: dict = {}
         self.vocab_size = kmers.vocab_size(self.k)
+        # cm_gems's plateau rule: last validation perplexity, smallest |difference| so far, switch step
+        self._last_ppl: float | None = None
+        self._min_diff = math.inf
+        self.switch_step: int | None = self.switch_at
 
     def settings(self) -> dict:
         """The scheme and its options (JSON-ready), for recording next to a model."""
         return {"scheme": self.scheme, "k": self.k, "p": self.p, "high_rule": self.high_rule,
                 "high_radius": self.high_radius, "ramp": self.ramp, "mask_prob": self.mask_prob,
-                "random_prob": self.random_prob}
+                "random_prob": self.random_prob, "global_p": self.global_p, "threshold": self.threshold,
+                "switch_at": self.switch_at, "faithful": self.faithful}
 
     def ranks(self, device) -> torch.Tensor:
         key = str(device)
@@ -377,9 +530,65 @@ class Masker:
             self._ranks_dev[key] = self._ranks.to(device)
         return self._ranks_dev[key]
 
+    def _pos_ranks(self, L: int, device) -> torch.Tensor | None:
+        """`faithful`: the released code's rank of every position 0..L-1 (position used as token id)."""
+        if not self.faithful:
+            return None
+        key = ("faithful", L, str(device))
+        if key not in self._ranks_dev:
+            table = faithful_rank_table(self.ranking, self.k).to(device)
+            self._ranks_dev[key] = position_ranks(table, L, 4**self.k)
+        return self._ranks_dev[key]
+
+    # ---- cm_gems: the switch on a validation plateau ------------------------------------------------
+
+    def observe_validation(self, step: int, perplexity: float) -> bool:
+        """Report the validation perplexity measured after `step` training steps (cm_gems; a no-op for the
+        other schemes). Returns True when this observation makes cm_gems switch: from then on every call
+        with step >= `step` masks with global_pmi. The rule (the released code's): the smallest
+        |difference| between consecutive validation perplexities so far is below `threshold`. A NaN
+        perplexity (no masked token in the evaluation) never counts as a plateau. No-op once switched
+        or when `switch_at` fixes the switch."""
+        if self.scheme != "cm_gems" or self.switch_step is not None:
+            return False
+        ppl = float(perplexity)
+        if self._last_ppl is not None:
+            d = abs(ppl - self._last_ppl)
+            if d < self._min_diff:  # False for NaN
+                self._min_diff = d
+        self._last_ppl = ppl
+        if self._min_diff < self.threshold:
+            self.switch_step = int(step)
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        """The masker's training-time state (cm_gems's plateau rule), for a checkpoint."""
+        return {"last_perplexity": self._last_ppl, "min_diff": self._min_diff, "switch_step": self.switch_step}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Restore `state_dict()` (None or {}: nothing to restore, e.g. a checkpoint of an older version)."""
+        if not state:
+            return
+        self._last_ppl = state.get("last_perplexity")
+        self._min_diff = float(state.get("min_diff", math.inf))
+        self.switch_step = state.get("switch_step", self.switch_step)
+
+    def branch(self, step: int = 0, total_steps: int = 1, coin: torch.Tensor | None = None) -> str:
+        """The scheme that masks at `step`: the masker's own, or for cm_step "global_pmi" / "dnabert" (by the
+        coin: u < s(t)) and for cm_gems "genemask" / "global_pmi" (before / from `switch_step`)."""
+        if self.scheme == "cm_step":
+            if coin is None:
+                raise ValueError("cm_step needs its coin draw")
+            return "global_pmi" if float(coin.reshape(-1)[0]) < cm_step_share(step, total_steps) else "dnabert"
+        if self.scheme == "cm_gems":
+            return "global_pmi" if self.switch_step is not None and step >= self.switch_step else "genemask"
+        return self.scheme
+
     def draw(self, input_ids: torch.Tensor, generator: torch.Generator | None = None, end=None,
-             block: int | None = None) -> Draws:
-        """The scheme's random draws for the masked set (see the module docstring for their order)."""
+             block: int | None = None, step: int = 0, total_steps: int = 1) -> Draws:
+        """The scheme's random draws for the masked set (see the module docstring for their order).
+        step, total_steps: cm_step / cm_gems, whose centre probability depends on the branch."""
         input_ids = _as_ids(input_ids)
         B, L = input_ids.shape
         dev = input_ids.device
@@ -387,6 +596,12 @@ class Masker:
             end = row_ends(input_ids)
         if self.scheme == "random":  # per-token masking: always the dense draw
             return Draws((_rand((B, L), generator, dev) < self.p) & real_mask(end, L))
+        if self.scheme in ("cm_step", "cm_gems"):
+            coin = _rand((1,), generator, dev) if self.scheme == "cm_step" else None
+            branch = self.branch(step, total_steps, coin)
+            p = self.global_p if branch == "global_pmi" else self.p
+            rows, cols = draw_centres(end, L, p, generator, dev, block=block)
+            return Draws(None, rows=rows, cols=cols, shape=(B, L), coin=coin, branch=branch)
         rows, cols = draw_centres(end, L, self.p, generator, dev, block=block)
         if self.scheme == "curriculum":
             priority = _randint(0, 1 << PRIORITY_BITS, (rows.numel(),), generator, dev)
@@ -406,14 +621,21 @@ class Masker:
         rows, cols = draws.rows, draws.cols
         if rows is None:
             rows, cols = (draws.centres & real_mask(end, L)).nonzero(as_tuple=True)
+        if s in ("cm_step", "cm_gems"):
+            s = draws.branch or self.branch(step, total_steps, draws.coin)
+        faithful = self._pos_ranks(L, input_ids.device)  # None unless option `faithful`
         if s == "dnabert":
             c = Centres.of(rows, cols, end, L)
             return _spans_mask(B, L, span_indices(c.flat, c.first, c.last, *span_offsets(self.k)))
+        if s == "global_pmi":
+            return global_pmi_positions(input_ids, torch.bincount(rows, minlength=B), self.ranks(input_ids.device),
+                                        k=self.k, radius=self.high_radius, pos_ranks=faithful, end=end)
         share = curriculum_share(step, total_steps, self.ramp) if s == "curriculum" else 1.0
         return genemask_positions(
             input_ids, rows, cols, self.ranks(input_ids.device), k=self.k, high_rule=self.high_rule,
             high_radius=self.high_radius, by_position=(s == "reference"), share=share,
             priority=draws.priority, jitter=draws.jitter, end=end,
+            pos_ranks=faithful, centre_first=faithful is not None, sort_by_rank=faithful is None,
         )
 
     def mask_positions(self, input_ids: torch.Tensor, generator: torch.Generator | None = None,
@@ -421,7 +643,8 @@ class Masker:
         """The masked set only (bool [B, L]), before the 80/10/10 replacement."""
         input_ids = _as_ids(input_ids)
         end = row_ends(input_ids)
-        return self.positions_from_draws(input_ids, self.draw(input_ids, generator, end), step, total_steps, end)
+        draws = self.draw(input_ids, generator, end, step=step, total_steps=total_steps)
+        return self.positions_from_draws(input_ids, draws, step, total_steps, end)
 
     def replace(self, input_ids: torch.Tensor, masked: torch.Tensor,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -465,11 +688,29 @@ def _as_ids(x) -> torch.Tensor:
     return x.contiguous()
 
 
+def _number(key: str, v, integer: bool = False):
+    """A numeric masking option, or a one-line GeneMaskError naming it."""
+    if isinstance(v, (bool, np.bool_)):
+        raise GeneMaskError(f"masking option {key}={v!r}: expected a number")
+    if not isinstance(v, (int, float, np.integer, np.floating)):
+        try:  # numeric strings, as before (e.g. from a hand-written settings file)
+            v = float(v)
+        except (TypeError, ValueError):
+            raise GeneMaskError(f"masking option {key}={v!r}: expected a number") from None
+    if integer:
+        if float(v) != int(v):
+            raise GeneMaskError(f"masking option {key}={v!r}: expected an integer")
+        return int(v)
+    return float(v)
+
+
 def make_masker(scheme: str, k: int = 6, ranking=None, **options) -> Masker:
     """A `Masker` for `scheme` (one of SCHEMES). `ranking`: NPMI rank per k-mer index (array of 4**k,
-    e.g. `npmi.load_ranking`) or the path of an NPMI table; required by genemask/reference/curriculum.
+    e.g. `npmi.load_ranking`) or the path of an NPMI table; required by every scheme but random/dnabert.
     Options: p, high_rule ("all_if_le8" | "half"), high_radius (default k-1), ramp (curriculum,
-    default 1.0), mask_prob (0.8), random_prob (0.1).
+    default 1.0), mask_prob (0.8), random_prob (0.1), global_p (cm_step / cm_gems's global_pmi branch,
+    0.0136), threshold (cm_gems, DEFAULT_THRESHOLD), switch_at (cm_gems, null or a step), faithful
+    (global_pmi / cm_step / cm_gems, false).
     """
     if scheme not in SCHEMES:
         raise GeneMaskError(f"scheme {scheme!r}: expected one of {', '.join(SCHEMES)}")
@@ -485,22 +726,36 @@ def make_masker(scheme: str, k: int = 6, ranking=None, **options) -> Masker:
     if scheme in NEEDS_RANKING and ranking is None:
         raise GeneMaskError(f"scheme {scheme!r} needs an NPMI ranking (--ranking)")
     opts = {"p": DEFAULT_P[scheme], "high_rule": "all_if_le8", "high_radius": k - 1, "ramp": 1.0,
-            "mask_prob": 0.8, "random_prob": 0.1}
+            "mask_prob": 0.8, "random_prob": 0.1, "global_p": GLOBAL_P, "threshold": DEFAULT_THRESHOLD,
+            "switch_at": None, "faithful": False}
     opts.update({key: v for key, v in options.items() if v is not None})
-    if not 0.0 <= float(opts["p"]) <= 1.0:
-        raise GeneMaskError(f"masking option p={opts['p']}: must be in [0, 1]")
+    for key in ("p", "global_p"):
+        if not 0.0 <= _number(key, opts[key]) <= 1.0:
+            raise GeneMaskError(f"masking option {key}={opts[key]}: must be in [0, 1]")
     if opts["high_rule"] not in HIGH_RULES:
         raise GeneMaskError(f"masking option high_rule={opts['high_rule']!r}: expected one of {', '.join(HIGH_RULES)}")
-    if int(opts["high_radius"]) < 0:
+    if _number("high_radius", opts["high_radius"], integer=True) < 0:
         raise GeneMaskError(f"masking option high_radius={opts['high_radius']}: must be >= 0")
-    if float(opts["ramp"]) <= 0:
+    if _number("ramp", opts["ramp"]) <= 0:
         raise GeneMaskError(f"masking option ramp={opts['ramp']}: must be > 0")
-    mp, rp = float(opts["mask_prob"]), float(opts["random_prob"])
+    mp, rp = _number("mask_prob", opts["mask_prob"]), _number("random_prob", opts["random_prob"])
     if mp < 0 or rp < 0 or mp + rp > 1:
         raise GeneMaskError(f"masking options mask_prob={mp}, random_prob={rp}: need >= 0 and a sum <= 1")
+    if not _number("threshold", opts["threshold"]) >= 0:
+        raise GeneMaskError(f"masking option threshold={opts['threshold']}: must be >= 0")
+    switch_at = opts["switch_at"]
+    if switch_at is not None and _number("switch_at", switch_at, integer=True) < 0:
+        raise GeneMaskError(f"masking option switch_at={switch_at}: must be null or a step >= 0")
+    if not isinstance(opts["faithful"], (bool, np.bool_)):
+        raise GeneMaskError(f"masking option faithful={opts['faithful']!r}: expected true or false")
+    if opts["faithful"] and scheme not in FAITHFUL_SCHEMES:
+        raise GeneMaskError(f"masking option faithful: only for {', '.join(FAITHFUL_SCHEMES)} "
+                            f"(genemask's released defect is the scheme 'reference')")
     return Masker(scheme=scheme, k=k, ranking=None if ranking is None else np.asarray(ranking),
-                  p=float(opts["p"]), high_rule=opts["high_rule"], high_radius=int(opts["high_radius"]),
-                  ramp=float(opts["ramp"]), mask_prob=mp, random_prob=rp)
+                  p=_number("p", opts["p"]), high_rule=opts["high_rule"], high_radius=int(opts["high_radius"]),
+                  ramp=_number("ramp", opts["ramp"]), mask_prob=mp, random_prob=rp,
+                  global_p=_number("global_p", opts["global_p"]), threshold=_number("threshold", opts["threshold"]),
+                  switch_at=None if switch_at is None else int(switch_at), faithful=bool(opts["faithful"]))
 
 
 # ---- mask-stats ------------------------------------------------------------------------------------
@@ -555,9 +810,13 @@ def mask_stats_cli(fasta, scheme: str, ranking=None, k: int = 6, n_seqs: int = 2
     Printed: scheme, k, ranking, n_seqs, n_tokens, masked_fraction, mean_span (mean length of the
     masked runs), mean_rank_masked / mean_rank_all (mean NPMI rank of the masked k-mers / of all
     k-mers; 1 = highest NPMI), top_decile_masked / top_decile_all (share of k-mers in the ranking's
-    top 10 %), and for curriculum the schedule value s at `step`. Ranking: `ranking`, else the
-    published Data-A table in $GENEMASK_MIRROR, else a GeneMaskError. options: `KEY=VALUE` masking
-    options (`make_masker`), printed back as `option.KEY=VALUE`.
+    top 10 %), for curriculum / cm_step the schedule value s at `step` (`curriculum_share` /
+    `cm_step_share`), and for cm_step / cm_gems `global_pmi_batches` (how many of the `batches` of
+    `batch_size` pieces were masked by the global_pmi branch; cm_step tosses one coin per batch, as per
+    micro-batch in training). cm_gems has no validation signal here, so it shows its pre-switch
+    (genemask) branch unless `--option switch_at=N` with N <= step forces the switch. Ranking:
+    `ranking`, else the published Data-A table in $GENEMASK_MIRROR, else a GeneMaskError. options:
+    `KEY=VALUE` masking options (`make_masker`), printed back as `option.KEY=VALUE`.
     """
     from .npmi import load_ranking
     from .tokenizer import encode_sequences
@@ -576,9 +835,14 @@ def mask_stats_cli(fasta, scheme: str, ranking=None, k: int = 6, n_seqs: int = 2
     top = 4**k // 10  # top decile of the ranking
     tot = {"masked": 0.0, "real": 0.0, "runs": 0.0, "rank_m": 0.0, "n_m": 0.0, "rank_a": 0.0, "n_a": 0.0,
            "top_m": 0.0, "top_a": 0.0}
+    n_batches = n_global = 0
     for i in range(0, len(pieces), batch_size):
         ids = encode_sequences(k, [p.decode() for p in pieces[i : i + batch_size]])["input_ids"]
-        masked = masker.mask_positions(ids, gen, step=step, total_steps=total_steps)
+        end = row_ends(ids)
+        draws = masker.draw(ids, gen, end, step=step, total_steps=total_steps)
+        masked = masker.positions_from_draws(ids, draws, step, total_steps, end)
+        n_batches += 1
+        n_global += draws.branch == "global_pmi"
         real, _ = real_positions(ids)
         is_kmer = real & (ids >= kmers.N_SPECIAL)
         starts = masked.clone()
@@ -605,6 +869,10 @@ def mask_stats_cli(fasta, scheme: str, ranking=None, k: int = 6, n_seqs: int = 2
     out.update({f"option.{key}": v for key, v in opts.items()})
     if scheme == "curriculum":
         out["curriculum_share"] = curriculum_share(step, total_steps, masker.ramp)
+    if scheme == "cm_step":
+        out["cm_step_share"] = cm_step_share(step, total_steps)
+    if scheme in ("cm_step", "cm_gems"):
+        out["batches"], out["global_pmi_batches"] = n_batches, n_global
     for key, v in out.items():
         print(f"{key}={v}")
     return 0

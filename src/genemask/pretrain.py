@@ -215,6 +215,8 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
              "all_rank_counts": np.zeros(n_rank_bins, np.int64), "tokens_seen": 0}
     if ckpt_path.exists():
         state = resume(ckpt_path, model, opt, sched, device)
+        if masker is not None:
+            masker.load_state_dict(state.get("masker"))  # cm_gems: its plateau rule and switch step
         if master:
             print(f"pretrain: resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
 
@@ -282,6 +284,10 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
         if step % int(s["eval_every"]) == 0 or step == steps:
             vl = evaluate()
             row["val_loss"], row["val_ppl"] = vl, math.exp(vl) if vl == vl else float("nan")
+            if masker.observe_validation(step, row["val_ppl"]) and master:  # cm_gems: global_pmi from now on
+                print(f"pretrain {scheme}: validation plateau, masking switches to global_pmi at step {step}",
+                      file=sys.stderr)
+            state["masker"] = masker.state_dict()
         if row is not None:
             state["log"].append(row)
         prog.update(1, extra=f"loss {loss_sum / A:.3f}" + (f" tok/s {row['tokens_per_s']:,.0f}" if row else ""))
@@ -302,7 +308,8 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
                 "ranking_sha256": sha256_file(ranking_path), "corpus": [str(c) for c in corpus_dirs],
                 "train_pieces": len(train), "train_tokens": train.n_tokens(), "steps": steps,
                 "tokens_seen": state["tokens_seen"], "world_size": world, "device": str(device),
-                "peak_gpu_mem_gib": peak_gib}
+                "peak_gpu_mem_gib": peak_gib,
+                "switch_step": masker.switch_step if masker is not None else None}  # cm_gems; else null
         save_model_folder(output, model, k, meta, state)
         if ckpt_path.exists():
             ckpt_path.unlink()

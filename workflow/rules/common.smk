@@ -27,7 +27,7 @@ MODEL_CONFIG = str(
 
 wildcard_constraints:
     chunk="|".join(CHUNK_IDS),
-    scheme="[a-z]+",
+    scheme="[a-z_]+",
     task="[A-Za-z0-9_-]+",
     shot="[0-9]+",
     seed="[0-9]+",
