@@ -1,4 +1,5 @@
-"""Pretraining: Hugging Face output folder, exact resume after SIGKILL, DDP == one process."""
+"""Pretraining: run folders with a model per eval step, exact resume after SIGKILL/SIGTERM, fingerprinted
+and checksummed checkpoints, DDP == one process."""
 import json
 import os
 import signal
@@ -43,8 +44,8 @@ def test_output_folder_loads_with_auto_classes(setup, data_a):
 
     out = setup / "m"
     subprocess.run(_cmd(setup, out, data_a, "steps=6", "batch_size=4", "grad_accum=2"), check=True)
-    model = AutoModelForMaskedLM.from_pretrained(out)
-    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForMaskedLM.from_pretrained(out / "step6")
+    tok = AutoTokenizer.from_pretrained(out / "step6")
     assert model.config.vocab_size == 4101 and len(tok) == 4101
     ids = tok("AAAAAA AAAAAT", return_tensors="pt")["input_ids"]
     assert ids.tolist() == [[2, 5, 6, 3]]
@@ -54,9 +55,23 @@ def test_output_folder_loads_with_auto_classes(setup, data_a):
     log = pd.read_csv(out / "train_log.tsv", sep="\t")
     assert list(log.columns) == ["step", "lr", "loss", "val_loss", "val_ppl", "tokens_per_s"]
     assert log["step"].tolist() == [1, 2, 3, 4, 5, 6] and log["loss"].between(5, 10).all()
-    assert not (setup / "m.ckpt").exists()  # the checkpoint is removed once the model is saved
+    assert sorted(p.name for p in out.iterdir()) == ["genemask.json", "mask_ranks.tsv", "step6", "train_log.tsv"]
+    assert json.loads((out / "step6" / "genemask.json").read_text())["pretrain_step"] == 6
     ranks = pd.read_csv(out / "mask_ranks.tsv", sep="\t")
     assert ranks["masked_count"].sum() > 0 and ranks["all_count"].sum() > ranks["masked_count"].sum()
+
+
+def _ckpt_dir(run):
+    (d,) = run.with_name(run.name + ".ckpt").iterdir()  # one fingerprint folder
+    return d
+
+
+def _weights(folder):
+    return load_file(folder / "model.safetensors")
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_sigkill_then_rerun_equals_uninterrupted_run(setup, data_a):
@@ -66,23 +81,87 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(setup, data_a):
     subprocess.run(_cmd(setup, ref, data_a, *steps), check=True)
 
     out = setup / "killed"
-    ckpt = setup / "killed.ckpt" / "state.pt"
     proc = subprocess.Popen(_cmd(setup, out, data_a, *steps), stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+    ck = setup / "killed.ckpt"
+    while not list(ck.glob("*/step4.pt.sha256")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)  # right after the first checkpoint (step 4 of 16)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL and not out.exists() and ckpt.exists()
-    step_at_kill = torch.load(ckpt, weights_only=False)["state"]["step"]
+    assert proc.returncode == -signal.SIGKILL and not out.exists()
+    step_at_kill = max(int(p.name[4:-10]) for p in _ckpt_dir(out).glob("step*.pt.sha256"))
     assert 0 < step_at_kill < 16
     r = subprocess.run(_cmd(setup, out, data_a, *steps), check=True, capture_output=True, text=True)
-    assert f"resumed from {ckpt} at step {step_at_kill}" in r.stderr
-    a, b = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert f"at step {step_at_kill}" in r.stderr and "resumed from" in r.stderr
+    assert _same(_weights(ref / "step16"), _weights(out / "step16"))
     la, lb = pd.read_csv(ref / "train_log.tsv", sep="\t"), pd.read_csv(out / "train_log.tsv", sep="\t")
     assert np.array_equal(la["loss"].to_numpy(), lb["loss"].to_numpy())
+
+
+def test_sigterm_checkpoints_now_and_rerun_is_bitwise_equal(setup, data_a):
+    """SIGTERM (SLURM pre-emption) mid-run: a checkpoint at the current step, exit non-zero, and the
+    resubmitted job finishes bitwise equal to an uninterrupted run."""
+    steps = ["steps=16", "batch_size=4", "grad_accum=2", "checkpoint_every=1000"]
+    ref = setup / "ref_t"
+    subprocess.run(_cmd(setup, ref, data_a, *steps), check=True)
+    out = setup / "termed"
+    proc = subprocess.Popen(_cmd(setup, out, data_a, *steps), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    line = ""
+    while "training from step" not in line and time.time() < deadline:  # the loop has begun
+        line = proc.stderr.readline()
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 2 and "SIGTERM at step" in err and "checkpoint" in err, err
+    assert not out.exists()
+    r = subprocess.run(_cmd(setup, out, data_a, *steps), check=True, capture_output=True, text=True)
+    assert "resumed from" in r.stderr
+    assert _same(_weights(ref / "step16"), _weights(out / "step16"))
+
+
+def test_eval_steps_saved_and_new_step_needs_no_retraining(setup, data_a):
+    """step<N>/ per eval step; adding a passed step to the list exports it from its checkpoint."""
+    steps = ["steps=8", "batch_size=4", "grad_accum=1", "checkpoint_every=2"]
+    out = setup / "budgets"
+    subprocess.run(_cmd(setup, out, data_a, *steps) + ["--save-steps", "4"], check=True)
+    assert {p.name for p in out.glob("step*")} == {"step4", "step8"}
+    assert not _same(_weights(out / "step4"), _weights(out / "step8"))
+    first = {n: _weights(out / n) for n in ("step4", "step8")}
+    import shutil
+
+    shutil.rmtree(out)  # what snakemake does before rerunning the job with the new eval_steps
+    r = subprocess.run(_cmd(setup, out, data_a, *steps) + ["--save-steps", "4", "6"], check=True,
+                       capture_output=True, text=True)
+    assert "resumed from" in r.stderr and "tokens in" not in r.stderr, r.stderr  # nothing trained
+    assert {p.name for p in out.glob("step*")} == {"step4", "step6", "step8"}
+    assert all(_same(first[n], _weights(out / n)) for n in first)
+    assert json.loads((out / "step6" / "genemask.json").read_text())["pretrain_step"] == 6
+
+
+def test_changed_setting_or_damaged_checkpoint_never_resumed(setup, data_a):
+    """Another lr is another fingerprint (fresh run); a checkpoint with flipped bytes is one line."""
+    steps = ["steps=6", "batch_size=4", "grad_accum=1", "checkpoint_every=2"]
+    out = setup / "fp"
+    subprocess.run(_cmd(setup, out, data_a, *steps), check=True)
+    import shutil
+
+    shutil.rmtree(out)
+    r = subprocess.run(_cmd(setup, out, data_a, *steps, "lr=0.001"), check=True, capture_output=True, text=True)
+    assert "resumed from" not in r.stderr
+    assert len(list((setup / "fp.ckpt").iterdir())) == 2  # two fingerprints side by side
+    shutil.rmtree(out)
+    ck = next(p for p in (setup / "fp.ckpt").iterdir() if (p / "step6.pt").exists() and p != _newest(setup / "fp.ckpt"))
+    blob = bytearray((ck / "step6.pt").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (ck / "step6.pt").write_bytes(bytes(blob))
+    r = subprocess.run(_cmd(setup, out, data_a, *steps), capture_output=True, text=True)
+    assert r.returncode == 2 and "damaged checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
+
+
+def _newest(folder):
+    return max(folder.iterdir(), key=lambda p: p.stat().st_mtime)
 
 
 def test_ddp_two_processes_match_one_process(setup, data_a):
@@ -96,7 +175,7 @@ def test_ddp_two_processes_match_one_process(setup, data_a):
     subprocess.run(_cmd(setup, two, data_a, *common, "grad_accum=1", launcher=torchrun), check=True, env=env)
     la, lb = pd.read_csv(one / "train_log.tsv", sep="\t"), pd.read_csv(two / "train_log.tsv", sep="\t")
     np.testing.assert_allclose(la["loss"], lb["loss"], rtol=0, atol=1e-4)
-    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    a, b = load_file(one / "step8" / "model.safetensors"), load_file(two / "step8" / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
     assert json.loads((two / "genemask.json").read_text())["world_size"] == 2
 

@@ -92,7 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranking", default=None, help="NPMI table for genemask/curriculum/reference")
     p.add_argument("--settings", default=None, help="JSON/YAML file with training settings")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
-    p.add_argument("-o", "--output", required=True, help="Hugging Face model folder")
+    p.add_argument("--save-steps", type=int, nargs="*", default=[], metavar="N",
+                   help="also save the model at these steps (the last step is always saved)")
+    p.add_argument("-o", "--output", required=True, help="run folder: step<N>/ Hugging Face model folders + logs")
+
+    p = _p(sub, "baseline", "resolve an external model (folder or hub id), check its k-mer vocabulary, copy it")
+    p.add_argument("--name", required=True)
+    p.add_argument("--model", required=True, help="Hugging Face folder or hub id (owner/name)")
+    p.add_argument("--revision", default=None)
+    p.add_argument("-o", "--output", required=True)
 
     # ---- few-shot tasks (tasks.py, finetune.py) -----------------------------------------------
     p = _p(sub, "task-data", "clean a task's shot file and test set: raw bp, leakage removed, test subsampled")
@@ -267,7 +275,11 @@ def dispatch(args: argparse.Namespace):
         from .pretrain import pretrain_cli
 
         return pretrain_cli(args.corpus, args.model_config, args.scheme, args.output, ranking=args.ranking,
-                            settings=args.settings, overrides=args.set)
+                            settings=args.settings, overrides=args.set, save_steps=args.save_steps)
+    if c == "baseline":
+        from .baselines import prepare_baseline
+
+        return prepare_baseline(args.name, args.model, args.output, revision=args.revision)
     if c == "task-data":
         from .tasks import prepare_task_data
 

@@ -140,16 +140,22 @@ def select_regime(settings: dict, shot: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # model and data
 # ---------------------------------------------------------------------------------------------
-def model_k(folder: str | Path) -> int:
-    """k of a model folder: `genemask.json` key "k" (default 6 when the file or key is absent)."""
+def model_meta(folder: str | Path) -> dict:
+    """A model folder's `genemask.json` ({} when absent)."""
     p = Path(folder) / "genemask.json"
     if not p.exists():
-        return 6
+        return {}
     try:
         meta = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise GeneMaskError(f"{p}: cannot read model metadata ({e})") from None
-    k = meta.get("k", 6) if isinstance(meta, dict) else 6
+    return meta if isinstance(meta, dict) else {}
+
+
+def model_k(folder: str | Path) -> int:
+    """k of a model folder: `genemask.json` key "k" (default 6 when the file or key is absent)."""
+    p = Path(folder) / "genemask.json"
+    k = model_meta(folder).get("k", 6)
     if not isinstance(k, int) or k < 1:
         raise GeneMaskError(f"{p}: key k must be a positive integer, got {k!r}")
     return k
@@ -397,6 +403,7 @@ def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regi
     tr = read_task_file(train, num_labels)
     te = read_task_file(test, num_labels)
     k = model_k(model)
+    meta = model_meta(model)
 
     torch.manual_seed(seed)
     clf = load_classifier(model, num_labels, st["hidden_dropout"])
@@ -431,6 +438,7 @@ def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regi
         "warmup_steps": info["warmup_steps"], "steps": info["steps"],
         "final_train_loss": info["final_train_loss"] if math.isfinite(info["final_train_loss"]) else None,
         "k": k, "model": str(model), "device": str(device), "threads": threads,
+        "pretrain_seed": meta.get("pretrain_seed"), "pretrain_step": meta.get("pretrain_step"),
     }
     with atomic_output(output) as tmp:
         tmp.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")

@@ -13,6 +13,7 @@ from .genome import plan_chunks
 from .util import GeneMaskError  # noqa: F401 - re-exported for the Snakefile
 
 ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULTS = {
     "ngrams": {"max_order": 10},
     "npmi": {"variant": "paper", "min_count": 101, "ranking": "computed"},
@@ -42,7 +43,7 @@ def validate(config: dict, schema_path: str | Path | None = None, where: str = "
     """Check `config` against the JSON schema; the first error becomes one line naming the key."""
     import jsonschema
 
-    schema = _load_yaml(Path(schema_path or ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    schema = _load_yaml(Path(schema_path or SCHEMA))
     v = jsonschema.Draft202012Validator(schema)
     errors = sorted(v.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
@@ -94,6 +95,14 @@ def resolve(config: dict, where: str = "config") -> dict:
     model = ROOT / "resources" / "models" / f"{cfg['pretrain']['model']}.json"
     if not model.exists():
         raise GeneMaskError(f"{where}: key 'pretrain.model': no model configuration {model}")
+    steps = pretrain_steps(cfg)
+    for e in cfg["pretrain"].get("eval_steps") or []:
+        if e > steps:
+            raise GeneMaskError(f"{where}: key 'pretrain.eval_steps': step {e} is past the run's "
+                                f"pretrain.settings.steps ({steps})")
+    for name in cfg.get("baselines") or {}:
+        if name in _load_yaml(SCHEMA)["properties"]["pretrain"]["properties"]["schemes"]["items"]["enum"]:
+            raise GeneMaskError(f"{where}: key 'baselines.{name}': the name of a masking scheme; choose another")
     if cfg["corpus"]["min_bp"] < cfg["corpus"]["k"]:
         raise GeneMaskError(f"{where}: key 'corpus.min_bp': must be >= corpus.k ({cfg['corpus']['k']})")
     return cfg
@@ -108,16 +117,53 @@ def shot_source(cfg: dict, task: str, shot: int) -> str | None:
     return shots.get(str(shot), shots.get(shot))
 
 
+def pretrain_seeds(cfg: dict) -> list[int]:
+    """Pretraining replicates: pretrain.seeds, else the one seed of pretrain.settings (default 42)."""
+    return list(cfg["pretrain"].get("seeds") or [cfg["pretrain"]["settings"].get("seed", 42)])
+
+
+def pretrain_steps(cfg: dict) -> int:
+    st = cfg["pretrain"]["settings"]
+    if "steps" in st:
+        return int(st["steps"])
+    from .pretrain import DEFAULTS as PRETRAIN_DEFAULTS  # imports torch: only when the config omits steps
+
+    return int(PRETRAIN_DEFAULTS["steps"])
+
+
+def eval_steps(cfg: dict, scheme: str) -> list[int]:
+    """The pretraining steps at which a scheme's runs are saved and fine-tuned (`none`: 0 only)."""
+    if scheme == "none":
+        return [0]
+    return sorted(set(cfg["pretrain"].get("eval_steps") or []) | {pretrain_steps(cfg)})
+
+
+def models(cfg: dict) -> list[dict]:
+    """Every model that is fine-tuned: id (path below results/finetune/TASK/SHOT/), scheme,
+    pretrain_seed, pretrain_step, and `run` (the pretraining run folder) or `baseline`."""
+    out = []
+    for scheme in cfg["pretrain"]["schemes"]:
+        for ps in pretrain_seeds(cfg):
+            for step in eval_steps(cfg, scheme):
+                out.append({"id": f"{scheme}/seed{ps}/step{step}", "scheme": scheme, "pretrain_seed": ps,
+                            "pretrain_step": step, "run": f"{scheme}/seed{ps}"})
+    for name in cfg.get("baselines") or {}:
+        out.append({"id": f"baseline/{name}", "scheme": name, "pretrain_seed": None, "pretrain_step": None,
+                    "baseline": name})
+    return out
+
+
 def runs(cfg: dict) -> list[dict]:
-    """Every fine-tuning run: task x shot (where a file exists) x seed x scheme."""
+    """Every fine-tuning run: task x shot (where a file exists) x model x fine-tuning seed."""
     out = []
     for t in cfg["finetune"]["tasks"]:
         for shot in cfg["finetune"]["shots"]:
             if shot_source(cfg, t, shot) is None:
                 continue
-            for scheme in cfg["pretrain"]["schemes"]:
+            for m in models(cfg):
                 for seed in cfg["finetune"]["seeds"]:
-                    out.append({"task": t, "shot": shot, "scheme": scheme, "seed": seed})
+                    out.append({"task": t, "shot": shot, "scheme": m["scheme"], "seed": seed, "model": m["id"],
+                                "pretrain_seed": m["pretrain_seed"], "pretrain_step": m["pretrain_step"]})
     return out
 
 

@@ -51,6 +51,7 @@ DEFAULTS = {
     "compile": False,
     "threads": 0,              # torch CPU threads (0 = torch default)
     "masking": {},             # options passed to masking.make_masker
+    "keep_checkpoints": True,  # keep step checkpoints beside the run (new eval_steps then need no retraining)
 }
 
 LOG_COLUMNS = ["step", "lr", "loss", "val_loss", "val_ppl", "tokens_per_s"]
@@ -169,10 +170,22 @@ def sha256_file(path: str | Path | None) -> str | None:
 
 
 def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: str | Path,
-             ranking_path: str | None = None, settings: dict | None = None) -> dict:
+             ranking_path: str | None = None, settings: dict | None = None,
+             save_steps: list[int] | tuple[int, ...] = ()) -> dict:
+    """Pretrain one run and write `output/`: one Hugging Face folder `step{N}/` per N in
+    `save_steps` and the last step, plus the run's train_log.tsv, mask_ranks.tsv, genemask.json.
+
+    Checkpoints (model, optimiser, schedule, RNG states, masker state) are kept beside the run, in
+    `<output>.ckpt/<fingerprint>/step{N}.pt` with a sha256 sidecar, at every checkpoint_every step,
+    at every saved step, and on SIGTERM/SIGINT. The fingerprint hashes everything that determines
+    the run's arithmetic (scheme, settings but threads/logging/checkpoint cadence, model config,
+    ranking and corpus checksums, total steps), so a changed config never resumes an old
+    checkpoint; an intact matching one is resumed from. A rerun that asks for a step it already
+    passed (a new entry in eval_steps) exports it from its checkpoint, or trains only from the
+    nearest earlier checkpoint to it: never from zero (unless keep_checkpoints is false).
+    """
     s = settings or load_settings(None)
     output = Path(output)
-    ckpt_path = output.with_name(output.name + ".ckpt") / "state.pt"
 
     # ---- distributed setup (torchrun sets WORLD_SIZE/RANK/LOCAL_RANK) -------------------------
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -213,12 +226,18 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     n_rank_bins = 4**k + 2
     state = {"step": 0, "log": [], "masked_rank_counts": np.zeros(n_rank_bins, np.int64),
              "all_rank_counts": np.zeros(n_rank_bins, np.int64), "tokens_seen": 0}
-    if ckpt_path.exists():
-        state = resume(ckpt_path, model, opt, sched, device)
+    targets = sorted({int(t) for t in save_steps if 0 <= int(t) <= steps} | {steps})
+    fp = fingerprint(scheme, s, model_config, ranking_path, corpus_dirs)
+    ckpt_dir = output.with_name(output.name + ".ckpt") / fp
+    kept = checkpoints(ckpt_dir)
+    missing = [t for t in targets if t not in kept]
+    start = max((c for c in kept if c <= missing[0]), default=None) if missing else max(kept)
+    if start is not None:
+        state = resume(kept[start], model, opt, sched, device)
         if masker is not None:
             masker.load_state_dict(state.get("masker"))  # cm_gems: its plateau rule and switch step
         if master:
-            print(f"pretrain: resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
+            print(f"pretrain: resumed from {kept[start]} at step {state['step']}", file=sys.stderr)
 
     B, A = int(s["batch_size"]), int(s["grad_accum"])
     per_step = B * A * world
@@ -243,7 +262,14 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
 
     ddp_model.train()
     t_start, tokens_start = time.perf_counter(), state["tokens_seen"]
-    while state["step"] < steps:
+    stop = _StopSignals()  # SIGTERM (SLURM pre-emption / time limit) or SIGINT: checkpoint, then exit
+    end = max(missing) if missing else state["step"]
+    if state["step"] == 0 and 0 in missing and master and steps > 0:
+        save_checkpoint(ckpt_dir / "step0.pt", model, opt, sched, state)
+    if master and state["step"] < end:
+        print(f"pretrain {scheme}: training from step {state['step']} to {end} of {steps} (checkpoints in {ckpt_dir})",
+              file=sys.stderr, flush=True)
+    while state["step"] < end:
         step = state["step"]
         idx = sample_indices(len(train), s["seed"], step * per_step, per_step)
         loss_sum, tokens = 0.0, 0
@@ -291,12 +317,16 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
         if row is not None:
             state["log"].append(row)
         prog.update(1, extra=f"loss {loss_sum / A:.3f}" + (f" tok/s {row['tokens_per_s']:,.0f}" if row else ""))
-        if master and (step % int(s["checkpoint_every"]) == 0) and step < steps:
-            save_checkpoint(ckpt_path, model, opt, sched, state)
+        if master and (step % int(s["checkpoint_every"]) == 0 or step in targets or stop.signal):
+            save_checkpoint(ckpt_dir / f"step{step}.pt", model, opt, sched, state)
+        if stop.signal:
+            raise GeneMaskError(f"{stop.name} at step {step}: checkpoint {ckpt_dir / f'step{step}.pt'} written; "
+                                f"run the same command again to continue from it")
+    stop.restore()
     prog.close()
     elapsed = time.perf_counter() - t_start
     peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    if master and steps:
+    if master and steps and state["tokens_seen"] > tokens_start:
         done = state["tokens_seen"] - tokens_start
         print(f"pretrain {scheme}: {done:,} tokens in {elapsed:.1f}s = {done / max(elapsed, 1e-9):,.0f} tokens/s "
               f"({world} x {device.type}" + (f", peak GPU memory {peak_gib:.2f} GiB" if peak_gib else "") + ")",
@@ -310,29 +340,93 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
                 "tokens_seen": state["tokens_seen"], "world_size": world, "device": str(device),
                 "peak_gpu_mem_gib": peak_gib,
                 "switch_step": masker.switch_step if masker is not None else None}  # cm_gems; else null
-        save_model_folder(output, model, k, meta, state)
-        if ckpt_path.exists():
-            ckpt_path.unlink()
-            ckpt_path.parent.rmdir()
+        export_run(output, model, k, meta, state, {t: ckpt_dir / f"step{t}.pt" for t in targets}, device)
+        if not s["keep_checkpoints"]:
+            import shutil
+
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return state
 
 
+class _StopSignals:
+    """SIGTERM/SIGINT set a flag that the loop reads after the current step (then checkpoints)."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.signal, self.name, self._old = None, "", {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        import signal
+
+        self.signal, self.name = signum, signal.Signals(signum).name
+
+    def restore(self):
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def fingerprint(scheme: str, settings: dict, model_config: dict, ranking_path, corpus_dirs) -> str:
+    """16 hex digits of everything that determines a run's arithmetic (see `pretrain`)."""
+    inert = {"threads", "log_every", "checkpoint_every", "keep_checkpoints"}
+    corpus = []
+    for d in corpus_dirs:
+        d = Path(d)
+        corpus.append([(f.name, f.stat().st_size, sha256_file(f) if f.suffix in (".npy", ".json") else None)
+                       for f in sorted(d.iterdir()) if f.is_file()])
+    blob = {"scheme": scheme, "settings": {k: v for k, v in settings.items() if k not in inert},
+            "model_config": model_config, "ranking_sha256": sha256_file(ranking_path), "corpus": corpus}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def checkpoints(folder: Path) -> dict[int, Path]:
+    """{step: path} of the kept checkpoints `step{N}.pt` in `folder` (only those with a sha256 sidecar)."""
+    out = {}
+    if folder.is_dir():
+        for p in folder.glob("step*.pt"):
+            n = p.stem[4:]
+            if n.isdigit() and p.with_name(p.name + ".sha256").exists():
+                out[int(n)] = p
+    return out
+
+
 def save_checkpoint(path: Path, model, opt, sched, state: dict) -> None:
     blob = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "state": state,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+    side = path.with_name(path.name + ".sha256")
+    side.unlink(missing_ok=True)
     with atomic_output(path) as tmp:
         torch.save(blob, tmp)
+    with atomic_output(side) as tmp:
+        tmp.write_text(sha256_file(path) + "\n")
+
+
+def _load_checkpoint(path: Path, device) -> dict:
+    side = path.with_name(path.name + ".sha256")
+    want = side.read_text().strip() if side.exists() else None
+    got = sha256_file(path)
+    if want != got:
+        raise GeneMaskError(f"{path}: damaged checkpoint (sha256 {got[:12]}..., recorded {str(want)[:12]}...); "
+                            f"delete it and rerun to continue from the checkpoint before it")
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint: say so, do not silently restart
+        raise GeneMaskError(f"{path}: checkpoint cannot be read ({e}); delete it to restart from step 0") from None
 
 
 def resume(path: Path, model, opt, sched, device) -> dict:
-    try:
-        blob = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - a damaged checkpoint: say so, do not silently restart
-        raise GeneMaskError(f"{path}: checkpoint cannot be read ({e}); delete it to restart from step 0") from None
+    blob = _load_checkpoint(path, device)
     model.load_state_dict(blob["model"])
     opt.load_state_dict(blob["opt"])
     sched.load_state_dict(blob["sched"])
@@ -344,22 +438,40 @@ def resume(path: Path, model, opt, sched, device) -> dict:
     return blob["state"]
 
 
-def save_model_folder(output: Path, model, k: int, meta: dict, state: dict) -> None:
+def export_run(output: Path, model, k: int, meta: dict, state: dict, step_ckpts: dict[int, Path], device) -> None:
+    """The run folder: `step{N}/` model folders (from the model in memory where it is at that
+    step, else from the step's checkpoint) and the run's log, masked-rank counts and metadata."""
     from .tokenizer import build_tokenizer, save_tokenizer
 
+    last, current = max(step_ckpts), state["step"]
+    if current != last:  # the run's files describe the whole run: take the last step's state
+        state = _load_checkpoint(step_ckpts[last], device)["state"]
+        meta = {**meta, "tokens_seen": state["tokens_seen"]}
+    final = {n: p.detach().clone() for n, p in model.state_dict().items()}
     with atomic_output(output, is_dir=True) as tmp:
-        model.save_pretrained(tmp)
-        save_tokenizer(build_tokenizer(k), tmp)  # tokenizer.json + DNABERT-style vocab.txt
-        (tmp / "genemask.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
-        with open(tmp / "train_log.tsv", "w") as fh:
-            fh.write("\t".join(LOG_COLUMNS) + "\n")
-            for row in state["log"]:
-                fh.write("\t".join(_fmt(row[c]) for c in LOG_COLUMNS) + "\n")
-        mr, ar = state["masked_rank_counts"], state["all_rank_counts"]
-        with open(tmp / "mask_ranks.tsv", "w") as fh:
-            fh.write("rank\tmasked_count\tall_count\n")
-            for r in np.flatnonzero((mr > 0) | (ar > 0)):
-                fh.write(f"{r}\t{mr[r]}\t{ar[r]}\n")
+        for step in sorted(step_ckpts):
+            model.load_state_dict(final if step == current else _load_checkpoint(step_ckpts[step], device)["model"])
+            d = tmp / f"step{step}"
+            model.save_pretrained(d)
+            save_tokenizer(build_tokenizer(k), d)  # tokenizer.json + DNABERT-style vocab.txt
+            sm = {**meta, "pretrain_step": step, "pretrain_seed": meta["settings"]["seed"]}
+            (d / "genemask.json").write_text(json.dumps(sm, indent=1, default=str) + "\n")
+        write_run_files(tmp, meta, state)
+    model.load_state_dict(final)
+
+
+def write_run_files(folder: Path, meta: dict, state: dict) -> None:
+    """genemask.json, train_log.tsv and mask_ranks.tsv of a run."""
+    (folder / "genemask.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    with open(folder / "train_log.tsv", "w") as fh:
+        fh.write("\t".join(LOG_COLUMNS) + "\n")
+        for row in state["log"]:
+            fh.write("\t".join(_fmt(row[c]) for c in LOG_COLUMNS) + "\n")
+    mr, ar = state["masked_rank_counts"], state["all_rank_counts"]
+    with open(folder / "mask_ranks.tsv", "w") as fh:
+        fh.write("rank\tmasked_count\tall_count\n")
+        for r in np.flatnonzero((mr > 0) | (ar > 0)):
+            fh.write(f"{r}\t{mr[r]}\t{ar[r]}\n")
 
 
 def _fmt(v) -> str:
@@ -370,10 +482,10 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def pretrain_cli(corpus, model_config, scheme, output, ranking=None, settings=None, overrides=()):
+def pretrain_cli(corpus, model_config, scheme, output, ranking=None, settings=None, overrides=(), save_steps=()):
     try:
         mc = json.loads(Path(model_config).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise GeneMaskError(f"{model_config}: cannot read model configuration ({e})") from None
     s = load_settings(settings, overrides)
-    pretrain(corpus, mc, scheme, output, ranking_path=ranking, settings=s)
+    pretrain(corpus, mc, scheme, output, ranking_path=ranking, settings=s, save_steps=save_steps or ())

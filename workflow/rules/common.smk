@@ -1,5 +1,6 @@
 # Config validation and every input function / wildcard list; the logic is in genemask.plan.
 import json
+import re
 import os
 import sys
 
@@ -18,6 +19,8 @@ CHUNKS = plan.chunks(CFG)
 CHUNK_IDS = [c["chunk"] for c in CHUNKS]
 REGION = {c["chunk"]: c["region"] for c in CHUNKS}
 RUNS = plan.runs(CFG)
+MODELS = {m["id"]: m for m in plan.models(CFG)}
+PSEEDS = plan.pretrain_seeds(CFG)
 SCHEMES = CFG["pretrain"]["schemes"]
 SOURCE_BY_PATH = {s["path"]: s for s in CFG["sources"].values()}
 MODEL_CONFIG = str(
@@ -31,6 +34,8 @@ wildcard_constraints:
     task="[A-Za-z0-9_-]+",
     shot="[0-9]+",
     seed="[0-9]+",
+    pseed="[0-9]+",
+    model="|".join(re.escape(m) for m in MODELS),
 
 
 def source(name):
@@ -46,6 +51,22 @@ def ranking_file():
 
 def shot_file(wildcards):
     return source(plan.shot_source(CFG, wildcards.task, int(wildcards.shot)))
+
+
+def model_input(wildcards):
+    """The job that makes a fine-tuned model: its pretraining run, or the prepared baseline."""
+    m = MODELS[wildcards.model]
+    if "baseline" in m:
+        return f"{RESULTS}/baselines/{m['baseline']}"
+    return f"{RESULTS}/models/{m['run']}"
+
+
+def model_folder(wildcards):
+    """The Hugging Face folder fine-tuned: the run's step<N>/ folder, or the baseline's."""
+    m = MODELS[wildcards.model]
+    if "baseline" in m:
+        return f"{RESULTS}/baselines/{m['baseline']}"
+    return f"{RESULTS}/models/{m['run']}/step{m['pretrain_step']}"
 
 
 def gpu_resources(section):

@@ -33,17 +33,36 @@ rule task_data:
         "--out-train {output.train} --out-test {output.test} --out-stats {output.stats} 2> {log}"
 
 
+rule baseline:
+    output:
+        directory(f"{RESULTS}/baselines/{{name}}"),
+    log:
+        f"{RESULTS}/logs/baselines/{{name}}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        model=lambda wc: CFG["baselines"][wc.name]["model"],
+        revision=lambda wc: CFG["baselines"][wc.name].get("revision") or "main",
+    shell:
+        "genemask baseline --name {wildcards.name} --model {params.model:q} "
+        "--revision {params.revision:q} -o {output:q} 2> {log:q}"
+
+
 rule finetune:
     input:
-        model=f"{RESULTS}/models/{{scheme}}",
+        model=model_input,
         train=rules.task_data.output.train,
         test=rules.task_data.output.test,
     output:
-        f"{RESULTS}/finetune/{{task}}/{{shot}}/{{scheme}}/seed{{seed}}.json",
+        f"{RESULTS}/finetune/{{task}}/{{shot}}/{{model}}/seed{{seed}}.json",
     log:
-        f"{RESULTS}/logs/finetune/{{task}}/{{shot}}/{{scheme}}/seed{{seed}}.log",
+        f"{RESULTS}/logs/finetune/{{task}}/{{shot}}/{{model}}/seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/finetune/{{task}}/{{shot}}/{{scheme}}/seed{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/finetune/{{task}}/{{shot}}/{{model}}/seed{{seed}}.tsv"
     conda:
         ENV
     threads: 1
@@ -55,8 +74,10 @@ rule finetune:
         num_labels=lambda wc: CFG["tasks"][wc.task]["num_labels"],
         settings=json.dumps(CFG["finetune"].get("settings", {}), sort_keys=True),
         worker=int(CFG["finetune"]["worker"]),
+        folder=model_folder,
+        scheme=lambda wc: MODELS[wc.model]["scheme"],
     shell:
-        "GENEMASK_THREADS={threads} GENEMASK_WORKER={params.worker} genemask finetune --model {input.model:q} "
+        "GENEMASK_THREADS={threads} GENEMASK_WORKER={params.worker} genemask finetune --model {params.folder:q} "
         "--train {input.train:q} --test {input.test:q} --task {wildcards.task} --shot {wildcards.shot} "
-        "--seed {wildcards.seed} --scheme {wildcards.scheme} --num-labels {params.num_labels} "
+        "--seed {wildcards.seed} --scheme {params.scheme} --num-labels {params.num_labels} "
         "--settings {params.settings:q} -o {output:q} 2> {log:q}"

@@ -1,5 +1,8 @@
-# One pretrained model per masking scheme (GPU rule; torchrun when more than one GPU is given).
-# Scheme `none` is the random-initialisation baseline: the same model saved after 0 steps.
+# One pretraining run per masking scheme x pretraining seed (GPU rule; torchrun when more than one
+# GPU is given). Its folder holds a Hugging Face model folder step<N>/ per pretraining budget in
+# pretrain.eval_steps (and the last step), fine-tuned like models of their own. Scheme `none` is
+# the random-initialisation baseline: the same model saved after 0 steps. Checkpoints are kept
+# beside the run (<run>.ckpt/), so a new eval step is exported or trained from the nearest one.
 
 
 rule pretrain:
@@ -8,11 +11,11 @@ rule pretrain:
         ranking=ranking_file(),
         model_config=MODEL_CONFIG,
     output:
-        directory(f"{RESULTS}/models/{{scheme}}"),
+        directory(f"{RESULTS}/models/{{scheme}}/seed{{pseed}}"),
     log:
-        f"{RESULTS}/logs/pretrain/{{scheme}}.log",
+        f"{RESULTS}/logs/pretrain/{{scheme}}/seed{{pseed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/pretrain/{{scheme}}.tsv"
+        f"{RESULTS}/benchmarks/pretrain/{{scheme}}/seed{{pseed}}.tsv"
     conda:
         ENV
     threads: 2
@@ -28,7 +31,9 @@ rule pretrain:
         ),
         settings=json.dumps(CFG["pretrain"]["settings"], sort_keys=True),
         steps=lambda wc: "--set steps=0" if wc.scheme == "none" else "",
+        save_steps=lambda wc: " ".join(map(str, plan.eval_steps(CFG, wc.scheme))),
     shell:
-        "{params.launcher} pretrain --corpus {input.corpus} --model-config {input.model_config} "
-        "--scheme {wildcards.scheme} --ranking {input.ranking} --settings '{params.settings}' "
-        "--set threads={threads} {params.steps} -o {output} 2> {log}"
+        "{params.launcher} pretrain --corpus {input.corpus:q} --model-config {input.model_config:q} "
+        "--scheme {wildcards.scheme} --ranking {input.ranking:q} --settings {params.settings:q} "
+        "--set threads={threads} --set seed={wildcards.pseed} {params.steps} "
+        "--save-steps {params.save_steps} -o {output:q} 2> {log:q}"

@@ -4,9 +4,10 @@
 from genemask.report import steps_plot_name
 
 METRICS = [
-    f"{RESULTS}/finetune/{r['task']}/{r['shot']}/{r['scheme']}/seed{r['seed']}.json"
+    f"{RESULTS}/finetune/{r['task']}/{r['shot']}/{r['model']}/seed{r['seed']}.json"
     for r in RUNS
 ]
+PRETRAINED = [s for s in SCHEMES if s != "none"]  # loss and mask-rank plots: the first pretraining seed
 REPORT = f"{RESULTS}/report"
 # accuracy/MCC vs pretraining steps: one figure per task with runs (names: report.steps_plot_name)
 STEPS_PLOTS = [
@@ -46,9 +47,7 @@ rule missing_shots:
 
 rule plot_loss:
     input:
-        expand(
-            f"{RESULTS}/models/{{scheme}}", scheme=[s for s in SCHEMES if s != "none"]
-        ),
+        expand(f"{RESULTS}/models/{{scheme}}/seed{PSEEDS[0]}", scheme=PRETRAINED),
     output:
         report(
             f"{REPORT}/pretrain_loss.png",
@@ -67,15 +66,14 @@ rule plot_loss:
         runtime=5,
     params:
         logs=lambda wc, input: [f"{m}/train_log.tsv" for m in input],
+        labels=PRETRAINED,
     shell:
-        "genemask plot-loss {params.logs} -o {output} 2> {log}"
+        "genemask plot-loss {params.logs:q} --labels {params.labels:q} -o {output:q} 2> {log:q}"
 
 
 rule mask_ranks:
     input:
-        models=expand(
-            f"{RESULTS}/models/{{scheme}}", scheme=[s for s in SCHEMES if s != "none"]
-        ),
+        models=expand(f"{RESULTS}/models/{{scheme}}/seed{PSEEDS[0]}", scheme=PRETRAINED),
         ranking=ranking_file(),
     output:
         report(
@@ -95,10 +93,11 @@ rule mask_ranks:
         runtime=5,
     params:
         stats=lambda wc, input: [f"{m}/mask_ranks.tsv" for m in input.models],
+        labels=PRETRAINED,
         k=CFG["corpus"]["k"],
     shell:
-        "genemask plot-mask-ranks --stats {params.stats} --ranking {input.ranking} "
-        "--k {params.k} -o {output} 2> {log}"
+        "genemask plot-mask-ranks --stats {params.stats:q} --labels {params.labels:q} "
+        "--ranking {input.ranking:q} --k {params.k} -o {output:q} 2> {log:q}"
 
 
 rule motifs:

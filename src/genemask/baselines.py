@@ -1,0 +1,98 @@
+"""External models as baselines (config `baselines: {name: {model: FOLDER_OR_HUB_ID}}`).
+
+`prepare_baseline` resolves the model (a local Hugging Face folder, or a hub id fetched with
+`huggingface_hub.snapshot_download`: on a connected node it downloads, offline it reads the hub
+cache, with HF_HUB_OFFLINE=1 it never touches the network), checks that it speaks our tokens,
+and writes a copy as `results/baselines/<name>/` with a `genemask.json` naming its k and source,
+so fine-tuning treats it like any of our model folders.
+
+"Speaks our tokens": its vocab.txt must be exactly our vocabulary for its k (the five specials,
+then the 4^k k-mers in DNABERT's order: ids must mean the same k-mers), and config.json's
+vocab_size must cover it. k comes from its genemask.json, else from the length of the k-mer
+tokens in vocab.txt. The published DNABERT-6 checkpoint passes this check (its vocab.txt is
+DNABERT's, which our vocabulary reproduces exactly).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .kmers import SPECIAL_TOKENS, SUPPORTED_K, all_kmers, vocab_size
+from .util import GeneMaskError, atomic_output
+
+
+def resolve(spec: str, revision: str | None = None) -> Path:
+    """A local folder as it is, else a hub id through huggingface_hub (cache first when offline)."""
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise GeneMaskError(f"{spec}: a baseline model must be a folder (Hugging Face save_pretrained)")
+        return p
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise GeneMaskError(f"{spec}: no such model folder, and not a hub id of the form owner/name")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise GeneMaskError(f"{spec}: not a local folder, and huggingface_hub is not installed to fetch it") from None
+    try:
+        return Path(snapshot_download(spec, revision=revision))
+    except Exception as e:  # noqa: BLE001 - network, auth, not found, not in the offline cache
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise GeneMaskError(f"{spec}: cannot fetch the hub model ({msg}); on an offline node, fill the "
+                            f"Hugging Face cache on a connected one or give a local folder") from None
+
+
+def check_vocabulary(folder: Path) -> int:
+    """k of a model folder whose tokens are ours; one-line error naming the folder otherwise."""
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise GeneMaskError(f"{folder}: not a model folder (no config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise GeneMaskError(f"{cfg_path}: cannot read ({e})") from None
+    vocab_file = folder / "vocab.txt"
+    vocab = vocab_file.read_text().split("\n") if vocab_file.is_file() else None
+    if vocab is not None:
+        while vocab and vocab[-1] == "":
+            vocab.pop()
+    k = None
+    meta = folder / "genemask.json"
+    if meta.is_file():
+        try:
+            k = json.loads(meta.read_text()).get("k")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            k = None
+    if k is None and vocab is not None and len(vocab) > len(SPECIAL_TOKENS):
+        k = len(vocab[len(SPECIAL_TOKENS)])
+    if k not in SUPPORTED_K:
+        raise GeneMaskError(f"{folder}: cannot tell a k-mer size in {SUPPORTED_K} (no genemask.json k, "
+                            f"no k-mer vocab.txt); got {k!r}")
+    if vocab is None:
+        raise GeneMaskError(f"{folder}: no vocab.txt: cannot check that its token ids are our {k}-mers")
+    want = SPECIAL_TOKENS + all_kmers(k)
+    if vocab != want:
+        i = next((i for i, (a, b) in enumerate(zip(vocab, want)) if a != b), min(len(vocab), len(want)))
+        got = vocab[i] if i < len(vocab) else "(end)"
+        raise GeneMaskError(f"{vocab_file}: vocabulary differs from the {k}-mer vocabulary at id {i} "
+                            f"({got!r}, expected {want[i] if i < len(want) else '(end)'!r}; "
+                            f"{len(vocab)} tokens, expected {len(want)})")
+    if int(cfg.get("vocab_size", 0)) < vocab_size(k):
+        raise GeneMaskError(f"{cfg_path}: vocab_size {cfg.get('vocab_size')} is smaller than the {k}-mer "
+                            f"vocabulary ({vocab_size(k)})")
+    return int(k)
+
+
+def prepare_baseline(name: str, spec: str, output: str | os.PathLike, revision: str | None = None) -> dict:
+    """Resolve, check and copy a baseline model into `output` (with genemask.json); returns its meta."""
+    src = resolve(spec, revision)
+    k = check_vocabulary(src)
+    meta = {"baseline": name, "source": spec, "revision": revision, "resolved": str(src), "k": k}
+    with atomic_output(output, is_dir=True) as tmp:
+        for f in src.iterdir():
+            if f.is_file() and f.name != "genemask.json" and not f.name.startswith("."):
+                shutil.copy2(f, tmp / f.name)
+        (tmp / "genemask.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
