@@ -5,9 +5,10 @@ Input formats accepted by `read_task_file`:
 - a header of exactly two columns, `sequence` (or `seq`) and `label`, in either order;
 - fields may be wrapped in double quotes (the GeneMask few-shot training files quote every field);
 - the sequence is either space-separated overlapping k-mers (GeneMask's 6-mer format; converted back
-  to raw bp) or raw bp (GUE proxy / recovered Cohn-enh CSVs); it is upper-cased; letters other than
-  ACGT are kept (the tokeniser maps their k-mers to [UNK]);
-- labels are integers in [0, num_labels).
+  to raw bp) or raw bp (GUE proxy / recovered Cohn-enh CSVs); it is upper-cased; only A, C, G, T, N
+  are accepted (N k-mers become [UNK]); with `k`, sequences shorter than k bp are refused;
+- labels are integers in [0, num_labels) or, with `label_names=True` (local-file tasks), names on
+  every row (sorted names -> 0..n-1, mapped by `prepare_task_data` from the training file).
 Any fault raises `GeneMaskError` with one line `FILE:LINE: fault`. Blank lines are ignored.
 
 `prepare_task_data` writes the cleaned train/test TSVs (`sequence<TAB>label`, raw upper-case bp)
@@ -19,6 +20,18 @@ and a stats JSON. Order of operations:
    (0 = keep all); the selected rows keep their original order.
 Leakage is checked against the whole (post-exclusion) test set, not the subsample, so the training
 set of a shot does not depend on `max_test`.
+
+Degenerate data is refused, never scored: a one-class training or test file (also when only one
+class is left after the steps above); a sequence with conflicting labels within the training file,
+within the test set, or between the two (`on_conflict="drop"` removes such rows instead, counted).
+Rows longer than the model window (`window_tokens` k-mers, i.e. window_tokens + k - 1 bp) are not an
+error; their number is recorded (`train_truncated`, `test_truncated`). The sha256 of every input file
+is recorded.
+
+With `draw=K` (a local-file task) the training file is a labelled pool: after leakage removal and
+dropping duplicate sequences (first kept) K rows per class are drawn (`draw_per_class`, seeded by
+`draw_seed`; a class with fewer than K rows is an error naming the file, class and counts); the drawn
+rows keep the pool's order and their 1-based pool lines are recorded in the stats (`draw.lines`).
 """
 from __future__ import annotations
 
