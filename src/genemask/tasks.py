@@ -324,6 +324,7 @@ def prepare_task_data(task: str, train: str, test: str, exclude: list[str] | Non
     if trf.empty:
         raise GeneMaskError(f"{train}: every training row also occurs in the test set {test}")
 
+    _one_class(trf["label"], train, "every training row left has")
     draw_stats = None
     if draw is not None:
         dup = trf["seq"].duplicated().to_numpy()
@@ -342,7 +343,6 @@ def prepare_task_data(task: str, train: str, test: str, exclude: list[str] | Non
                       "pool_dropped_duplicate": int(dup.sum()),
                       "pool_label_counts": {str(c): int(n) for c, n in counts.items()},
                       "lines": [int(x) for x in trf["line"]]}
-    _one_class(trf["label"], train, "every training row left has")
     _one_class(tef["label"], test, "every test row left has")
     train_seqs, train_labels = trf["seq"].tolist(), [int(x) for x in trf["label"]]
     test_seqs, test_labels = tef["seq"].tolist(), [int(x) for x in tef["label"]]
