@@ -423,3 +423,67 @@ def test_cli_task_data_draw(mirror, tmp_path):
     st = json.loads((o / "st.json").read_text())
     assert (st["train_rows"], st["test_rows"], st["draw"]["per_class"]) == (20, 200, 10)
     assert st["train_label_counts"] == {"0": 10, "1": 10} and st["test_label_counts"] == {"0": 100, "1": 100}
+
+
+# ---- the plan: local-file task keys ----------------------------------------------------------------
+def _cfg(root, **task):
+    import yaml
+
+    cfg = yaml.safe_load(open(root / "config" / "demo.yaml"))
+    cfg["tasks"] = {"Mine": task}
+    cfg["finetune"]["tasks"] = ["Mine", "Prom-core"]
+    return cfg
+
+
+def test_plan_local_task_runs_paths_and_args(root, mirror, tmp_path, monkeypatch):
+    from genemask import plan
+
+    gue = mirror / "proxies" / "GUE" / "prom" / "prom_core_all"
+    monkeypatch.setenv("GUE", str(gue))
+    (tmp_path / "test.csv").write_text((gue / "test.csv").read_text())
+    monkeypatch.chdir(tmp_path)
+    cfg = plan.resolve(_cfg(root, num_labels=2, train="$GUE/train.csv", test="test.csv", shots=[10, 100],
+                            draw_seed=3))
+    t = cfg["tasks"]["Mine"]
+    assert (t["train"], t["test"]) == (str(gue / "train.csv"), str(tmp_path / "test.csv"))  # expanded, absolute
+    assert plan.is_local(cfg, "Mine") and not plan.is_local(cfg, "Prom-core")
+    assert plan.task_shots(cfg, "Mine") == [10, 100] and plan.task_shots(cfg, "Prom-core") == [10, 50]
+    runs = {(r["task"], r["shot"]) for r in plan.runs(cfg)}
+    assert runs == {("Mine", 10), ("Mine", 100), ("Prom-core", 10), ("Prom-core", 50)}
+    assert len(plan.runs(cfg)) == 4 * 3 * 2 and plan.missing(cfg) == []
+    assert plan.task_data_args(cfg, "Mine", 100) == \
+        "--k 6 --window-tokens 510 --on-conflict error --draw 100 --draw-seed 3 --label-names"
+    assert plan.task_data_args(cfg, "Prom-core", 10) == "--k 6 --window-tokens 510 --on-conflict error"
+    assert plan.window(cfg) == (6, 510)
+    # no task `shots`: finetune.shots; a local entry replaces a catalogued task of the same name whole
+    c2 = _cfg(root, num_labels=2, train=str(gue / "train.csv"), test=str(gue / "test.csv"))
+    c2["tasks"] = {"Prom-core": c2["tasks"]["Mine"]}
+    c2["finetune"]["tasks"] = ["Prom-core"]
+    r2 = plan.resolve(c2)
+    assert plan.task_shots(r2, "Prom-core") == [10, 50] and "exclude" not in r2["tasks"]["Prom-core"]
+    assert "shots" not in r2["tasks"]["Prom-core"]
+
+
+@pytest.mark.parametrize("task, key, fault", [
+    ({"num_labels": 2, "train": "nope.csv", "test": "T"}, "tasks.Mine.train", "no such file 'nope.csv'"),
+    ({"num_labels": 2, "train": "T", "test": "missing/test.csv"}, "tasks.Mine.test", "no such file"),
+    ({"num_labels": 2, "train": "T", "test": "T", "exclude": ["T", "x.tsv"]}, "tasks.Mine.exclude.1", "no such file"),
+    ({"num_labels": 2, "train": "T", "test": "T", "shots": {"10": "x"}}, "tasks.Mine.shots", "is not of type 'array'"),
+    ({"num_labels": 2, "train": "T", "test": "T", "shots": [0]}, "tasks.Mine.shots.0", "less than the minimum"),
+    ({"num_labels": 2, "train": "T", "test": "T", "draw_seed": "0"}, "tasks.Mine.draw_seed", "not of type 'integer'"),
+    ({"num_labels": 2, "train": "T", "test": "T", "url": "x"}, "tasks.Mine", "unknown key(s) ('url' was unexpected)"),
+    ({"num_labels": 2, "train": "T"}, "tasks.Mine", "'test' is a required property"),
+    ({"num_labels": 2, "train": "T", "test": "T", "on_conflict": "keep"}, "tasks.Mine.on_conflict", "is not one of"),
+    ({"num_labels": 2, "test": "prom_core_test", "shots": {"10": "prom_core_10"}, "draw_seed": 1}, "tasks.Mine",
+     "unknown key(s) ('draw_seed' was unexpected)"),  # a catalogued task has no draw
+])
+def test_plan_local_task_errors_name_the_key(root, mirror, tmp_path, task, key, fault):
+    from genemask import plan
+
+    real = str(mirror / "proxies" / "GUE" / "prom" / "prom_core_all" / "test.csv")
+    task = {k: ([real if x == "T" else x for x in v] if isinstance(v, list) and k == "exclude"
+                else real if v == "T" else v) for k, v in task.items()}
+    with pytest.raises(GeneMaskError) as ei:
+        plan.resolve(_cfg(root, **task), where="c.yaml")
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith(f"c.yaml: key '{key}'") and fault in msg, msg
