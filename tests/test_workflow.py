@@ -212,3 +212,28 @@ def test_config_overrides_one_key_of_a_catalogued_source():
                                                                 "bigZips/md5sum.txt",
                                                          "algorithm": "md5", "path": "genome/hg38.md5sum.txt"}}
     assert plan.resolve(yaml.safe_load(open(ROOT / "config/config.yaml")))["sources"]["hg38"]["sha256"] is None
+
+
+def test_local_file_task_dry_run_job_counts(tmp_path, mirror):
+    """config/gue-prom-core.yaml on top of the demo: 3 drawn K-shot sets from local files, nothing fetched
+    for them; a missing local file fails the dry run with one line naming the key."""
+    env = {**ENV, "GENEMASK_MIRROR": str(mirror)}
+    cmd = [*SNAKEMAKE, "-n", "-p", "--directory", str(tmp_path), "--configfile", "config/demo.yaml"]
+    r = subprocess.run([*cmd, "config/gue-prom-core.yaml"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = job_counts(r.stdout + r.stderr)
+    assert counts == {
+        "fetch": 1,  # the genome only: the task's files are local
+        "index_genome": 1, "chunks": 1, "ngrams": 3, "merge_ngrams": 1, "npmi": 1, "corpus": 3, "pretrain": 3,
+        "task_data": 3, "finetune": 3 * 3 * 2, "missing_shots": 1, "plot_loss": 1, "mask_ranks": 1, "motifs": 1,
+        "aggregate": 1, "all": 1,
+    }, counts
+    assert "--draw 100 --draw-seed 0 --label-names" in r.stdout + r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks:\n  GUE-prom-core:\n    train: no/such/train.csv\n")
+    r = subprocess.run([*cmd, "config/gue-prom-core.yaml", str(bad)], cwd=ROOT, env=env, capture_output=True,
+                       text=True)
+    errors = [line for line in (r.stdout + r.stderr).splitlines() if "error" in line.lower()]
+    assert r.returncode != 0 and len(errors) == 1, errors
+    assert errors[0].startswith("genemask: error: ") and "key 'tasks.GUE-prom-core.train': no such file " \
+        "'no/such/train.csv'" in errors[0] and f"working directory {tmp_path}" in errors[0], errors

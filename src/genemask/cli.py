@@ -111,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=int, required=True)
     p.add_argument("--max-test", type=int, default=0, help="subsample the test set to this many rows (0 = all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=6, help="the model's k: shorter sequences are refused")
+    p.add_argument("--window-tokens", type=int, default=510,
+                   help="k-mer tokens the model sees; longer sequences are counted as truncated in the stats")
+    p.add_argument("--draw", type=int, default=None, metavar="K",
+                   help="--train is a labelled pool: draw K rows per class from it (stratified, seeded)")
+    p.add_argument("--draw-seed", type=int, default=0)
+    p.add_argument("--label-names", action="store_true", help="accept label names (sorted -> 0..n-1)")
+    p.add_argument("--on-conflict", choices=["error", "drop"], default="error",
+                   help="a sequence with conflicting labels: refuse (default) or drop its rows")
     p.add_argument("--out-train", required=True)
     p.add_argument("--out-test", required=True)
     p.add_argument("--out-stats", required=True)
@@ -286,7 +295,8 @@ def dispatch(args: argparse.Namespace):
         return prepare_task_data(
             task=args.task, train=args.train, test=args.test, exclude=args.exclude, num_labels=args.num_labels,
             max_test=args.max_test, seed=args.seed, out_train=args.out_train, out_test=args.out_test,
-            out_stats=args.out_stats,
+            out_stats=args.out_stats, k=args.k, window_tokens=args.window_tokens, draw=args.draw,
+            draw_seed=args.draw_seed, label_names=args.label_names, on_conflict=args.on_conflict,
         )
     if c == "finetune":
         from .finetune import finetune_cli

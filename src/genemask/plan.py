@@ -5,6 +5,8 @@ unit-tested like any other stage and the workflow files only wire rules together
 """
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import yaml
@@ -71,7 +73,9 @@ def resolve(config: dict, where: str = "config") -> dict:
         if not isinstance(given, dict):
             raise GeneMaskError(f"{where}: key '{key}': expected a mapping of names to entries")
         for name, entry in given.items():
-            merged[name] = {**merged.get(name, {}), **entry} if isinstance(entry, dict) else entry
+            # a local-file task (with `train`) replaces a catalogued task of the same name whole
+            keep = {} if key == "tasks" and isinstance(entry, dict) and "train" in entry else merged.get(name, {})
+            merged[name] = {**keep, **entry} if isinstance(entry, dict) else entry
         cfg[key] = merged
     validate(cfg, where=where)
     src = cfg["sources"]
@@ -85,6 +89,9 @@ def resolve(config: dict, where: str = "config") -> dict:
         if t not in cfg["tasks"]:
             raise GeneMaskError(f"{where}: key 'finetune.tasks': unknown task {t!r} (known: {', '.join(cfg['tasks'])})")
         task = cfg["tasks"][t]
+        if is_local(cfg, t):
+            _local_files(task, f"{where}: key 'tasks.{t}")
+            continue
         need(task["test"], f"tasks.{t}.test")
         for e in task.get("exclude", []):
             need(e, f"tasks.{t}.exclude")
@@ -108,11 +115,64 @@ def resolve(config: dict, where: str = "config") -> dict:
     return cfg
 
 
+def _local_files(task: dict, where: str) -> None:
+    """A local-file task's paths ($VARS and ~ expanded, relative ones against the working directory)
+    made absolute in place; a missing file -> one line naming the key."""
+    for key in ("train", "test", "exclude"):
+        if key not in task:
+            continue
+        given = task[key] if key == "exclude" else [task[key]]
+        paths = [os.path.abspath(os.path.expanduser(os.path.expandvars(p))) for p in given]
+        for i, (g, p) in enumerate(zip(given, paths)):
+            if not os.path.isfile(p):
+                name = f"{key}.{i}" if key == "exclude" else key
+                raise GeneMaskError(f"{where}.{name}': no such file {g!r} ({p}; relative paths resolve against the "
+                                    f"working directory {os.getcwd()})")
+        task[key] = paths if key == "exclude" else paths[0]
+
+
+def is_local(cfg: dict, task: str) -> bool:
+    """A task on local files (`train:` a labelled pool to draw the K-shot sets from) or a catalogued one."""
+    return "train" in cfg["tasks"][task]
+
+
+def task_shots(cfg: dict, task: str) -> list[int]:
+    """K values run for a task: a local task's own `shots` (default finetune.shots), else finetune.shots."""
+    if is_local(cfg, task):
+        return list(cfg["tasks"][task].get("shots") or cfg["finetune"]["shots"])
+    return list(cfg["finetune"]["shots"])
+
+
+def window(cfg: dict) -> tuple[int, int]:
+    """(k, tokens) the fine-tuned model sees: the model's k and min(finetune max_length, its
+    max_position_embeddings) minus [CLS]/[SEP] (default 512 - 2 = 510 tokens = 515 bp at k = 6)."""
+    from .finetune import DEFAULT_SETTINGS
+
+    model = json.loads((ROOT / "resources" / "models" / f"{cfg['pretrain']['model']}.json").read_text())
+    settings = cfg["finetune"].get("settings") or {}
+    max_len = min(int(settings.get("max_length", DEFAULT_SETTINGS["max_length"])),
+                  int(model.get("max_position_embeddings", DEFAULT_SETTINGS["max_length"])))
+    return int(model.get("k", 6)), max_len - 2
+
+
+def task_data_args(cfg: dict, task: str, shot: int) -> str:
+    """Options of `genemask task-data` beyond the files: the model window, and for a local task the draw."""
+    k, tokens = window(cfg)
+    t = cfg["tasks"][task]
+    args = f"--k {k} --window-tokens {tokens} --on-conflict {t.get('on_conflict', 'error')}"
+    if is_local(cfg, task):
+        args += f" --draw {shot} --draw-seed {t.get('draw_seed', 0)} --label-names"
+    return args
+
+
 def chunks(cfg: dict) -> list[dict]:
     return plan_chunks(cfg["genome"]["contigs"], cfg["genome"]["chunk_size"])
 
 
 def shot_source(cfg: dict, task: str, shot: int) -> str | None:
+    """Source name of a catalogued task's K-shot file (None = not public); a local task's pool path."""
+    if is_local(cfg, task):
+        return cfg["tasks"][task]["train"] if shot in task_shots(cfg, task) else None
     shots = cfg["tasks"][task]["shots"]
     return shots.get(str(shot), shots.get(shot))
 
@@ -157,7 +217,7 @@ def runs(cfg: dict) -> list[dict]:
     """Every fine-tuning run: task x shot (where a file exists) x model x fine-tuning seed."""
     out = []
     for t in cfg["finetune"]["tasks"]:
-        for shot in cfg["finetune"]["shots"]:
+        for shot in task_shots(cfg, t):
             if shot_source(cfg, t, shot) is None:
                 continue
             for m in models(cfg):
@@ -170,7 +230,7 @@ def runs(cfg: dict) -> list[dict]:
 def missing(cfg: dict) -> list[dict]:
     """Task x shot combinations asked for in the config whose training file is not public."""
     return [{"task": t, "shot": s, "reason": "no public training file (null in the task catalogue)"}
-            for t in cfg["finetune"]["tasks"] for s in cfg["finetune"]["shots"] if shot_source(cfg, t, s) is None]
+            for t in cfg["finetune"]["tasks"] for s in task_shots(cfg, t) if shot_source(cfg, t, s) is None]
 
 
 def write_missing(entries: list[str], output: str) -> None:

@@ -49,8 +49,15 @@ def ranking_file():
     return f"{RESULTS}/npmi/npmi.tsv"
 
 
+def task_file(task, name):
+    """A task's file: a local task's path as given, a catalogued task's source once fetched."""
+    return name if plan.is_local(CFG, task) else source(name)
+
+
 def shot_file(wildcards):
-    return source(plan.shot_source(CFG, wildcards.task, int(wildcards.shot)))
+    return task_file(
+        wildcards.task, plan.shot_source(CFG, wildcards.task, int(wildcards.shot))
+    )
 
 
 def model_input(wildcards):

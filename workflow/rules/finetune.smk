@@ -8,8 +8,10 @@
 rule task_data:
     input:
         train=shot_file,
-        test=lambda wc: source(CFG["tasks"][wc.task]["test"]),
-        exclude=lambda wc: [source(e) for e in CFG["tasks"][wc.task].get("exclude", [])],
+        test=lambda wc: task_file(wc.task, CFG["tasks"][wc.task]["test"]),
+        exclude=lambda wc: [
+            task_file(wc.task, e) for e in CFG["tasks"][wc.task].get("exclude", [])
+        ],
     output:
         train=f"{RESULTS}/tasks/{{task}}/{{shot}}/train.tsv",
         test=f"{RESULTS}/tasks/{{task}}/{{shot}}/test.tsv",
@@ -27,9 +29,10 @@ rule task_data:
     params:
         num_labels=lambda wc: CFG["tasks"][wc.task]["num_labels"],
         max_test=CFG["finetune"].get("max_test", 0),
+        extra=lambda wc: plan.task_data_args(CFG, wc.task, int(wc.shot)),
     shell:
         "genemask task-data --task {wildcards.task} --train {input.train} --test {input.test} "
-        "--exclude {input.exclude} --num-labels {params.num_labels} --max-test {params.max_test} "
+        "--exclude {input.exclude} --num-labels {params.num_labels} --max-test {params.max_test} {params.extra} "
         "--out-train {output.train} --out-test {output.test} --out-stats {output.stats} 2> {log}"
 
 
