@@ -118,8 +118,12 @@ def test_e2e_report_has_every_run(e2e):
         assert (work / "results/report" / f).stat().st_size > 500, f
     npmi = pd.read_csv(work / "results/npmi/npmi.tsv", sep="\t")
     assert list(npmi.columns) == ["ngram", "order", "count", "naive_pmi", "dp_pmi", "npmi", "rank"]
-    model = work / "results/models/genemask"
-    assert json.loads((model / "genemask.json").read_text())["scheme"] == "genemask"
+    run = work / "results/models/genemask/seed42"
+    assert json.loads((run / "genemask.json").read_text())["scheme"] == "genemask"
+    steps = cfg["pretrain"]["settings"]["steps"]
+    meta = json.loads((run / f"step{steps}" / "genemask.json").read_text())
+    assert (meta["pretrain_step"], meta["pretrain_seed"]) == (steps, 42)
+    assert set(runs["pretrain_step"]) == {0, steps} and set(runs["pretrain_seed"]) == {42}
     assert "Few-shot accuracy" in out  # the mean +- sd table is printed
 
 

@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- sources / genome (sources.py, genome.py) -------------------------------------------
     p = _p(sub, "fetch", "download a declared source (or copy it from $GENEMASK_MIRROR) and verify it: pinned "
            "sha256, else the sha256 locked in <output>.sha256, else a published checksum list (then locked)")
-    p.add_argument("--url", required=True)
+    p.add_argument("--url", default=None, help="download URL (none: the file comes from the mirror only)")
+    p.add_argument("--origin", default=None, help="where a URL-less source comes from (for the error message)")
     p.add_argument("--sha256", default=None, help="pinned sha256 (wins over lock and list)")
     p.add_argument("--mirror-path", required=True, help="path of the file inside a mirror folder")
     p.add_argument("--checksums-url", default=None, help="published checksum list (md5sum format) beside the file")
@@ -246,7 +247,8 @@ def dispatch(args: argparse.Namespace):
             if not args.checksums_path:
                 raise GeneMaskError("--checksums-url needs --checksums-path (the list's path inside a mirror folder)")
             checksums = {"url": args.checksums_url, "algorithm": args.checksums_algorithm, "path": args.checksums_path}
-        return fetch(args.url, args.sha256, args.mirror_path, args.output, mirror=args.mirror, checksums=checksums)
+        return fetch(args.url, args.sha256, args.mirror_path, args.output, mirror=args.mirror, checksums=checksums,
+                     origin=args.origin)
     if c == "index":
         from .genome import index_fasta
 

@@ -95,7 +95,7 @@ def resolve(config: dict, where: str = "config") -> dict:
         need(task["test"], f"tasks.{t}.test")
         for e in task.get("exclude", []):
             need(e, f"tasks.{t}.exclude")
-        for shot in cfg["finetune"]["shots"]:
+        for shot in task_shots(cfg, t):
             name = task["shots"].get(str(shot), task["shots"].get(shot))
             if name is not None:
                 need(name, f"tasks.{t}.shots.{shot}")
@@ -137,10 +137,13 @@ def is_local(cfg: dict, task: str) -> bool:
 
 
 def task_shots(cfg: dict, task: str) -> list[int]:
-    """K values run for a task: a local task's own `shots` (default finetune.shots), else finetune.shots."""
+    """K values run for a task: a local task's own `shots`, else finetune.shots (a list for every
+    task, or a mapping task -> list; a task the mapping omits gets none)."""
+    given = cfg["finetune"]["shots"]
+    default = list(given.get(task, [])) if isinstance(given, dict) else list(given)
     if is_local(cfg, task):
-        return list(cfg["tasks"][task].get("shots") or cfg["finetune"]["shots"])
-    return list(cfg["finetune"]["shots"])
+        return list(cfg["tasks"][task].get("shots") or default)
+    return default
 
 
 def window(cfg: dict) -> tuple[int, int]:

@@ -81,7 +81,11 @@ def parse_checksums(text: str, algorithm: str, where: str) -> dict[str, str]:
 
 def fetch_args(source: dict) -> str:
     """The `genemask fetch` arguments (shell-quoted) for a resolved source entry; -o is the rule's."""
-    args = ["--url", source["url"], "--mirror-path", source["path"]]
+    args = ["--mirror-path", source["path"]]
+    if source.get("url"):
+        args += ["--url", source["url"]]
+    elif source.get("origin"):
+        args += ["--origin", source["origin"]]
     if source.get("sha256"):
         args += ["--sha256", source["sha256"]]
     if source.get("checksums"):
@@ -90,11 +94,18 @@ def fetch_args(source: dict) -> str:
     return " ".join(map(shlex.quote, args))
 
 
-def fetch(url: str, sha256: str | None, mirror_path: str, output: str | Path, mirror: str | None = None,
-          checksums: dict | None = None) -> None:
-    """Put the verified file at `output`. `checksums`: {url, algorithm, path} of a published list."""
+def fetch(url: str | None, sha256: str | None, mirror_path: str, output: str | Path, mirror: str | None = None,
+          checksums: dict | None = None, origin: str | None = None) -> None:
+    """Put the verified file at `output`. `checksums`: {url, algorithm, path} of a published list.
+
+    A source without a URL (a file published inside a package, say) comes from the mirror only;
+    `origin` says where to get it."""
     output = Path(output)
     mirror = mirror or os.environ.get("GENEMASK_MIRROR") or None
+    if not url and not mirror:
+        raise GeneMaskError(f"{mirror_path}: this source has no download URL; put it into a mirror folder "
+                            f"(GENEMASK_MIRROR) at that path" + (f" (origin: {origin})" if origin else ""))
+    url = url or f"mirror:{mirror_path}"
     expect = _expectation(url, sha256, checksums, output, mirror)
     if mirror:
         src = Path(mirror) / mirror_path

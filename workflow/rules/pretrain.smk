@@ -18,7 +18,7 @@ rule pretrain:
         f"{RESULTS}/benchmarks/pretrain/{{scheme}}/seed{{pseed}}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: CFG["pretrain"].get("threads", 2)
     resources:
         **gpu_resources("pretrain"),
         mem_mb=CFG["pretrain"].get("mem_mb", 8000),

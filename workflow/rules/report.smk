@@ -7,7 +7,9 @@ METRICS = [
     f"{RESULTS}/finetune/{r['task']}/{r['shot']}/{r['model']}/seed{r['seed']}.json"
     for r in RUNS
 ]
-PRETRAINED = [s for s in SCHEMES if s != "none"]  # loss and mask-rank plots: the first pretraining seed
+PRETRAINED = [
+    s for s in SCHEMES if s != "none"
+]  # loss and mask-rank plots: the first pretraining seed
 REPORT = f"{RESULTS}/report"
 # accuracy/MCC vs pretraining steps: one figure per task with runs (names: report.steps_plot_name)
 STEPS_PLOTS = [
