@@ -33,6 +33,10 @@ VERDICT_METRICS = ("accuracy", "mcc")
 # With 2 units the t-test has one degree of freedom and a near-constant difference (identical test
 # subsets give differences equal up to float noise) yields absurd p-values such as 1e-15: need 3.
 TTEST_MIN_UNITS = 3
+# Pretraining-seed means are each an average over fine-tuning seeds, so two of them with different
+# differences give an exact (if weak: 1 degree of freedom) t-test under the nested normal model;
+# without it a 2-seed study could never count a cell as won or lost.
+PRETRAIN_TTEST_MIN_UNITS = 2
 # below 6 units the exact two-sided Wilcoxon signed-rank p-value can never reach 0.05
 WILCOXON_MIN_UNITS = 6
 ALPHA = 0.05
@@ -284,8 +288,9 @@ def cell_test(pairs: pd.DataFrame, pretrained_design: bool = True) -> dict:
     with the 2-5 pretraining seeds a study can afford has a handful of distinct resamples and
     under-covers. With one pretraining seed (or no pretraining level: baselines) the units are the
     single pairs (test_level = finetune_seed); for pretrained models this is flagged in `note`, since
-    the p-value then speaks about that one model, not the scheme. A p-value needs >= TTEST_MIN_UNITS
-    units with non-constant differences, else NaN with the reason in `note`.
+    the p-value then speaks about that one model, not the scheme. A p-value needs >= 2 pretraining-
+    seed units (PRETRAIN_TTEST_MIN_UNITS; 1 degree of freedom at 2, flagged) or >= TTEST_MIN_UNITS
+    fine-tuning-seed units, with non-constant differences, else NaN with the reason in `note`.
     """
     from scipy import stats
 
@@ -310,11 +315,14 @@ def cell_test(pairs: pd.DataFrame, pretrained_design: bool = True) -> dict:
     n = int(d.size)
     res.update(test_level=level, n_units=n, mean_scheme=float(x.mean()), mean_baseline=float(r.mean()),
                mean_diff=float(d.mean()), sd_diff=float(d.std(ddof=1)) if n >= 2 else math.nan)
-    if n < TTEST_MIN_UNITS:
-        notes.append(f"{n} {level.replace('_', ' ')} unit(s): a test needs {TTEST_MIN_UNITS}")
+    need = PRETRAIN_TTEST_MIN_UNITS if level == "pretrain_seed" else TTEST_MIN_UNITS
+    if n < need:
+        notes.append(f"{n} {level.replace('_', ' ')} unit(s): a test needs {need}")
     elif np.std(d) <= 1e-12:
         notes.append("constant differences: no test")
     else:
+        if n == 2:
+            notes.append("2 pretraining seeds: t-test with 1 degree of freedom (little power)")
         t = d.mean() / (d.std(ddof=1) / math.sqrt(n))  # = scipy.stats.ttest_1samp(d, 0) = ttest_rel(x, r)
         res["t_stat"], res["p_ttest"] = float(t), float(2 * stats.t.sf(abs(t), n - 1))
         if n >= WILCOXON_MIN_UNITS and np.any(d != 0):
