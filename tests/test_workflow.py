@@ -241,3 +241,65 @@ def test_local_file_task_dry_run_job_counts(tmp_path, mirror):
     assert r.returncode != 0 and len(errors) == 1, errors
     assert errors[0].startswith("genemask: error: ") and "key 'tasks.GUE-prom-core.train': no such file " \
         "'no/such/train.csv'" in errors[0] and f"working directory {tmp_path}" in errors[0], errors
+
+
+# A dry run that also prints each group job Snakemake would submit (members, rules, resources as
+# the executor would request them): the dry-run log names group jobs but not their resources.
+_GROUP_JOBS = """
+import json, sys
+import snakemake.jobs as J
+log_info = J.GroupJob.log_info
+def show(self):
+    res = {k: v for k, v in self.resources.items() if isinstance(v, int)}
+    print("GROUP_JOB", json.dumps({"rules": sorted(self.rules), "n": len(self.jobs), **res}), flush=True)
+    return log_info(self)
+J.GroupJob.log_info = show
+from snakemake.cli import main
+sys.argv[0] = "snakemake"
+main()
+"""
+
+
+def group_jobs(*args, cwd=ROOT) -> tuple[list[dict], dict[str, int]]:
+    """(group jobs, job counts) of a dry run. --cores is raised from a dry run's default of 1 to the
+    no limit of a real SLURM submission, so only the profile's `resources:` can serialise members."""
+    r = subprocess.run([sys.executable, "-c", _GROUP_JOBS, *SNAKEMAKE[1:], "-n", "--cores", "1000", *args],
+                       cwd=cwd, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    out = r.stdout + r.stderr
+    groups = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("GROUP_JOB ")]
+    assert len(groups) == out.count("Group job finetune (jobs in lexicogr. order):")
+    return groups, job_counts(out)
+
+
+def _profile(*names):
+    prof = {}
+    for n in names:  # several --profile: a later one's top-level keys replace the earlier one's
+        prof.update(yaml.safe_load(open(ROOT / "profiles" / n / "config.yaml")))
+    return prof
+
+
+@pytest.mark.parametrize("configs, profiles", [
+    (["config/config.yaml"], ["slurm"]),
+    (["tests/data/e2e.yaml", "tests/data/e2e-slurm.yaml"], ["slurm", "slurm-ci"]),
+], ids=["paper-scale", "slurm-ci"])
+def test_slurm_profile_groups_finetuning_runs_on_one_gpu_each(configs, profiles, tmp_path):
+    cfg = {}
+    for c in configs:
+        for k, v in yaml.safe_load(open(ROOT / c)).items():
+            cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    cfg = plan.resolve(cfg)
+    size = _profile(*profiles)["group-components"]["finetune"]
+    args = [a for p in profiles for a in ("--profile", f"profiles/{p}")]
+    groups, counts = group_jobs("--configfile", *configs, *args, "--directory", str(tmp_path))
+    runs = len(plan.runs(cfg))
+    assert counts["finetune"] == runs
+    if profiles == ["slurm"]:
+        assert (runs, size, len(groups)) == (360, 15, 24)  # the profile's comment: ceil(360 / 15)
+    assert len(groups) == -(-runs // size) <= 30
+    assert sorted(g["n"] for g in groups) == [runs % size] * (runs % size > 0) + [size] * (runs // size)
+    ft = cfg["finetune"]
+    assert ft["gpus"] == 1
+    for g in groups:  # one run's GPU, CPU and memory; the members in series, so their time
+        assert g["rules"] == ["finetune"] and g["gpu"] == 1 and g["_cores"] == 1, g
+        assert g["mem_mb"] == ft["mem_mb"] and g["runtime"] == g["n"] * ft["runtime_min"], g

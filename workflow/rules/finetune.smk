@@ -73,6 +73,8 @@ rule finetune:
         **gpu_resources("finetune"),
         mem_mb=CFG["finetune"].get("mem_mb", 4000),
         runtime=CFG["finetune"].get("runtime_min", 60),
+        # one slot per run; profiles/slurm allows one per group job, so grouped runs go in series
+        finetune_runs=1,
     params:
         num_labels=lambda wc: CFG["tasks"][wc.task]["num_labels"],
         settings=json.dumps(CFG["finetune"].get("settings", {}), sort_keys=True),
