@@ -173,3 +173,28 @@ def test_compute_metrics():
     p64 = p3.astype(np.float64) / p3.astype(np.float64).sum(1, keepdims=True)
     assert m3["auroc"] == pytest.approx(roc_auc_score(y3, p64, multi_class="ovo"))
     assert compute_metrics(np.zeros(4, int), p, 2)["auroc"] is None  # one class: AUROC undefined
+
+
+def test_save_model_folder_loads_with_auto_classes_and_predicts(tiny_model, prom_core_10, tmp_path):
+    """finetune.save: all -> the classifier is a Hugging Face folder; predictions from it equal the
+    probabilities the run scored with (same rows, same model)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from genemask.apply import predict
+    from genemask.tasks import read_task_file
+
+    out = tmp_path / "m.json"
+    r = finetune_cli(model=str(tiny_model), train=str(prom_core_10 / "train.tsv"), test=str(prom_core_10 / "test.tsv"),
+                     task="Prom-core", shot=10, seed=5, scheme="none", num_labels=2, settings=QUICK,
+                     output=str(out), save_model=str(tmp_path / "m.model"))
+    assert r["saved_model"] == str(tmp_path / "m.model")
+    clf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m.model")
+    assert clf.config.num_labels == 2 and set(clf.config.id2label.values()) == {"0", "1"}
+    meta = json.loads((tmp_path / "m.model" / "genemask.json").read_text())
+    assert (meta["task"], meta["shot"], meta["seed"], meta["metrics"]["accuracy"]) == ("Prom-core", 10, 5,
+                                                                                        r["accuracy"])
+    te = read_task_file(str(prom_core_10 / "test.tsv"), 2)
+    prob, labels = predict(tmp_path / "m.model", te.sequences, device="cpu")
+    assert labels == ["0", "1"]
+    got = compute_metrics(te.labels, prob, 2)
+    assert got["accuracy"] == r["accuracy"] and got["auroc"] == pytest.approx(r["auroc"], abs=1e-9)

@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=int, required=True)
     p.add_argument("--settings", default=None,
                    help="fine-tuning settings: a JSON string or a JSON/YAML file (schema: genemask.finetune docstring)")
+    p.add_argument("--save-model", default=None, metavar="FOLDER",
+                   help="also keep the fine-tuned classifier as a Hugging Face folder (config with id2label)")
     p.add_argument("-o", "--output", required=True, help="metrics JSON")
 
     # ---- using a model (apply.py) ---------------------------------------------------------------
@@ -306,6 +308,7 @@ def dispatch(args: argparse.Namespace):
         return finetune_cli(
             model=args.model, train=args.train, test=args.test, task=args.task, shot=args.shot, seed=args.seed,
             scheme=args.scheme, num_labels=args.num_labels, settings=args.settings, output=args.output,
+            save_model=args.save_model,
         )
     if c == "predict":
         from .apply import predict_cli

@@ -380,7 +380,7 @@ def predict_proba(model, ids, lengths, batch_size: int, device) -> np.ndarray:
 
 
 def finetune_cli(model: str, train: str, test: str, task: str, shot: int, seed: int, scheme: str,
-                 num_labels: int, settings: str | dict | None, output: str) -> dict:
+                 num_labels: int, settings: str | dict | None, output: str, save_model: str | None = None) -> dict:
     """Fine-tune `model` on `train`, score on `test`, write the metrics JSON to `output`; returns it."""
     import torch
 
@@ -390,12 +390,12 @@ def finetune_cli(model: str, train: str, test: str, task: str, shot: int, seed: 
         raise GeneMaskError(f"--num-labels: must be >= 2, got {num_labels}")
     prev_threads = torch.get_num_threads()
     try:
-        return _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regime, output)
+        return _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regime, output, save_model)
     finally:
         torch.set_num_threads(prev_threads)  # GENEMASK_THREADS applies to this call only
 
 
-def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regime, output) -> dict:
+def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regime, output, save_model=None) -> dict:
     import torch
 
     threads = _set_threads()
@@ -440,6 +440,15 @@ def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regi
         "k": k, "model": str(model), "device": str(device), "threads": threads,
         "pretrain_seed": meta.get("pretrain_seed"), "pretrain_step": meta.get("pretrain_step"),
     }
+    if save_model:  # a Hugging Face folder that AutoModelForSequenceClassification loads (apply.py)
+        from .apply import save_classifier
+
+        stats = Path(train).with_name("stats.json")
+        names = json.loads(stats.read_text()).get("label_names") if stats.is_file() else None
+        save_classifier(clf.cpu(), save_model, {
+            "task": task, "shot": int(shot), "seed": int(seed), "scheme": scheme, "source_model": str(model),
+            "metrics": metrics, "labels": [str(x) for x in names] if names else None})
+        result["saved_model"] = str(save_model)
     with atomic_output(output) as tmp:
         tmp.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
     print(f"[{label}] accuracy {metrics['accuracy']:.4f} macro_f1 {metrics['macro_f1']:.4f} "

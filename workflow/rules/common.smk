@@ -1,6 +1,7 @@
 # Config validation and every input function / wildcard list; the logic is in genemask.plan.
 import json
 import re
+import shlex
 import os
 import sys
 
@@ -21,6 +22,16 @@ REGION = {c["chunk"]: c["region"] for c in CHUNKS}
 RUNS = plan.runs(CFG)
 MODELS = {m["id"]: m for m in plan.models(CFG)}
 PSEEDS = plan.pretrain_seeds(CFG)
+# finetune.save: all -> each run also keeps its classifier as a Hugging Face folder beside its JSON
+SAVED_MODEL = (
+    {
+        "model": directory(
+            f"{RESULTS}/finetune/{{task}}/{{shot}}/{{model}}/seed{{seed}}.model"
+        )
+    }
+    if CFG["finetune"].get("save", "none") == "all"
+    else {}
+)
 SCHEMES = CFG["pretrain"]["schemes"]
 SOURCE_BY_PATH = {s["path"]: s for s in CFG["sources"].values()}
 MODEL_CONFIG = str(

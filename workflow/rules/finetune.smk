@@ -61,7 +61,8 @@ rule finetune:
         train=rules.task_data.output.train,
         test=rules.task_data.output.test,
     output:
-        f"{RESULTS}/finetune/{{task}}/{{shot}}/{{model}}/seed{{seed}}.json",
+        **SAVED_MODEL,
+        json=f"{RESULTS}/finetune/{{task}}/{{shot}}/{{model}}/seed{{seed}}.json",
     log:
         f"{RESULTS}/logs/finetune/{{task}}/{{shot}}/{{model}}/seed{{seed}}.log",
     benchmark:
@@ -81,8 +82,11 @@ rule finetune:
         worker=int(CFG["finetune"]["worker"]),
         folder=model_folder,
         scheme=lambda wc: MODELS[wc.model]["scheme"],
+        save=lambda wc, output: (
+            f"--save-model {shlex.quote(output.model)}" if SAVED_MODEL else ""
+        ),
     shell:
         "GENEMASK_THREADS={threads} GENEMASK_WORKER={params.worker} genemask finetune --model {params.folder:q} "
         "--train {input.train:q} --test {input.test:q} --task {wildcards.task} --shot {wildcards.shot} "
         "--seed {wildcards.seed} --scheme {params.scheme} --num-labels {params.num_labels} "
-        "--settings {params.settings:q} -o {output:q} 2> {log:q}"
+        "--settings {params.settings:q} {params.save} -o {output.json:q} 2> {log:q}"
