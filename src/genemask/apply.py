@@ -43,7 +43,7 @@ import sys
 from pathlib import Path
 import numpy as np
 
-from .finetune import _set_threads, load_classifier, model_k
+from .finetune import _set_threads, load_classifier, model_k, verify_weights, weights_sha256
 from .kmers import CLS, N_SPECIAL, PAD, SEP, kmers_to_seq, seq_to_ids, vocab_size
 from .tasks import SEQ_NAMES, _delimiter, _short, _unquote
 from .util import GeneMaskError, Progress, atomic_output
@@ -92,6 +92,7 @@ def save_classifier(model, folder: str | os.PathLike, meta: dict) -> Path:
             from .tokenizer import build_tokenizer, save_tokenizer
 
             save_tokenizer(build_tokenizer(int(k)), tmp)
+        meta["weights_sha256"] = weights_sha256(tmp)  # checked on every load (finetune.verify_weights)
         (tmp / "genemask.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
     return folder
 
@@ -294,6 +295,7 @@ def load_encoder(folder: str | os.PathLike):
 
     folder = Path(folder)
     _config(folder)
+    verify_weights(folder)
     try:
         with _quiet_hf():  # MLM/classifier heads left unused are expected here
             try:

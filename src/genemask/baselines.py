@@ -94,5 +94,9 @@ def prepare_baseline(name: str, spec: str, output: str | os.PathLike, revision: 
         for f in src.iterdir():
             if f.is_file() and f.name != "genemask.json" and not f.name.startswith("."):
                 shutil.copy2(f, tmp / f.name)
+        if (tmp / "model.safetensors").is_file():
+            from .finetune import weights_sha256
+
+            meta["weights_sha256"] = weights_sha256(tmp)
         (tmp / "genemask.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta

@@ -152,6 +152,26 @@ def model_meta(folder: str | Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+WEIGHTS = "model.safetensors"
+
+
+def weights_sha256(folder: str | Path) -> str:
+    from .sources import sha256_of
+
+    return sha256_of(Path(folder) / WEIGHTS)
+
+
+def verify_weights(folder: str | Path) -> None:
+    """A model folder whose genemask.json records `weights_sha256` must still have those weights:
+    flipped bytes in model.safetensors load without complaint and would score as a real model."""
+    want = model_meta(folder).get("weights_sha256")
+    if want and (Path(folder) / WEIGHTS).is_file():
+        got = weights_sha256(folder)
+        if got != want:
+            raise GeneMaskError(f"{Path(folder) / WEIGHTS}: damaged weights (sha256 {got[:12]}..., "
+                                f"genemask.json records {want[:12]}...); rebuild the model folder")
+
+
 def model_k(folder: str | Path) -> int:
     """k of a model folder: `genemask.json` key "k" (default 6 when the file or key is absent)."""
     p = Path(folder) / "genemask.json"
@@ -169,6 +189,7 @@ def load_classifier(folder: str | Path, num_labels: int, hidden_dropout: float |
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise GeneMaskError(f"{folder}: not a model folder (no config.json)")
+    verify_weights(folder)
     kw: dict[str, Any] = {"num_labels": num_labels}
     if hidden_dropout is not None:
         kw["hidden_dropout_prob"] = hidden_dropout

@@ -454,7 +454,10 @@ def export_run(output: Path, model, k: int, meta: dict, state: dict, step_ckpts:
             d = tmp / f"step{step}"
             model.save_pretrained(d)
             save_tokenizer(build_tokenizer(k), d)  # tokenizer.json + DNABERT-style vocab.txt
-            sm = {**meta, "pretrain_step": step, "pretrain_seed": meta["settings"]["seed"]}
+            from .finetune import weights_sha256  # checked on every load (finetune.verify_weights)
+
+            sm = {**meta, "pretrain_step": step, "pretrain_seed": meta["settings"]["seed"],
+                  "weights_sha256": weights_sha256(d)}
             (d / "genemask.json").write_text(json.dumps(sm, indent=1, default=str) + "\n")
         write_run_files(tmp, meta, state)
     model.load_state_dict(final)
