@@ -623,3 +623,25 @@ def test_bad_design_keys_rejected(tmp_path, key, value):
     p.write_text(json.dumps(rec))
     with pytest.raises(GeneMaskError, match=f"bad_run.json: '{key}' must be a non-negative integer or null"):
         report.load_run(p)
+
+
+def test_study_doc_generated_from_the_report(planted, tmp_path):
+    """docs/study.md is assembled from the report: its verdict lines, the sanity bar computed from
+    tests.tsv (genemask +0.3 over none on all four tasks passes), the figures copied beside it."""
+    from genemask.studydoc import sanity_bar, study_doc
+
+    out, _ = planted
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("genome: {source: g, contigs: {X: 10}}\npretrain: {model: demo, schemes: [none, genemask], "
+                   "seeds: [0, 1, 2], eval_steps: [1000], settings: {steps: 2000, batch_size: 5}}\n"
+                   "finetune: {shots: [10], seeds: [0, 1, 2, 3], max_test: 400}\n")
+    doc = study_doc(out, cfg, tmp_path / "docs" / "study.md", "snakemake --configfile x --cores 2", 3600.0)
+    text = doc.read_text()
+    verdict = [line for line in (out / "verdict.md").read_text().splitlines() if line.startswith("- ")]
+    assert verdict and all(line in text for line in verdict)
+    assert "wall time **60.0 min**" in text and "snakemake --configfile x --cores 2" in text
+    bar = sanity_bar(_read(out, "tests.tsv"))
+    g = bar[(bar.scheme == "genemask") & (bar.pretrain_step == 2000)].iloc[0]
+    assert g.passes and g.tasks_won == "Cohn-enh, Prom-300, Prom-core, Splice-40"
+    assert (tmp_path / "docs" / "study" / "accuracy_vs_shots.png").is_file()
+    assert "![accuracy_vs_steps_Prom-core.png](study/accuracy_vs_steps_Prom-core.png)" in text

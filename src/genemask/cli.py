@@ -201,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("entries", nargs="*", metavar="TASK:SHOT")
     p.add_argument("-o", "--output", required=True)
 
+    p = _p(sub, "study-doc", "write docs/study.md from a finished study's report folder (generated, never by hand)")
+    p.add_argument("--report", default="results/report")
+    p.add_argument("--config", required=True)
+    p.add_argument("--command", required=True, help="the exact command that ran the study")
+    p.add_argument("--wall-s", type=float, default=None)
+    p.add_argument("--models", default="results/models")
+    p.add_argument("--timings", default=None, help="a file with `genemask timings` output")
+    p.add_argument("-o", "--output", default="docs/study.md")
+
     p = _p(sub, "timings", "time per pipeline stage from Snakemake benchmark files")
     p.add_argument("bench_dir", help="results/benchmarks")
 
@@ -344,6 +353,11 @@ def dispatch(args: argparse.Namespace):
         from .plan import write_missing
 
         return write_missing(args.entries, args.output)
+    if c == "study-doc":
+        from .studydoc import study_doc
+
+        return study_doc(args.report, args.config, args.output, args.command, args.wall_s, models=args.models,
+                         timings=args.timings)
     if c == "timings":
         from .timings import timings_cli
 
