@@ -40,12 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = _p(sub, "chunks", "split an indexed FASTA into contig windows, one region per line")
     p.add_argument("fasta")
     p.add_argument("--size", type=int, required=True, help="window size in bp")
+    p.add_argument("--contigs", nargs="*", default=None,
+                   help="contigs to plan, in this order, NAME or NAME:LENGTH (default: all, in file order)")
     p.add_argument("-o", "--output", required=True, help="TSV: chunk, contig, start, end (0-based, half-open)")
 
     # ---- n-grams and NPMI (ngrams.py, npmi.py) -----------------------------------------------
     p = _p(sub, "ngrams", "count overlapping n-grams of orders 1..max in a FASTA (or one region of it)")
     p.add_argument("fasta")
-    p.add_argument("--region", default=None, help="CHR:START-END (1-based, inclusive, as samtools)")
+    p.add_argument("--region", default=None,
+                   help="CHR, CHR:START-END (1-based, inclusive, as samtools) or {CHR}:START-END; "
+                        "coordinates are read from the right, so names with ':' work")
     p.add_argument("--max-order", type=int, default=10)
     p.add_argument("-o", "--output", required=True)
 
@@ -212,6 +216,37 @@ def main(argv: list[str] | None = None) -> int:
     except GeneMaskError as e:
         print(f"genemask {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permission denied, read-only file system, ...: the system's fault
+        print(f"genemask {args.command}: error: {_os_error(e, args)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"genemask {args.command}: error: out of memory (give the job more memory: the rule's "
+              f"mem_mb, or a smaller chunk_size)", file=sys.stderr)
+        return 1
+
+
+OUTPUT_ARGS = ("output", "outdir", "out_train", "out_test", "out_stats")
+
+
+def _os_error(e: OSError, args: argparse.Namespace) -> str:
+    """'<file>: <strerror>' for an OSError; a write that names no file (numpy, zipfile, a stream)
+    is laid on the command's output, which is where such writes go."""
+    import errno
+    import os
+
+    what = e.strerror or str(e) or type(e).__name__
+    if e.errno and not e.strerror:
+        what = os.strerror(e.errno)
+    where = e.filename
+    if where is None:
+        outs = [getattr(args, a) for a in OUTPUT_ARGS if getattr(args, a, None)]
+        if outs:
+            where = "writing " + " / ".join(map(str, outs))
+    if e.filename2 is not None:
+        where = f"{where} -> {e.filename2}"
+    if e.errno == errno.ENOSPC:
+        what += " (disk full: free space or point results/ elsewhere; no partial output was kept)"
+    return f"{where}: {what}" if where is not None else what
 
 
 def dispatch(args: argparse.Namespace):
@@ -232,7 +267,7 @@ def dispatch(args: argparse.Namespace):
     if c == "chunks":
         from .genome import write_chunks
 
-        return write_chunks(args.fasta, args.output, size=args.size)
+        return write_chunks(args.fasta, args.output, size=args.size, contigs=args.contigs)
     if c == "ngrams":
         from .ngrams import count_fasta_to_file
 
