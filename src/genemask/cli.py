@@ -233,15 +233,21 @@ def _os_error(e: OSError, args: argparse.Namespace) -> str:
     is laid on the command's output, which is where such writes go."""
     import errno
     import os
+    import re
 
+    from .util import write_failure
+
+    outs = [str(getattr(args, a)) for a in OUTPUT_ARGS if getattr(args, a, None)]
+    if e.errno is None and outs:  # a library's write error without errno: a full disk, or say what it said
+        e = write_failure(outs[0], str(e))
     what = e.strerror or str(e) or type(e).__name__
     if e.errno and not e.strerror:
         what = os.strerror(e.errno)
     where = e.filename
-    if where is None:
-        outs = [getattr(args, a) for a in OUTPUT_ARGS if getattr(args, a, None)]
-        if outs:
-            where = "writing " + " / ".join(map(str, outs))
+    if where is not None:  # name the output, not its temporary twin (util.atomic_output: .NAME.tmp-PID)
+        where = re.sub(r"(^|/)\.([^/]+)\.tmp-\d+", r"\1\2", os.fsdecode(where))
+    elif outs:
+        where = "writing " + " / ".join(outs)
     if e.filename2 is not None:
         where = f"{where} -> {e.filename2}"
     if e.errno == errno.ENOSPC:

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .util import GeneMaskError, Progress, atomic_output
+from .util import GeneMaskError, Progress, atomic_output, write_failure
 
 # A region is CHR, CHR:START-END or {CHR}:START-END (samtools' forms). Contig names may contain ':'
 # and '-' (GRCh38 has HLA-A*01:01:01:01), so coordinates are parsed from the right and a name that is
@@ -339,8 +339,10 @@ def index_fasta(fasta: str | Path, output: str | Path, contigs: list[str] | None
     taken: set[str] = set()
     found: dict[str, int] = {}
     prog = Progress(f"index {fasta.name}", sum(ln for _, ln in specs.values() if ln) or None, "bp")
+    verbosity = pysam.set_verbosity(0)  # htslib's own "[E::bgzf_flush]" lines: the error below says it
     with atomic_output(output) as tmp:
         try:
+            open(tmp, "wb").close()  # a file pysam cannot create (EROFS, EACCES) crashes BGZFile: fail here
             with pysam.BGZFile(str(tmp), "wb") as out:
                 for name, seq in iter_fasta_validated(fasta):
                     if specs and name not in by_name:
@@ -361,14 +363,31 @@ def index_fasta(fasta: str | Path, output: str | Path, contigs: list[str] | None
             if missing:
                 raise GeneMaskError(f"{fasta}: contig(s) {', '.join(missing)} named in the config (NAME or "
                                     f"NAME:LENGTH) are not in the file")
-            pysam.faidx(str(tmp))
+            try:
+                pysam.faidx(str(tmp))
+            except pysam.SamtoolsError as e:
+                raise write_failure(output, str(e).strip().splitlines()[-1]) from None
             for ext in (".fai", ".gzi"):
                 os.replace(str(tmp) + ext, str(output) + ext)
-        except BaseException:
-            for ext in (".fai", ".gzi"):
-                Path(str(tmp) + ext).unlink(missing_ok=True)
+        except OSError as e:
+            _clean_index(tmp)
+            if e.errno is None:  # pysam's BGZFile: "Error closing BGZFile object", no errno
+                raise write_failure(output, str(e)) from None
             raise
+        except BaseException:
+            _clean_index(tmp)
+            raise
+        finally:
+            pysam.set_verbosity(verbosity)
     prog.close(f"{len(found)} contigs, {sum(found.values()):,} bp")
+
+
+def _clean_index(tmp: Path) -> None:
+    for ext in (".fai", ".gzi"):
+        try:
+            Path(str(tmp) + ext).unlink(missing_ok=True)
+        except OSError:  # a read-only file system refuses even that: there is nothing to remove
+            pass
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ RESULTS = "results"
 ENV = "../../envs/genemask.yaml"
 CHUNKS = plan.chunks(CFG)
 CHUNK_IDS = [c["chunk"] for c in CHUNKS]
-REGION = {c["chunk"]: c["region"] for c in CHUNKS}
+REGION = {c["chunk"]: c["region"] for c in CHUNKS}  # chunk ids are c0000..: safe tokens, any contig name
+# NAME:LENGTH per contig, for `genemask index` / `chunks` (the length is split off from the right)
+CONTIG_ARGS = [f"{c}:{n}" for c, n in CFG["genome"]["contigs"].items()]
 RUNS = plan.runs(CFG)
 SCHEMES = CFG["pretrain"]["schemes"]
 SOURCE_BY_PATH = {s["path"]: s for s in CFG["sources"].values()}

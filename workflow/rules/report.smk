@@ -29,9 +29,9 @@ rule missing_shots:
         mem_mb=500,
         runtime=5,
     params:
-        entries=" ".join(f"{m['task']}:{m['shot']}" for m in plan.missing(CFG)),
+        entries=[f"{m['task']}:{m['shot']}" for m in plan.missing(CFG)],
     shell:
-        "genemask write-missing {params.entries} -o {output} 2> {log}"
+        "genemask write-missing {params.entries:q} -o {output:q} 2> {log:q}"
 
 
 rule plot_loss:
@@ -58,7 +58,7 @@ rule plot_loss:
     params:
         logs=lambda wc, input: [f"{m}/train_log.tsv" for m in input],
     shell:
-        "genemask plot-loss {params.logs} -o {output} 2> {log}"
+        "genemask plot-loss {params.logs:q} -o {output:q} 2> {log:q}"
 
 
 rule mask_ranks:
@@ -87,8 +87,8 @@ rule mask_ranks:
         stats=lambda wc, input: [f"{m}/mask_ranks.tsv" for m in input.models],
         k=CFG["corpus"]["k"],
     shell:
-        "genemask plot-mask-ranks --stats {params.stats} --ranking {input.ranking} "
-        "--k {params.k} -o {output} 2> {log}"
+        "genemask plot-mask-ranks --stats {params.stats:q} --ranking {input.ranking:q} "
+        "--k {params.k:q} -o {output:q} 2> {log:q}"
 
 
 rule motifs:
@@ -115,8 +115,8 @@ rule motifs:
         top=CFG["report"]["motifs_top"],
         k=CFG["corpus"]["k"],
     shell:
-        "genemask motifs --ranking {input} --top {params.top} --k {params.k} "
-        "--plot {output.plot} -o {output.tsv} 2> {log}"
+        "genemask motifs --ranking {input:q} --top {params.top:q} --k {params.k:q} "
+        "--plot {output.plot:q} -o {output.tsv:q} 2> {log:q}"
 
 
 rule aggregate:
@@ -164,5 +164,5 @@ rule aggregate:
     params:
         outdir=lambda wc, output: os.path.dirname(output.runs),
     shell:
-        "genemask aggregate {input.metrics} --missing {input.missing} --include {input.extra} "
-        "--outdir {params.outdir} 2> {log}"
+        "genemask aggregate {input.metrics:q} --missing {input.missing:q} --include {input.extra:q} "
+        "--outdir {params.outdir:q} 2> {log:q}"
