@@ -69,7 +69,7 @@ def read_sequences(path: str | Path, region=None) -> Iterator[tuple[str, bytes]]
             with pysam.FastxFile(str(path)) as fh:
                 for rec in fh:
                     seq = rec.sequence.encode("ascii")
-                    check_alphabet(path, rec.name, seq)
+                    check_alphabet(path, rec.name, seq, strict=False)
                     yield rec.name, seq
         except (OSError, ValueError) as e:
             if isinstance(e, GeneMaskError):
@@ -89,7 +89,7 @@ def read_sequences(path: str | Path, region=None) -> Iterator[tuple[str, bytes]]
             raise GeneMaskError(f"{path}: no contig {chrom!r} (region {region})")
         check_fai(path, [chrom])
         seq = fa.fetch(reference=chrom, start=start, end=end).encode("ascii")
-        check_alphabet(path, chrom, seq)
+        check_alphabet(path, chrom, seq, strict=False)
         yield chrom, seq
 
 
@@ -232,27 +232,33 @@ for _c in b"ACGTNacgtn":
 MIN_ACGTN_FRACTION = 0.5  # a DNA record is mostly A/C/G/T/N; ambiguity codes are rare in any assembly
 
 
-def check_alphabet(path, name: str, seq: bytes, first_line: int | None = None) -> None:
-    """GeneMaskError naming the file, the record and the bad letters unless `seq` is DNA: IUPAC
-    nucleotide codes only (either case) and at least MIN_ACGTN_FRACTION of them A/C/G/T/N."""
+def check_alphabet(path, name: str, seq: bytes, first_line: int | None = None, strict: bool = True) -> None:
+    """GeneMaskError naming the file, the record and the bad letters unless `seq` is DNA: with
+    `strict` (indexing) IUPAC nucleotide codes only, either case; always at least
+    MIN_ACGTN_FRACTION A/C/G/T/N, and no more U than T (RNA). Without `strict` (reading a region or
+    a FASTA to count) other letters such as '-' are gaps, as the counters document."""
     arr = np.frombuffer(seq, dtype=np.uint8)
     if not arr.size:
         return
     where = f"{path}: contig {name!r}" + (f" (from line {first_line})" if first_line else "")
-    bad = np.flatnonzero(~_VALID[arr])
     hist = np.bincount(arr, minlength=256)
-    if bad.size:
-        c = int(arr[bad[0]])
-        ch = chr(c) if 32 < c < 127 else f"byte 0x{c:02x}"
-        letters = "".join(chr(x) if 32 < x < 127 else "?" for x in np.flatnonzero(hist * ~_VALID)[:20])
-        hint = " (RNA? this pipeline reads DNA: write T for U)" if c in b"Uu" else ""
-        raise GeneMaskError(f"{where} has an invalid sequence character {ch!r} at base {bad[0] + 1}{hint} "
-                            f"(letters outside IUPAC DNA codes: {letters}; {bad.size:,} of {arr.size:,} bases)")
+    n_u, n_t = int(hist[ord("U")] + hist[ord("u")]), int(hist[ord("T")] + hist[ord("t")])
+    if n_u and n_u >= n_t:
+        raise GeneMaskError(f"{where} is RNA, not DNA ({n_u:,} U, {n_t:,} T in {arr.size:,} bases): "
+                            f"write T for U (e.g. sed '/^>/!y/Uu/Tt/')")
+    if strict:
+        bad = np.flatnonzero(~_VALID[arr])
+        if bad.size:
+            c = int(arr[bad[0]])
+            ch = chr(c) if 32 < c < 127 else f"byte 0x{c:02x}"
+            letters = "".join(chr(x) if 32 < x < 127 else "?" for x in np.flatnonzero(hist * ~_VALID)[:20])
+            raise GeneMaskError(f"{where} has an invalid sequence character {ch!r} at base {bad[0] + 1} "
+                                f"(allowed: IUPAC nucleotide codes; found {letters}: {bad.size:,} of {arr.size:,} "
+                                f"bases)")
     acgtn = int(hist[_ACGTN].sum())
     if acgtn < MIN_ACGTN_FRACTION * arr.size:
-        other = np.flatnonzero(hist * ~_ACGTN)
-        top = sorted(other, key=lambda x: -hist[x])[:6]
-        letters = ", ".join(f"{chr(x)} {hist[x]:,}" for x in top)
+        top = sorted(np.flatnonzero(hist * ~_ACGTN), key=lambda x: -hist[x])[:6]
+        letters = ", ".join(f"{chr(x) if 32 < x < 127 else hex(x)} {hist[x]:,}" for x in top)
         raise GeneMaskError(f"{where} is not DNA: only {acgtn:,} of {arr.size:,} letters are A/C/G/T/N "
                             f"(most common others: {letters}); protein or a wrong file?")
 
@@ -348,6 +354,8 @@ def index_fasta(fasta: str | Path, output: str | Path, contigs: list[str] | None
                     if specs and name not in by_name:
                         continue
                     arg, want = by_name.get(name, (name, None))
+                    if arg in taken:  # one record per argument ('chr2:5' with records 'chr2:5' and 'chr2')
+                        continue
                     taken.add(arg)
                     if want is not None and len(seq) != want:
                         raise GeneMaskError(f"{fasta}: contig {name} has {len(seq):,} bp but the config "

@@ -16,7 +16,8 @@ RESULTS = "results"
 ENV = "../../envs/genemask.yaml"
 CHUNKS = plan.chunks(CFG)
 CHUNK_IDS = [c["chunk"] for c in CHUNKS]
-REGION = {c["chunk"]: c["region"] for c in CHUNKS}  # chunk ids are c0000..: safe tokens, any contig name
+# Chunk ids are c0000, c0001, ...: safe tokens for wildcards and file names, whatever the contig names.
+REGION = {c["chunk"]: c["region"] for c in CHUNKS}
 # NAME:LENGTH per contig, for `genemask index` / `chunks` (the length is split off from the right)
 CONTIG_ARGS = [f"{c}:{n}" for c, n in CFG["genome"]["contigs"].items()]
 RUNS = plan.runs(CFG)
