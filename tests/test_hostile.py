@@ -78,11 +78,12 @@ def _pwned(*dirs: Path) -> list[Path]:
 
 
 def test_hostile_config_values_reach_no_shell(tmp_path):
-    """Source URL and path, contig names (hence regions and NAME:LENGTH arguments): the rules run
-    for real and nothing is executed; the counts equal counting each contig's sequence directly."""
+    """Source URL and path, contig names (hence regions and NAME:LENGTH arguments), task names in
+    write-missing: the rules run for real, in a folder whose path has a space, and nothing is
+    executed; the counts equal counting each contig's sequence directly."""
     rng = np.random.default_rng(7)
     seqs = _genome(rng)
-    mirror, work = tmp_path / "mirror", tmp_path / "work"
+    mirror, work = tmp_path / "mirror", tmp_path / "work dir with space"  # paths with spaces work too
     work.mkdir()
     config = _hostile_config(tmp_path, mirror, seqs)
     cfg = plan.resolve(yaml.safe_load(config.read_text()))
@@ -241,3 +242,22 @@ def test_fetch_url_without_scheme_one_line(tmp_path, capsys):
                "--mirror", str(tmp_path), "-o", str(tmp_path / "x.fa")])
     line = _one_line(capsys.readouterr().err)
     assert rc == 2 and "--mirror-path: path '../x.fa' must be relative and stay inside" in line, line
+
+
+def test_check_config_refuses_yte_templates_without_running_them(tmp_path, capsys):
+    """Snakemake evaluates `?` values of a config with `__use_yte__: true` as Python; check-config
+    reads configs as plain YAML and refuses the template, running nothing."""
+    yte = tmp_path / "yte.yaml"
+    yte.write_text('__use_yte__: true\nfinetune:\n  seeds: ?__import__("os").system("touch PWNED") or [1]\n')
+    rc = main(["check-config", str(ROOT / "config" / "demo.yaml"), str(yte)])
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2 and line == (f"genemask check-config: error: {yte}: key '__use_yte__': a YTE template "
+                                f"(Snakemake evaluates its '?' values as Python code); GeneMask configs are plain YAML")
+    assert _pwned(tmp_path) == [] and not Path("PWNED").exists()
+    override = tmp_path / "seeds.yaml"
+    override.write_text("finetune:\n  seeds: [1.0]\n")
+    rc = main(["check-config", str(ROOT / "config" / "demo.yaml"), str(override)])
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2 and "key 'finetune.seeds.0': 1.0 is not of type 'integer'" in line
+    assert main(["check-config", str(ROOT / "config" / "demo.yaml")]) == 0
+    assert "config/demo.yaml: ok (3 chunks, 3 schemes, 48 fine-tuning runs)" in capsys.readouterr().out

@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("entries", nargs="*", metavar="TASK:SHOT")
     p.add_argument("-o", "--output", required=True)
 
+    p = _p(sub, "check-config", "check config files as plain YAML (no YTE, no Snakemake): schema, names, paths, "
+           "cross-checks; use it on a config you did not write before giving it to snakemake")
+    p.add_argument("configs", nargs="+", metavar="CONFIG.yaml", help="merged in order, as snakemake --configfile")
+
     p = _p(sub, "timings", "time per pipeline stage from Snakemake benchmark files")
     p.add_argument("bench_dir", help="results/benchmarks")
 
@@ -353,6 +357,13 @@ def dispatch(args: argparse.Namespace):
         from .plan import write_missing
 
         return write_missing(args.entries, args.output)
+    if c == "check-config":
+        from .plan import check_config_files, chunks, runs
+
+        cfg = check_config_files(args.configs)
+        print(f"{' + '.join(args.configs)}: ok ({len(chunks(cfg))} chunks, {len(cfg['pretrain']['schemes'])} "
+              f"schemes, {len(runs(cfg))} fine-tuning runs)")
+        return 0
     if c == "timings":
         from .timings import timings_cli
 

@@ -155,6 +155,31 @@ def _check_names(cfg: dict, where: str) -> None:
                             f"stem of resources/models/ (letters, digits, '_', '-', '.')")
 
 
+def check_config_files(paths: list[str]) -> dict:
+    """`genemask check-config`: read config files as plain data (yaml.safe_load, as Snakemake merges
+    several: later keys win, mappings merged) and resolve them, without Snakemake. Snakemake renders
+    a config file with a top-level `__use_yte__: true` as a YTE template, evaluating its `?` values as
+    Python; here that key is no config key, so such a file is refused before anything runs."""
+    merged: dict = {}
+    for p in paths:
+        cfg = _load_yaml(Path(p))
+        if not isinstance(cfg, dict):
+            raise GeneMaskError(f"{p}: a config file is a mapping of keys, got {type(cfg).__name__}")
+        if "__use_yte__" in cfg:
+            raise GeneMaskError(f"{p}: key '__use_yte__': a YTE template (Snakemake evaluates its '?' values as "
+                                f"Python code); GeneMask configs are plain YAML")
+        _deep_update(merged, cfg)
+    return resolve(merged, where=" + ".join(map(str, paths)))
+
+
+def _deep_update(a: dict, b: dict) -> None:
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(a.get(k), dict):
+            _deep_update(a[k], v)
+        else:
+            a[k] = v
+
+
 def chunks(cfg: dict) -> list[dict]:
     return plan_chunks(cfg["genome"]["contigs"], cfg["genome"]["chunk_size"])
 
