@@ -141,7 +141,8 @@ def _check_names(cfg: dict, where: str) -> None:
 
     for name, src in cfg["sources"].items():
         key = f"{where}: key 'sources.{name}"
-        check_url(src["url"], f"{key}.url'")
+        if src.get("url") is not None:
+            check_url(src["url"], f"{key}.url'")
         check_relative_path(src["path"], f"{key}.path'", "results/sources (and the mirror folder)")
         if src.get("checksums"):
             check_url(src["checksums"]["url"], f"{key}.checksums.url'")

@@ -115,7 +115,8 @@ def fetch(url: str, sha256: str | None, mirror_path: str, output: str | Path, mi
           checksums: dict | None = None) -> None:
     """Put the verified file at `output`. `checksums`: {url, algorithm, path} of a published list."""
     output = Path(output)
-    check_url(url, "--url")
+    if url:
+        check_url(url, "--url")
     check_relative_path(mirror_path, "--mirror-path", "the mirror folder")
     if checksums:
         check_url(checksums["url"], "--checksums-url")
