@@ -72,6 +72,20 @@ def test_paper_scale_dry_run_builds_full_hg38_dag():
     (lambda c: c.setdefault("tasks", {}).update({"X": {"num_labels": 2, "test": "prom_core_test",
                                                        "shots": {"10": "no_such_file"}}})
      or c["finetune"].update(tasks=["X"]), "tasks.X.shots.10", "source 'no_such_file' is not declared"),
+    # late failures caught at the dry run
+    (lambda c: c["ngrams"].update(max_order=4), "ngrams.max_order", "must be >= corpus.k (6)"),
+    (lambda c: c["corpus"].update(min_bp=20, max_bp=10), "corpus.max_bp", "must be >= corpus.min_bp (20)"),
+    (lambda c: c["finetune"].update(seeds=[1.0, 2]), "finetune.seeds.0", "1.0 is not of type 'integer'"),
+    (lambda c: c["corpus"].update(seed=42.0), "corpus.seed", "42.0 is not of type 'integer'"),
+    (lambda c: c["pretrain"]["settings"].update(seed=1.0), "pretrain.settings.seed", "1.0 is not of type 'integer'"),
+    (lambda c: c["finetune"].update(shots=[10, 20]), "finetune.shots",
+     "shot 20 of task 'Prom-core' is not in the task catalogue"),
+    (lambda c: c["pretrain"]["settings"].update(steps=0), "pretrain.settings.steps",
+     "0 steps would save untrained models as dnabert, genemask"),
+    (lambda c: c.update(sources={"hg38_chr2_slice": {"url": "raw.githubusercontent.com/x/chr2.fa.gz"}}),
+     "sources.hg38_chr2_slice.url", "is not a URL with a scheme"),
+    (lambda c: c.update(sources={"hg38_chr2_slice": {"path": "../../../outside.fa.gz"}}),
+     "sources.hg38_chr2_slice.path", "must be relative and stay inside results/sources"),
 ])
 def test_config_errors_name_the_key(tmp_path, mutate, key, fault):
     cfg = yaml.safe_load(open(ROOT / "config/demo.yaml"))

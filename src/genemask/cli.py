@@ -41,12 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = _p(sub, "chunks", "split an indexed FASTA into contig windows, one region per line")
     p.add_argument("fasta")
     p.add_argument("--size", type=int, required=True, help="window size in bp")
+    p.add_argument("--contigs", nargs="*", default=None,
+                   help="contigs to plan, in this order, NAME or NAME:LENGTH (default: all, in file order)")
     p.add_argument("-o", "--output", required=True, help="TSV: chunk, contig, start, end (0-based, half-open)")
 
     # ---- n-grams and NPMI (ngrams.py, npmi.py) -----------------------------------------------
     p = _p(sub, "ngrams", "count overlapping n-grams of orders 1..max in a FASTA (or one region of it)")
     p.add_argument("fasta")
-    p.add_argument("--region", default=None, help="CHR:START-END (1-based, inclusive, as samtools)")
+    p.add_argument("--region", default=None,
+                   help="CHR, CHR:START-END (1-based, inclusive, as samtools) or {CHR}:START-END; "
+                        "coordinates are read from the right, so names with ':' work")
     p.add_argument("--max-order", type=int, default=10)
     p.add_argument("-o", "--output", required=True)
 
@@ -209,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="results/models")
     p.add_argument("--timings", default=None, help="a file with `genemask timings` output")
     p.add_argument("-o", "--output", default="docs/study.md")
+    p = _p(sub, "check-config", "check config files as plain YAML (no YTE, no Snakemake): schema, names, paths, "
+           "cross-checks; use it on a config you did not write before giving it to snakemake")
+    p.add_argument("configs", nargs="+", metavar="CONFIG.yaml", help="merged in order, as snakemake --configfile")
 
     p = _p(sub, "timings", "time per pipeline stage from Snakemake benchmark files")
     p.add_argument("bench_dir", help="results/benchmarks")
@@ -246,6 +253,43 @@ def main(argv: list[str] | None = None) -> int:
     except GeneMaskError as e:
         print(f"genemask {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permission denied, read-only file system, ...: the system's fault
+        print(f"genemask {args.command}: error: {_os_error(e, args)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"genemask {args.command}: error: out of memory (give the job more memory: the rule's "
+              f"mem_mb, or a smaller chunk_size)", file=sys.stderr)
+        return 1
+
+
+OUTPUT_ARGS = ("output", "outdir", "out_train", "out_test", "out_stats")
+
+
+def _os_error(e: OSError, args: argparse.Namespace) -> str:
+    """'<file>: <strerror>' for an OSError; a write that names no file (numpy, zipfile, a stream)
+    is laid on the command's output, which is where such writes go."""
+    import errno
+    import os
+    import re
+
+    from .util import write_failure
+
+    outs = [str(getattr(args, a)) for a in OUTPUT_ARGS if getattr(args, a, None)]
+    if e.errno is None and outs:  # a library's write error without errno: a full disk, or say what it said
+        e = write_failure(outs[0], str(e))
+    what = e.strerror or str(e) or type(e).__name__
+    if e.errno and not e.strerror:
+        what = os.strerror(e.errno)
+    where = e.filename
+    if where is not None:  # name the output, not its temporary twin (util.atomic_output: .NAME.tmp-PID)
+        where = re.sub(r"(^|/)\.([^/]+)\.tmp-\d+", r"\1\2", os.fsdecode(where))
+    elif outs:
+        where = "writing " + " / ".join(outs)
+    if e.filename2 is not None:
+        where = f"{where} -> {e.filename2}"
+    if e.errno == errno.ENOSPC:
+        what += " (disk full: free space or point results/ elsewhere; no partial output was kept)"
+    return f"{where}: {what}" if where is not None else what
 
 
 def dispatch(args: argparse.Namespace):
@@ -267,7 +311,7 @@ def dispatch(args: argparse.Namespace):
     if c == "chunks":
         from .genome import write_chunks
 
-        return write_chunks(args.fasta, args.output, size=args.size)
+        return write_chunks(args.fasta, args.output, size=args.size, contigs=args.contigs)
     if c == "ngrams":
         from .ngrams import count_fasta_to_file
 
@@ -358,6 +402,13 @@ def dispatch(args: argparse.Namespace):
 
         return study_doc(args.report, args.config, args.output, args.command, args.wall_s, models=args.models,
                          timings=args.timings)
+    if c == "check-config":
+        from .plan import check_config_files, chunks, runs
+
+        cfg = check_config_files(args.configs)
+        print(f"{' + '.join(args.configs)}: ok ({len(chunks(cfg))} chunks, {len(cfg['pretrain']['schemes'])} "
+              f"schemes, {len(runs(cfg))} fine-tuning runs)")
+        return 0
     if c == "timings":
         from .timings import timings_cli
 

@@ -203,7 +203,7 @@ def empty_counts(max_order: int = DEFAULT_MAX_ORDER) -> dict[int, np.ndarray]:
     return {n: np.zeros(4**n, dtype=np.uint64) for n in range(1, max_order + 1)}
 
 
-def count_fasta(fasta: str | Path, region: str | None = None, max_order: int = DEFAULT_MAX_ORDER,
+def count_fasta(fasta: str | Path, region: str | tuple | None = None, max_order: int = DEFAULT_MAX_ORDER,
                 block: int = READ_BLOCK) -> dict[int, np.ndarray]:
     """Count a whole FASTA (every record), one whole contig ('CHR'), or one chunk ('CHR:START-END').
 
@@ -213,23 +213,27 @@ def count_fasta(fasta: str | Path, region: str | None = None, max_order: int = D
     region is read in blocks of `block` bp by the same rule (each block with its own right context),
     so memory does not grow with the chunk size.
     """
-    from .genome import parse_region, read_sequences
+    from .genome import fai_lengths, parse_region, read_sequences
 
     counter = _Counter(max_order)
     if region is None:
         for _name, seq in read_sequences(fasta):
             counter.add(seq)
         return counter.counts()
-    chrom, start, end = parse_region(region)
+    if isinstance(region, tuple):
+        chrom, start, end = region
+    else:
+        names = fai_lengths(fasta) if Path(str(fasta) + ".fai").exists() else None
+        chrom, start, end = parse_region(region, names)
     if start is None:
-        for _name, seq in read_sequences(fasta, region):
+        for _name, seq in read_sequences(fasta, (chrom, None, None)):
             counter.add(seq)
         return counter.counts()
     block = max(int(block), 1)
     for b in range(start, end, block):
         e = min(end, b + block)
-        read_region = f"{chrom}:{b + 1}-{e + counter.max_order - 1}"  # pysam clips at the contig end
-        for _name, seq in read_sequences(fasta, read_region):
+        # (contig, start, end) passed as such: no region string to re-parse; pysam clips at the contig end
+        for _name, seq in read_sequences(fasta, (chrom, b, e + counter.max_order - 1)):
             if not seq:  # START lies past the contig end
                 return counter.counts()
             counter.add(seq, 0, e - b)

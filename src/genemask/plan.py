@@ -5,8 +5,10 @@ unit-tested like any other stage and the workflow files only wire rules together
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -43,16 +45,28 @@ def _load_yaml(path: Path) -> dict:
 
 def validate(config: dict, schema_path: str | Path | None = None, where: str = "config") -> dict:
     """Check `config` against the JSON schema; the first error becomes one line naming the key."""
-    import jsonschema
-
     schema = _load_yaml(Path(schema_path or SCHEMA))
-    v = jsonschema.Draft202012Validator(schema)
+    v = _validator_class()(schema)
     errors = sorted(v.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         e = errors[0]
         key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
         raise GeneMaskError(f"{where}: key '{key}': {_short(e)}")
     return config
+
+
+def _strict_integer(checker, x) -> bool:
+    """JSON Schema counts 1.0 as an integer; the pipeline does not (a seed 1.0 reaches argparse
+    `type=int` hours later): an integer key takes an int, never a float, never a bool."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@functools.lru_cache(maxsize=1)
+def _validator_class():
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    return jsonschema.validators.extend(base, type_checker=base.TYPE_CHECKER.redefine("integer", _strict_integer))
 
 
 def _short(e) -> str:
@@ -88,6 +102,9 @@ def resolve(config: dict, where: str = "config") -> dict:
     for t in cfg["finetune"]["tasks"]:
         if t not in cfg["tasks"]:
             raise GeneMaskError(f"{where}: key 'finetune.tasks': unknown task {t!r} (known: {', '.join(cfg['tasks'])})")
+        if not TASK_NAME.match(t):
+            raise GeneMaskError(f"{where}: key 'finetune.tasks': task name {t!r} must be letters, digits, '_' or '-' "
+                                f"(it names result folders)")
         task = cfg["tasks"][t]
         if is_local(cfg, t):
             _local_files(task, f"{where}: key 'tasks.{t}")
@@ -99,6 +116,11 @@ def resolve(config: dict, where: str = "config") -> dict:
             name = task["shots"].get(str(shot), task["shots"].get(shot))
             if name is not None:
                 need(name, f"tasks.{t}.shots.{shot}")
+            elif str(shot) not in task["shots"] and shot not in task["shots"]:
+                known = ", ".join(map(str, task["shots"])) or "none"
+                raise GeneMaskError(f"{where}: key 'finetune.shots': shot {shot} of task {t!r} is not in the task "
+                                    f"catalogue (tasks.{t}.shots has {known}; null marks a file known to be missing)")
+    _check_names(cfg, where)
     model = ROOT / "resources" / "models" / f"{cfg['pretrain']['model']}.json"
     if not model.exists():
         raise GeneMaskError(f"{where}: key 'pretrain.model': no model configuration {model}")
@@ -110,8 +132,18 @@ def resolve(config: dict, where: str = "config") -> dict:
     for name in cfg.get("baselines") or {}:
         if name in _load_yaml(SCHEMA)["properties"]["pretrain"]["properties"]["schemes"]["items"]["enum"]:
             raise GeneMaskError(f"{where}: key 'baselines.{name}': the name of a masking scheme; choose another")
-    if cfg["corpus"]["min_bp"] < cfg["corpus"]["k"]:
-        raise GeneMaskError(f"{where}: key 'corpus.min_bp': must be >= corpus.k ({cfg['corpus']['k']})")
+    c = cfg["corpus"]
+    if c["min_bp"] < c["k"]:
+        raise GeneMaskError(f"{where}: key 'corpus.min_bp': must be >= corpus.k ({c['k']})")
+    if c["max_bp"] < c["min_bp"]:
+        raise GeneMaskError(f"{where}: key 'corpus.max_bp': must be >= corpus.min_bp ({c['min_bp']})")
+    if cfg["npmi"]["ranking"] == "computed" and cfg["ngrams"]["max_order"] < c["k"]:
+        raise GeneMaskError(f"{where}: key 'ngrams.max_order': must be >= corpus.k ({c['k']}): the NPMI table "
+                            f"ranks the k-mers the masking uses")
+    trained = [s for s in cfg["pretrain"]["schemes"] if s != "none"]
+    if cfg["pretrain"]["settings"].get("steps") == 0 and trained:
+        raise GeneMaskError(f"{where}: key 'pretrain.settings.steps': 0 steps would save untrained models as "
+                            f"{', '.join(trained)} (only scheme none is the untrained baseline)")
     return cfg
 
 
@@ -166,6 +198,57 @@ def task_data_args(cfg: dict, task: str, shot: int) -> str:
     if is_local(cfg, task):
         args += f" --draw {shot} --draw-seed {t.get('draw_seed', 0)} --label-names"
     return args
+
+
+TASK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # the workflow's {task} wildcard (common.smk)
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+
+
+def _check_names(cfg: dict, where: str) -> None:
+    """Names that become file names, wildcards or arguments: one line naming the key if unsafe."""
+    from .genome import CONTIG_NAME
+    from .sources import check_relative_path, check_url
+
+    for name, src in cfg["sources"].items():
+        key = f"{where}: key 'sources.{name}"
+        if src.get("url") is not None:
+            check_url(src["url"], f"{key}.url'")
+        check_relative_path(src["path"], f"{key}.path'", "results/sources (and the mirror folder)")
+        if src.get("checksums"):
+            check_url(src["checksums"]["url"], f"{key}.checksums.url'")
+            check_relative_path(src["checksums"]["path"], f"{key}.checksums.path'", "the mirror folder")
+    for contig in cfg["genome"]["contigs"]:
+        if not CONTIG_NAME.match(str(contig)):
+            raise GeneMaskError(f"{where}: key 'genome.contigs': {str(contig)!r} is not a legal contig name "
+                                f"(SAM: no whitespace, quotes, brackets or commas, not starting with '*' or '=')")
+    if not MODEL_NAME.match(cfg["pretrain"]["model"]):
+        raise GeneMaskError(f"{where}: key 'pretrain.model': {cfg['pretrain']['model']!r} must be a file name "
+                            f"stem of resources/models/ (letters, digits, '_', '-', '.')")
+
+
+def check_config_files(paths: list[str]) -> dict:
+    """`genemask check-config`: read config files as plain data (yaml.safe_load, as Snakemake merges
+    several: later keys win, mappings merged) and resolve them, without Snakemake. Snakemake renders
+    a config file with a top-level `__use_yte__: true` as a YTE template, evaluating its `?` values as
+    Python; here that key is no config key, so such a file is refused before anything runs."""
+    merged: dict = {}
+    for p in paths:
+        cfg = _load_yaml(Path(p))
+        if not isinstance(cfg, dict):
+            raise GeneMaskError(f"{p}: a config file is a mapping of keys, got {type(cfg).__name__}")
+        if "__use_yte__" in cfg:
+            raise GeneMaskError(f"{p}: key '__use_yte__': a YTE template (Snakemake evaluates its '?' values as "
+                                f"Python code); GeneMask configs are plain YAML")
+        _deep_update(merged, cfg)
+    return resolve(merged, where=" + ".join(map(str, paths)))
+
+
+def _deep_update(a: dict, b: dict) -> None:
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(a.get(k), dict):
+            _deep_update(a[k], v)
+        else:
+            a[k] = v
 
 
 def chunks(cfg: dict) -> list[dict]:

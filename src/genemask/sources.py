@@ -79,6 +79,27 @@ def parse_checksums(text: str, algorithm: str, where: str) -> dict[str, str]:
     return out
 
 
+URL_SCHEMES = ("http", "https", "ftp", "file")
+
+
+def check_url(url: str, what: str) -> None:
+    """A source URL must name its scheme: 'example.org/x.fa' is no URL urllib can fetch. `what`
+    starts the error line (the config key or the option)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in URL_SCHEMES:
+        raise GeneMaskError(f"{what}: {url!r} is not a URL with a scheme "
+                            f"({', '.join(s + '://' for s in URL_SCHEMES)})")
+
+
+def check_relative_path(path: str, what: str, under: str) -> None:
+    """A path from the config stays below the folder it is joined to: relative, no '..' parts."""
+    parts = PurePosixPath(path).parts
+    if (not path or path.startswith(("/", "~")) or "\\" in path or ".." in parts or not parts
+            or any(ord(ch) < 32 for ch in path)):
+        raise GeneMaskError(f"{what}: path {path!r} must be relative and stay inside {under} "
+                            f"(no leading '/', no '..', no control characters)")
+
+
 def fetch_args(source: dict) -> str:
     """The `genemask fetch` arguments (shell-quoted) for a resolved source entry; -o is the rule's."""
     args = ["--mirror-path", source["path"]]
@@ -101,6 +122,12 @@ def fetch(url: str | None, sha256: str | None, mirror_path: str, output: str | P
     A source without a URL (a file published inside a package, say) comes from the mirror only;
     `origin` says where to get it."""
     output = Path(output)
+    if url:
+        check_url(url, "--url")
+    check_relative_path(mirror_path, "--mirror-path", "the mirror folder")
+    if checksums:
+        check_url(checksums["url"], "--checksums-url")
+        check_relative_path(checksums["path"], "--checksums-path", "the mirror folder")
     mirror = mirror or os.environ.get("GENEMASK_MIRROR") or None
     if not url and not mirror:
         raise GeneMaskError(f"{mirror_path}: this source has no download URL; put it into a mirror folder "

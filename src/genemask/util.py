@@ -39,6 +39,23 @@ def atomic_output(path: str | os.PathLike, is_dir: bool = False):
     os.replace(tmp, path)
 
 
+def write_failure(path: str | os.PathLike, detail: str = "") -> OSError:
+    """The OSError to raise for a failed write that came without an errno (htslib, samtools): ENOSPC
+    when the file system holding `path` is (nearly) full, else EIO with `detail`."""
+    import errno
+
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        full = shutil.disk_usage(p).free < (1 << 20)
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return OSError(errno.EIO, f"write failed{f' ({detail})' if detail else ''}", str(path))
+
+
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p)

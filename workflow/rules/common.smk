@@ -18,7 +18,10 @@ RESULTS = "results"
 ENV = "../../envs/genemask.yaml"
 CHUNKS = plan.chunks(CFG)
 CHUNK_IDS = [c["chunk"] for c in CHUNKS]
+# Chunk ids are c0000, c0001, ...: safe tokens for wildcards and file names, whatever the contig names.
 REGION = {c["chunk"]: c["region"] for c in CHUNKS}
+# NAME:LENGTH per contig, for `genemask index` / `chunks` (the length is split off from the right)
+CONTIG_ARGS = [f"{c}:{n}" for c, n in CFG["genome"]["contigs"].items()]
 RUNS = plan.runs(CFG)
 MODELS = {m["id"]: m for m in plan.models(CFG)}
 PSEEDS = plan.pretrain_seeds(CFG)

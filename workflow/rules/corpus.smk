@@ -19,8 +19,12 @@ rule corpus:
         runtime=60,
     params:
         region=lambda wc: REGION[wc.chunk],
-        c=CFG["corpus"],
+        k=CFG["corpus"]["k"],
+        max_bp=CFG["corpus"]["max_bp"],
+        min_bp=CFG["corpus"]["min_bp"],
+        valid_fraction=CFG["corpus"]["valid_fraction"],
+        seed=CFG["corpus"]["seed"],
     shell:
-        "genemask corpus {input.fa} --region {params.region} --k {params.c[k]} "
-        "--max-bp {params.c[max_bp]} --min-bp {params.c[min_bp]} "
-        "--valid-fraction {params.c[valid_fraction]} --seed {params.c[seed]} -o {output} 2> {log}"
+        "genemask corpus {input.fa:q} --region {params.region:q} --k {params.k:q} "
+        "--max-bp {params.max_bp:q} --min-bp {params.min_bp:q} "
+        "--valid-fraction {params.valid_fraction:q} --seed {params.seed:q} -o {output:q} 2> {log:q}"

@@ -19,9 +19,9 @@ rule fetch:
         mem_mb=500,
         runtime=120,
     params:
-        args=lambda wc: fetch_args(SOURCE_BY_PATH[wc.path]),
+        args=lambda wc: fetch_args(SOURCE_BY_PATH[wc.path]),  # already shell-quoted, argument by argument
     shell:
-        "genemask fetch {params.args} -o {output} 2> {log}"
+        "genemask fetch {params.args} -o {output:q} 2> {log:q}"
 
 
 rule index_genome:
@@ -42,9 +42,9 @@ rule index_genome:
         mem_mb=4000,
         runtime=120,
     params:
-        contigs=" ".join(f"{c}:{n}" for c, n in CFG["genome"]["contigs"].items()),
+        contigs=CONTIG_ARGS,
     shell:
-        "genemask index {input} --contigs {params.contigs} -o {output.fa} 2> {log}"
+        "genemask index {input:q} --contigs {params.contigs:q} -o {output.fa:q} 2> {log:q}"
 
 
 rule chunks:
@@ -64,5 +64,6 @@ rule chunks:
         runtime=10,
     params:
         size=CFG["genome"]["chunk_size"],
+        contigs=CONTIG_ARGS,
     shell:
-        "genemask chunks {input} --size {params.size} -o {output} 2> {log}"
+        "genemask chunks {input:q} --size {params.size:q} --contigs {params.contigs:q} -o {output:q} 2> {log:q}"

@@ -21,8 +21,8 @@ rule ngrams:
         region=lambda wc: REGION[wc.chunk],
         max_order=CFG["ngrams"]["max_order"],
     shell:
-        "genemask ngrams {input.fa} --region {params.region} --max-order {params.max_order} "
-        "-o {output} 2> {log}"
+        "genemask ngrams {input.fa:q} --region {params.region:q} --max-order {params.max_order:q} "
+        "-o {output:q} 2> {log:q}"
 
 
 rule merge_ngrams:
@@ -41,7 +41,7 @@ rule merge_ngrams:
         mem_mb=2000,
         runtime=30,
     shell:
-        "genemask merge {input} -o {output} 2> {log}"
+        "genemask merge {input:q} -o {output:q} 2> {log:q}"
 
 
 rule npmi:
@@ -63,5 +63,5 @@ rule npmi:
         variant=CFG["npmi"]["variant"],
         min_count=CFG["npmi"]["min_count"],
     shell:
-        "genemask npmi {input} --variant {params.variant} --min-count {params.min_count} "
-        "-o {output} 2> {log}"
+        "genemask npmi {input:q} --variant {params.variant:q} --min-count {params.min_count:q} "
+        "-o {output:q} 2> {log:q}"

@@ -42,9 +42,9 @@ rule missing_shots:
         mem_mb=500,
         runtime=5,
     params:
-        entries=" ".join(f"{m['task']}:{m['shot']}" for m in plan.missing(CFG)),
+        entries=[f"{m['task']}:{m['shot']}" for m in plan.missing(CFG)],
     shell:
-        "genemask write-missing {params.entries} -o {output} 2> {log}"
+        "genemask write-missing {params.entries:q} -o {output:q} 2> {log:q}"
 
 
 rule plot_loss:
@@ -99,7 +99,7 @@ rule mask_ranks:
         k=CFG["corpus"]["k"],
     shell:
         "genemask plot-mask-ranks --stats {params.stats:q} --labels {params.labels:q} "
-        "--ranking {input.ranking:q} --k {params.k} -o {output:q} 2> {log:q}"
+        "--ranking {input.ranking:q} --k {params.k:q} -o {output:q} 2> {log:q}"
 
 
 rule motifs:
@@ -126,8 +126,8 @@ rule motifs:
         top=CFG["report"]["motifs_top"],
         k=CFG["corpus"]["k"],
     shell:
-        "genemask motifs --ranking {input} --top {params.top} --k {params.k} "
-        "--plot {output.plot} -o {output.tsv} 2> {log}"
+        "genemask motifs --ranking {input:q} --top {params.top:q} --k {params.k:q} "
+        "--plot {output.plot:q} -o {output.tsv:q} 2> {log:q}"
 
 
 rule aggregate:
@@ -179,5 +179,5 @@ rule aggregate:
     params:
         outdir=lambda wc, output: os.path.dirname(output.runs),
     shell:
-        "genemask aggregate {input.metrics} --missing {input.missing} --include {input.extra} "
-        "--outdir {params.outdir} 2> {log}"
+        "genemask aggregate {input.metrics:q} --missing {input.missing:q} --include {input.extra:q} "
+        "--outdir {params.outdir:q} 2> {log:q}"
