@@ -149,6 +149,8 @@ def test_changed_setting_or_damaged_checkpoint_never_resumed(setup, data_a):
     shutil.rmtree(out)
     r = subprocess.run(_cmd(setup, out, data_a, *steps, "lr=0.001"), check=True, capture_output=True, text=True)
     assert "resumed from" not in r.stderr
+    said = [line for line in r.stderr.splitlines() if "not resuming" in line]
+    assert len(said) == 1 and "settings.lr 0.0008 -> 0.001" in said[0], r.stderr
     assert len(list((setup / "fp.ckpt").iterdir())) == 2  # two fingerprints side by side
     shutil.rmtree(out)
     ck = next(p for p in (setup / "fp.ckpt").iterdir() if (p / "step6.pt").exists() and p != _newest(setup / "fp.ckpt"))

@@ -451,9 +451,9 @@ def test_plan_local_task_runs_paths_and_args(root, mirror, tmp_path, monkeypatch
     runs = {(r["task"], r["shot"]) for r in plan.runs(cfg)}
     assert runs == {("Mine", 10), ("Mine", 100), ("Prom-core", 10), ("Prom-core", 50)}
     assert len(plan.runs(cfg)) == 4 * 3 * 2 and plan.missing(cfg) == []
-    assert plan.task_data_args(cfg, "Mine", 100) == \
+    assert " ".join(plan.task_data_args(cfg, "Mine", 100)) == \
         "--k 6 --window-tokens 510 --on-conflict error --draw 100 --draw-seed 3 --label-names"
-    assert plan.task_data_args(cfg, "Prom-core", 10) == "--k 6 --window-tokens 510 --on-conflict error"
+    assert " ".join(plan.task_data_args(cfg, "Prom-core", 10)) == "--k 6 --window-tokens 510 --on-conflict error"
     assert plan.window(cfg) == (6, 510)
     # no task `shots`: finetune.shots; a local entry replaces a catalogued task of the same name whole
     c2 = _cfg(root, num_labels=2, train=str(gue / "train.csv"), test=str(gue / "test.csv"))

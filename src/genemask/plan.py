@@ -190,13 +190,14 @@ def window(cfg: dict) -> tuple[int, int]:
     return int(model.get("k", 6)), max_len - 2
 
 
-def task_data_args(cfg: dict, task: str, shot: int) -> str:
-    """Options of `genemask task-data` beyond the files: the model window, and for a local task the draw."""
+def task_data_args(cfg: dict, task: str, shot: int) -> list[str]:
+    """Options of `genemask task-data` beyond the files (the rule quotes each): the model window,
+    and for a local task the draw."""
     k, tokens = window(cfg)
     t = cfg["tasks"][task]
-    args = f"--k {k} --window-tokens {tokens} --on-conflict {t.get('on_conflict', 'error')}"
+    args = ["--k", str(k), "--window-tokens", str(tokens), "--on-conflict", str(t.get("on_conflict", "error"))]
     if is_local(cfg, task):
-        args += f" --draw {shot} --draw-seed {t.get('draw_seed', 0)} --label-names"
+        args += ["--draw", str(shot), "--draw-seed", str(t.get("draw_seed", 0)), "--label-names"]
     return args
 
 

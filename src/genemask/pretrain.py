@@ -227,9 +227,13 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     state = {"step": 0, "log": [], "masked_rank_counts": np.zeros(n_rank_bins, np.int64),
              "all_rank_counts": np.zeros(n_rank_bins, np.int64), "tokens_seen": 0}
     targets = sorted({int(t) for t in save_steps if 0 <= int(t) <= steps} | {steps})
-    fp = fingerprint(scheme, s, model_config, ranking_path, corpus_dirs)
+    fp, fp_blob = fingerprint(scheme, s, model_config, ranking_path, corpus_dirs)
     ckpt_dir = output.with_name(output.name + ".ckpt") / fp
     kept = checkpoints(ckpt_dir)
+    if master:
+        _say_other_fingerprints(ckpt_dir, fp_blob, bool(kept))
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / "fingerprint.json").write_text(json.dumps(fp_blob, indent=1, sort_keys=True, default=str) + "\n")
     missing = [t for t in targets if t not in kept]
     start = max((c for c in kept if c <= missing[0]), default=None) if missing else max(kept)
     if start is not None:
@@ -376,8 +380,8 @@ class _StopSignals:
             signal.signal(sig, old)
 
 
-def fingerprint(scheme: str, settings: dict, model_config: dict, ranking_path, corpus_dirs) -> str:
-    """16 hex digits of everything that determines a run's arithmetic (see `pretrain`)."""
+def fingerprint(scheme: str, settings: dict, model_config: dict, ranking_path, corpus_dirs) -> tuple[str, dict]:
+    """(16 hex digits, the hashed record) of everything that determines a run's arithmetic (see `pretrain`)."""
     inert = {"threads", "log_every", "checkpoint_every", "keep_checkpoints"}
     corpus = []
     for d in corpus_dirs:
@@ -386,7 +390,35 @@ def fingerprint(scheme: str, settings: dict, model_config: dict, ranking_path, c
                        for f in sorted(d.iterdir()) if f.is_file()])
     blob = {"scheme": scheme, "settings": {k: v for k, v in settings.items() if k not in inert},
             "model_config": model_config, "ranking_sha256": sha256_file(ranking_path), "corpus": corpus}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    blob = json.loads(json.dumps(blob, sort_keys=True, default=str))
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16], blob
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in (d.items() if isinstance(d, dict) else []):
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _say_other_fingerprints(ckpt_dir: Path, blob: dict, found: bool) -> None:
+    """One line for checkpoints of this run's folder made with other settings: never resumed."""
+    if found or not ckpt_dir.parent.is_dir():
+        return
+    now = _flat(blob)
+    for other in sorted(ckpt_dir.parent.glob("*/fingerprint.json")):
+        try:
+            then = _flat(json.loads(other.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+        diff = [f"{k} {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(then))
+                if then.get(k) != now.get(k)]
+        shown = "; ".join(d[:80] for d in diff[:4]) + (f"; {len(diff) - 4} more" if len(diff) > 4 else "")
+        print(f"pretrain: not resuming {other.parent} (made with other settings: {shown}); starting from "
+              f"step 0; delete that folder to free its space", file=sys.stderr)
 
 
 def checkpoints(folder: Path) -> dict[int, Path]:
@@ -407,7 +439,11 @@ def save_checkpoint(path: Path, model, opt, sched, state: dict) -> None:
     side = path.with_name(path.name + ".sha256")
     side.unlink(missing_ok=True)
     with atomic_output(path) as tmp:
-        torch.save(blob, tmp)
+        try:
+            torch.save(blob, tmp)
+        except RuntimeError as e:  # torch reports a failed write (disk full) as RuntimeError
+            raise OSError(getattr(e, "errno", None) or 28, f"cannot write the checkpoint ({str(e)[:120]})",
+                          str(path)) from None
     with atomic_output(side) as tmp:
         tmp.write_text(sha256_file(path) + "\n")
 

@@ -31,9 +31,10 @@ rule task_data:
         max_test=CFG["finetune"].get("max_test", 0),
         extra=lambda wc: plan.task_data_args(CFG, wc.task, int(wc.shot)),
     shell:
-        "genemask task-data --task {wildcards.task} --train {input.train} --test {input.test} "
-        "--exclude {input.exclude} --num-labels {params.num_labels} --max-test {params.max_test} {params.extra} "
-        "--out-train {output.train} --out-test {output.test} --out-stats {output.stats} 2> {log}"
+        "genemask task-data --task {wildcards.task} --train {input.train:q} --test {input.test:q} "
+        "--exclude {input.exclude:q} --num-labels {params.num_labels} --max-test {params.max_test} "
+        "{params.extra:q} --out-train {output.train:q} --out-test {output.test:q} "
+        "--out-stats {output.stats:q} 2> {log:q}"
 
 
 rule baseline:
