@@ -9,7 +9,7 @@ GENEMASK_MIRROR ?= $(abspath ../shared/data)
 export GENEMASK_MIRROR
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test test-fast lint bench test-slurm clean
+.PHONY: demo study test test-fast lint bench test-slurm clean
 
 $(BIN)/genemask: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,16 @@ demo: $(BIN)/genemask
 	$(BIN)/snakemake --configfile config/demo.yaml --report results/snakemake_report.html && \
 	$(BIN)/genemask timings results/benchmarks && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s; reports: results/snakemake_report.html, results/report/report.html"
+
+# The study (config/study.yaml, ~1-2 h on 2 CPU cores), then docs/study.md generated from its report.
+STUDY_CMD = snakemake --configfile config/study.yaml --cores $(CORES)
+study: $(BIN)/genemask
+	@start=$$(date +%s); \
+	$(BIN)/$(STUDY_CMD) --keep-going && \
+	$(BIN)/genemask timings results/benchmarks > results/report/timings.txt && \
+	$(BIN)/genemask study-doc --config config/study.yaml --command "make study ($(STUDY_CMD))" \
+	  --wall-s $$(( $$(date +%s) - start )) --timings results/report/timings.txt -o docs/study.md && \
+	echo "study finished in $$(( $$(date +%s) - start )) s: docs/study.md"
 
 test: $(BIN)/genemask
 	$(BIN)/pytest -q
@@ -42,6 +52,7 @@ bench: $(BIN)/genemask
 	$(BIN)/genemask bench masking
 	$(BIN)/genemask bench ngrams $(GENEMASK_MIRROR)/genome/GRCh37_chrX_1-69999930.hs37chrXtrunc.fa.gz
 	$(BIN)/genemask bench train
+	$(BIN)/genemask bench finetune
 
 clean:
 	rm -rf results .snakemake
