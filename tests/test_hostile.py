@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import os
 import re
+import json
 import shlex
 import shutil
 import subprocess
@@ -261,3 +262,47 @@ def test_check_config_refuses_yte_templates_without_running_them(tmp_path, capsy
     assert rc == 2 and "key 'finetune.seeds.0': 1.0 is not of type 'integer'" in line
     assert main(["check-config", str(ROOT / "config" / "demo.yaml")]) == 0
     assert "config/demo.yaml: ok (3 chunks, 3 schemes, 48 fine-tuning runs)" in capsys.readouterr().out
+
+
+def test_training_rules_get_hostile_values_as_data(tmp_path, mirror):
+    """The values that reach pretrain, finetune, task_data and baseline commands (a free-form
+    fine-tuning setting, a baseline's model path, local task files, the study's eval steps and seeds)
+    come back from the printed commands as single intact arguments."""
+    evil = f"{QUOTE_BREAK}{SUBST}{BACKTICK}"
+    local = tmp_path / f"my {evil}"
+    local.mkdir()
+    pool = mirror / "proxies/GUE/prom/prom_core_all"
+    for name in ("train.csv", "test.csv"):
+        (local / name).write_bytes((pool / name).read_bytes())
+    cfg = yaml.safe_load(open(ROOT / "config/demo.yaml"))
+    bad = {**cfg, "finetune": {**cfg["finetune"], "settings": {"note": evil}}}
+    with pytest.raises(plan.GeneMaskError, match=r"key 'finetune.settings': unknown fine-tuning setting\(s\) \['note'\]"):
+        plan.resolve(bad)  # a free-form string never gets as far as a command
+    cfg["finetune"]["tasks"] = ["Prom-core", "Mine"]
+    cfg["tasks"] = {"Mine": {"num_labels": 2, "train": str(local / "train.csv"), "test": str(local / "test.csv"),
+                             "shots": [10], "on_conflict": "drop"}}
+    cfg["baselines"] = {"ext": {"model": str(local / "model")}}
+    cfg["pretrain"].update(seeds=[3, 4], eval_steps=[100])
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([*SNAKEMAKE, "-n", "-p", "--configfile", str(p), "--directory", str(tmp_path / "w")],
+                       cwd=tmp_path, env=_env(GENEMASK_MIRROR=str(mirror)), capture_output=True, text=True)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    cmds = [shlex.split(line.split("Shell command: ", 1)[1]) for line in out.splitlines()
+            if line.startswith("Shell command: ")]
+    by = {}
+    for c in cmds:
+        words = [w for w in c if w in ("pretrain", "finetune", "task-data", "baseline")]
+        if words:
+            by.setdefault(words[0], []).append(c)
+    for c in by["finetune"]:
+        assert json.loads(c[c.index("--settings") + 1]) == cfg["finetune"]["settings"]
+    (base,) = by["baseline"]
+    assert base[base.index("--model") + 1] == str(local / "model")
+    mine = [c for c in by["task-data"] if "Mine" in c]
+    assert mine and mine[0][mine[0].index("--train") + 1] == str(local / "train.csv")
+    pre = by["pretrain"]
+    assert len(pre) == 3 * 2 and all(c[c.index("--save-steps") + 1] in ("0", "100") for c in pre)
+    assert {c[c.index("seed=3") if "seed=3" in c else c.index("seed=4")] for c in pre} == {"seed=3", "seed=4"}
+    assert not list(tmp_path.rglob("PWNED"))

@@ -124,6 +124,12 @@ def resolve(config: dict, where: str = "config") -> dict:
     model = ROOT / "resources" / "models" / f"{cfg['pretrain']['model']}.json"
     if not model.exists():
         raise GeneMaskError(f"{where}: key 'pretrain.model': no model configuration {model}")
+    from .finetune import load_settings as finetune_settings
+
+    try:  # the job would refuse a typo hours later, after pretraining: refuse it now
+        finetune_settings(cfg["finetune"].get("settings") or {})
+    except GeneMaskError as e:
+        raise GeneMaskError(f"{where}: key 'finetune.settings': {str(e).split(': ', 1)[-1]}") from None
     steps = pretrain_steps(cfg)
     for e in cfg["pretrain"].get("eval_steps") or []:
         if e > steps:
