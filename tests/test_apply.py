@@ -306,21 +306,26 @@ def test_embed_cli_npy_from_classifier_equals_pretrained(classifier, pretrained,
     # the classifier's encoder is the pretrained one (freshly initialised head only)
     assert np.allclose(vec, embed(pretrained, list(records.values()), pooling="mean", device="cpu"), atol=1e-6)
 
-    pq = tmp_path / "emb.parquet"
-    try:
-        import pyarrow  # noqa: F401
-        have = True
-    except ImportError:
-        try:
-            import fastparquet  # noqa: F401
-            have = True
-        except ImportError:
-            have = False
-    rc = main(["embed", "--model", str(pretrained), str(fasta), "-o", str(pq)])
-    if have:
-        assert rc == 0 and pd.read_parquet(pq)["id"].tolist() == list(records)
-    else:
-        assert rc == 2 and not pq.exists()
-        assert "needs pyarrow or fastparquet" in capsys.readouterr().err
     assert main(["embed", "--model", str(pretrained), str(fasta), "-o", str(tmp_path / "e.csv")]) == 2
     assert "unknown output extension '.csv'" in capsys.readouterr().err
+
+
+def test_embed_cli_parquet_reads_back_with_pandas_equal_to_npy(pretrained, fasta, records, tmp_path):
+    """.parquet: columns id (string) and embedding (list<float32>); pandas reads back the ids and the
+    very values of the .npy output; the run's settings are in the schema metadata."""
+    import pyarrow.parquet as pq
+
+    npy, par = tmp_path / "emb.npy", tmp_path / "emb.parquet"
+    for out in (npy, par):
+        assert main(["embed", "--model", str(pretrained), str(fasta), "-o", str(out), "--pooling", "mean",
+                     "--layer", "0"]) == 0
+    schema = pq.read_schema(par)
+    assert [(f.name, str(f.type)) for f in schema] == [("id", "string"), ("embedding", "list<element: float>")]
+    assert json.loads(schema.metadata[b"genemask"]) == {"model": str(pretrained), "pooling": "mean", "layer": 0,
+                                                       "hidden": 32}
+    df = pd.read_parquet(par)
+    assert list(df.columns) == ["id", "embedding"] and df["id"].tolist() == list(records)
+    vec = np.stack(df["embedding"].to_numpy())
+    assert vec.dtype == np.float32 and vec.shape == (4, 32)
+    assert np.array_equal(vec, np.load(npy))
+    assert ids_file(npy).read_text().split() == df["id"].tolist()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -86,6 +87,10 @@ def test_paper_scale_dry_run_builds_full_hg38_dag():
      "sources.hg38_chr2_slice.url", "is not a URL with a scheme"),
     (lambda c: c.update(sources={"hg38_chr2_slice": {"path": "../../../outside.fa.gz"}}),
      "sources.hg38_chr2_slice.path", "must be relative and stay inside results/sources"),
+    (lambda c: c.update(predict={"inputs": {"mine": "no/such/regions.fa.gz"}, "models": "all"}),
+     "predict.inputs.mine", "no such file 'no/such/regions.fa.gz'"),
+    (lambda c: c.update(predict={"inputs": {"../up": "config/demo.yaml"}, "models": "all"}),
+     "predict.inputs", "name '../up' is not allowed"),
 ])
 def test_config_errors_name_the_key(tmp_path, mutate, key, fault):
     cfg = yaml.safe_load(open(ROOT / "config/demo.yaml"))
@@ -317,3 +322,131 @@ def test_slurm_profile_groups_finetuning_runs_on_one_gpu_each(configs, profiles,
     for g in groups:  # one run's GPU, CPU and memory; the members in series, so their time
         assert g["rules"] == ["finetune"] and g["gpu"] == 1 and g["_cores"] == 1, g
         assert g["mem_mb"] == ft["mem_mb"] and g["runtime"] == g["n"] * ft["runtime_min"], g
+
+
+
+# ---------------------------------------------------------------------------------------------
+# predict: the saved classifiers applied to the user's files
+# ---------------------------------------------------------------------------------------------
+PREDICT_FASTA = ">long one\n" + "ACGTTGCAAGGCTTAACCGGTATCGATCGGGCTAAATTCGCGCATATGCGC" * 12 + "\n>short\nACGTAGGCTTACGATCGA\n"
+
+
+def _predict_config(tmp_path, name="it's; my regions.fa"):
+    """demo + finetune.save: all + a predict section on a FASTA whose name needs quoting (an
+    apostrophe, a semicolon, spaces) and a TSV, both given relative to the working directory."""
+    (tmp_path / "in").mkdir(exist_ok=True)
+    (tmp_path / "in" / name).write_text(PREDICT_FASTA)
+    (tmp_path / "in" / "rows.tsv").write_text("id\tsequence\nrow_a\tACGTACGTTTGACCA\nrow_b\tGGGCCCAAATTTGCA\n")
+    cfg = {"finetune": {"save": "all"},
+           "predict": {"inputs": {"regions": f"in/{name}", "rows": "in/rows.tsv"},
+                       "models": [{"task": "Prom-300", "shot": 10, "model": "genemask/seed42/step300", "seed": 1},
+                                  {"task": "Prom-core"}],  # all saved runs of a task: 2 shots x 3 models x 2 seeds
+                       "stride": 100, "embed": {"pooling": "mean", "layer": -1}}}
+    path = tmp_path / "predict.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_predict_section_dry_run_jobs_quoted_commands_and_a_real_prediction(tmp_path, root):
+    """13 selected runs x 2 inputs = 26 predict jobs and 3 pretrained models x 2 inputs = 6 embed jobs
+    on top of the demo; paths absolute and shell-quoted; then the printed predict command line and
+    embed command line run for real on a saved tiny classifier / pretrained folder."""
+    import shlex
+
+    import torch
+
+    from genemask.apply import predict, read_input, save_classifier
+    from genemask.finetune import load_classifier
+    from genemask.pretrain import build_model
+    from genemask.tokenizer import build_tokenizer, save_tokenizer
+
+    extra = _predict_config(tmp_path)
+    r = smk("-n", "-p", "--directory", str(tmp_path), "--configfile", "config/demo.yaml", str(extra))
+    out = r.stdout + r.stderr
+    assert job_counts(out) == {
+        "fetch": 16, "index_genome": 1, "chunks": 1, "ngrams": 3, "merge_ngrams": 1, "npmi": 1, "corpus": 3,
+        "pretrain": 3, "task_data": 8, "finetune": 4 * 2 * 3 * 2, "missing_shots": 1, "plot_loss": 1,
+        "mask_ranks": 1, "motifs": 1, "aggregate": 1, "predict": 13 * 2, "embed": 3 * 2, "all": 1,
+    }, job_counts(out)
+    fasta = tmp_path / "in" / "it's; my regions.fa"
+    run = "Prom-300/10/genemask/seed42/step300/seed1"
+    want = (f"GENEMASK_THREADS=1 genemask predict --model results/finetune/{run}.model {shlex.quote(str(fasta))} "
+            f"--stride 100 -o results/predict/regions/{run}.tsv 2> results/logs/predict/regions/{run}.log")
+    commands = [ln.split("Shell command: ", 1)[1] for ln in out.splitlines() if "Shell command: " in ln]
+    assert want in commands, [c for c in commands if "genemask predict" in c][:3]
+    emb = [c for c in commands if c.startswith("GENEMASK_THREADS=1 genemask embed --model results/models/"
+                                               "genemask/seed42/step300 ") and "/regions/" in c]
+    assert emb == [f"GENEMASK_THREADS=1 genemask embed --model results/models/genemask/seed42/step300 "
+                   f"{shlex.quote(str(fasta))} --stride 100 --pooling mean --layer -1 -o "
+                   f"results/embed/regions/genemask/seed42/step300.parquet 2> "
+                   f"results/logs/embed/regions/genemask/seed42/step300.log"], emb
+
+    # the job's inputs made here: a tiny pretrained folder and a classifier saved from it
+    pre = tmp_path / "results/models/genemask/seed42/step300"
+    model, k = build_model(json.loads((root / "resources/models/tiny.json").read_text()), seed=0)
+    model.save_pretrained(pre)
+    save_tokenizer(build_tokenizer(k), pre)
+    (pre / "genemask.json").write_text(json.dumps({"k": k, "scheme": "genemask"}))
+    torch.manual_seed(0)
+    folder = save_classifier(load_classifier(pre, 2, None), tmp_path / f"results/finetune/{run}.model",
+                             {"task": "Prom-300", "shot": 10, "seed": 1, "source_model": str(pre),
+                              "labels": ["non-promoter", "promoter"]})
+    for cmd in (want, emb[0]):
+        log = tmp_path / cmd.rsplit(" 2> ", 1)[1]
+        log.parent.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+        assert done.returncode == 0, log.read_text()[-2000:]
+    df = pd.read_csv(tmp_path / f"results/predict/regions/{run}.tsv", sep="\t")
+    print(df.head().to_string())
+    ids, seqs = read_input(fasta)
+    assert ids == ["long", "short"] and df["id"].tolist() == ids
+    prob, labels = predict(folder, seqs, stride=100, device="cpu")
+    assert np.allclose(df[["prob_non-promoter", "prob_promoter"]].to_numpy(), prob, atol=1e-5)
+    assert (df["predicted"] == np.asarray(labels)[prob.argmax(1)]).all()
+    vec = pd.read_parquet(tmp_path / "results/embed/regions/genemask/seed42/step300.parquet")
+    assert vec["id"].tolist() == ids and len(vec["embedding"][0]) == 32
+
+
+@pytest.mark.parametrize("predict, key, fault", [
+    ({"models": [{"task": "Prom-300", "shot": 1000}]}, "predict.models.0.shot",
+     "1000 matches no fine-tuning run (the runs with its task have shot 10, 50)"),
+    ({"models": [{"model": "genemask/seed7/step300"}]}, "predict.models.0.model", "matches no fine-tuning run"),
+    ({"models": [{"task": "Prom-core"}], "save": "none"}, "predict.models", "needs finetune.save: all"),
+    ({"inputs": {"notes": "in/notes.txt"}, "models": "all"}, "predict.inputs.notes", "unknown input extension '.txt'"),
+    ({"embed": {"models": ["dnabert/seed42/step9"]}}, "predict.embed.models.0", "unknown model"),
+    ({}, "predict", "nothing to do"),
+])
+def test_predict_config_errors_name_the_key(tmp_path, monkeypatch, predict, key, fault):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "r.fa").write_text(PREDICT_FASTA)
+    (tmp_path / "in" / "notes.txt").write_text("ACGT\n")
+    cfg = yaml.safe_load(open(ROOT / "config/demo.yaml"))
+    cfg["finetune"]["save"] = predict.pop("save", "all")
+    cfg["predict"] = {"inputs": {"r": "in/r.fa"}, **predict}
+    with pytest.raises(plan.GeneMaskError) as e:
+        plan.resolve(cfg, where="demo.yaml")
+    assert str(e.value).startswith(f"demo.yaml: key '{key}': ") and fault in str(e.value), str(e.value)
+
+
+def test_predict_section_resolves_paths_and_selections(tmp_path, monkeypatch):
+    """Relative input paths become absolute; `models: all` = every run; embed.models default = the
+    selected runs' models; only the options given reach the command line."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.fa.gz").write_bytes(b"")
+    cfg = yaml.safe_load(open(ROOT / "config/demo.yaml"))
+    cfg["finetune"]["save"] = "all"
+    cfg["predict"] = {"inputs": {"r": "r.fa.gz"}, "models": "all"}
+    got = plan.resolve(cfg)
+    assert plan.predict_inputs(got) == {"r": str(tmp_path / "r.fa.gz")}
+    assert plan.predict_runs(got) == plan.runs(got) and len(plan.runs(got)) == 48
+    assert plan.embed_models(got) == [] and plan.apply_args(got, "predict") == []
+    assert cfg["predict"]["inputs"] == {"r": "r.fa.gz"}  # the caller's config is left as given
+    cfg["predict"] = {"inputs": {"r": "r.fa.gz"}, "models": [{"seed": 2, "shot": 50}],
+                      "embed": {"format": "npy", "layer": 0}, "batch_size": 8, "device": "cpu"}
+    got = plan.resolve(cfg)
+    assert {(r["shot"], r["seed"]) for r in plan.predict_runs(got)} == {(50, 2)} and len(plan.predict_runs(got)) == 12
+    assert plan.embed_models(got) == ["none/seed42/step0", "dnabert/seed42/step300", "genemask/seed42/step300"]
+    assert plan.embed_ext(got) == ".npy"
+    assert plan.apply_args(got, "embed") == ["--batch-size", "8", "--device", "cpu", "--layer", "0"]
+    assert plan.resolve(yaml.safe_load(open(ROOT / "config/demo.yaml"))).get("predict") is None

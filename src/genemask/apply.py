@@ -12,8 +12,11 @@
   MLM or fine-tuned classifier; the base encoder is loaded with AutoModel), [CLS] or mean pooling
   over the real tokens ([CLS], k-mers, [SEP]; [PAD] masked out) of a chosen hidden layer
   (0 = embedding output, 1..L = encoder layers, negative counts from the end; default -1 = last).
-  `.npy` (float32 [n, hidden]) with the ids in `<stem>.ids.txt` beside it, or `.parquet` (columns
-  `id`, `e0`..`e{hidden-1}`; needs pyarrow or fastparquet).
+  `.npy` (float32 [n, hidden]) with the ids in `<stem>.ids.txt` beside it, or `.parquet` (`write_parquet`:
+  one row per sequence, columns `id` (string) and `embedding` (list<float32> of length hidden), the
+  form Hugging Face datasets, polars, DuckDB and vector stores read as one vector column; pandas:
+  `np.stack(pd.read_parquet(f)["embedding"])`; schema metadata `genemask` = JSON of the model folder,
+  pooling, layer, hidden).
 
 Inputs: FASTA (`.fa .fasta .fna .fas`, plain or `.gz`; read with `genome.iter_fasta_validated`, so
 a malformed file is a one-line error; ids = record names) or a table (`.tsv .csv`, plain or `.gz`;
@@ -447,23 +450,45 @@ def predict_cli(model: str, input: str, output: str, stride: int | None = None, 
                   compression="gzip" if str(output).endswith(".gz") else None)
 
 
-def _parquet_engine() -> str:
-    import importlib.util
+def _need_pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise GeneMaskError("writing .parquet needs pyarrow (a genemask dependency) and it is not installed; "
+                            "write .npy instead") from None
+    return pyarrow
 
-    for eng in ("pyarrow", "fastparquet"):
-        if importlib.util.find_spec(eng) is not None:
-            return eng
-    raise GeneMaskError("writing .parquet needs pyarrow or fastparquet and neither is installed; write .npy instead")
+
+def write_parquet(path: str | os.PathLike, ids: list[str], vec: np.ndarray, meta: dict | None = None) -> Path:
+    """Embeddings as Parquet (atomically): columns `id` (string) and `embedding` (list<float32>, one
+    vector per row); `meta` (JSON-able) is kept as the schema metadata key `genemask`."""
+    pa = _need_pyarrow()
+    import pyarrow.parquet as pq
+
+    vec = np.ascontiguousarray(vec, dtype=np.float32)
+    n, hidden = vec.shape
+    big = n * hidden >= 2**31  # past int32 offsets: large_list<float32> (the same to pandas/polars)
+    offsets = pa.array(np.arange(0, (n + 1) * hidden, hidden, dtype=np.int64 if big else np.int32))
+    cls = pa.LargeListArray if big else pa.ListArray
+    emb = cls.from_arrays(offsets, pa.array(vec.reshape(-1), type=pa.float32()))
+    table = pa.table({"id": pa.array(list(ids), type=pa.string()), "embedding": emb})
+    if meta:
+        table = table.replace_schema_metadata({"genemask": json.dumps(meta, default=str)})
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
 
 
 def embed_cli(model: str, input: str, output: str, pooling: str = "cls", layer: int = -1,
               stride: int | None = None, batch_size: int = 64, device: str = "auto") -> None:
-    """`genemask embed`: .npy [n, hidden] float32 + `<stem>.ids.txt`, or .parquet (id, e0..)."""
+    """`genemask embed`: .npy [n, hidden] float32 + `<stem>.ids.txt`, or .parquet (id, embedding)."""
     out = Path(output)
     fmt = out.suffix.lower()
     if fmt not in (".npy", ".parquet"):
         raise GeneMaskError(f"{output}: unknown output extension {fmt or '(none)'!r}; expected .npy or .parquet")
-    engine = _parquet_engine() if fmt == ".parquet" else None  # fail before the model runs
+    if fmt == ".parquet":
+        _need_pyarrow()  # fail before the model runs
     ids, seqs = _read_named(input)
     vec = _threads(embed, model, seqs, ids, pooling=pooling, layer=layer, stride=stride,
                    batch_size=batch_size, device=device, source=str(input))
@@ -474,12 +499,8 @@ def embed_cli(model: str, input: str, output: str, pooling: str = "cls", layer: 
                 np.save(fh, vec)
             tmp_ids.write_text("".join(f"{i}\n" for i in ids))
     else:
-        import pandas as pd
-
-        df = pd.DataFrame(vec, columns=[f"e{j}" for j in range(vec.shape[1])])
-        df.insert(0, "id", ids)
-        with atomic_output(out) as tmp:
-            df.to_parquet(tmp, engine=engine, index=False)
+        write_parquet(out, ids, vec, {"model": str(model), "pooling": pooling, "layer": layer,
+                                      "hidden": int(vec.shape[1])})
 
 
 def ids_file(npy: str | os.PathLike) -> Path:

@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=None, help="tokens between window starts (default: half a window)")
     p.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
-    p.add_argument("-o", "--output", required=True, help=".npy (ids in <stem>.ids.txt beside it) or .parquet")
+    p.add_argument("-o", "--output", required=True, help=".npy (ids in <stem>.ids.txt beside it) or .parquet (columns id, embedding: list<float32>)")
 
     # ---- report (report.py, motifs.py) --------------------------------------------------------
     p = _p(sub, "aggregate", "collect run metrics: one TSV row per run, mean +- sd table, tests, plots")

@@ -70,6 +70,8 @@ def _validator_class():
 
 
 def _short(e) -> str:
+    if "propertyNames" in e.schema_path:  # a mapping's key (a name) is wrong, not its value
+        return f"name {e.instance!r} is not allowed ({e.message.replace(repr(e.instance) + ' ', '')})"
     if e.validator == "additionalProperties":
         return e.message.replace("Additional properties are not allowed", "unknown key(s)")
     return e.message
@@ -150,23 +152,30 @@ def resolve(config: dict, where: str = "config") -> dict:
     if cfg["pretrain"]["settings"].get("steps") == 0 and trained:
         raise GeneMaskError(f"{where}: key 'pretrain.settings.steps': 0 steps would save untrained models as "
                             f"{', '.join(trained)} (only scheme none is the untrained baseline)")
+    if cfg.get("predict") is not None:
+        cfg["predict"] = _resolve_predict(cfg, where)
     return cfg
 
 
+def local_path(given: str, key: str) -> str:
+    """A user's file path ($VARS and ~ expanded, a relative one against the working directory) made
+    absolute; a missing file -> one line naming `key` (e.g. "config: key 'tasks.X.train'")."""
+    p = os.path.abspath(os.path.expanduser(os.path.expandvars(given)))
+    if not os.path.isfile(p):
+        raise GeneMaskError(f"{key}: no such file {given!r} ({p}; relative paths resolve against the "
+                            f"working directory {os.getcwd()})")
+    return p
+
+
 def _local_files(task: dict, where: str) -> None:
-    """A local-file task's paths ($VARS and ~ expanded, relative ones against the working directory)
-    made absolute in place; a missing file -> one line naming the key."""
+    """A local-file task's paths made absolute in place (`local_path`)."""
     for key in ("train", "test", "exclude"):
         if key not in task:
             continue
-        given = task[key] if key == "exclude" else [task[key]]
-        paths = [os.path.abspath(os.path.expanduser(os.path.expandvars(p))) for p in given]
-        for i, (g, p) in enumerate(zip(given, paths)):
-            if not os.path.isfile(p):
-                name = f"{key}.{i}" if key == "exclude" else key
-                raise GeneMaskError(f"{where}.{name}': no such file {g!r} ({p}; relative paths resolve against the "
-                                    f"working directory {os.getcwd()})")
-        task[key] = paths if key == "exclude" else paths[0]
+        if key == "exclude":
+            task[key] = [local_path(g, f"{where}.{key}.{i}'") for i, g in enumerate(task[key])]
+        else:
+            task[key] = local_path(task[key], f"{where}.{key}'")
 
 
 def is_local(cfg: dict, task: str) -> bool:
@@ -318,6 +327,110 @@ def runs(cfg: dict) -> list[dict]:
                     out.append({"task": t, "shot": shot, "scheme": m["scheme"], "seed": seed, "model": m["id"],
                                 "pretrain_seed": m["pretrain_seed"], "pretrain_step": m["pretrain_step"]})
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# predict: the saved classifiers applied to the user's files (workflow/rules/predict.smk)
+# ---------------------------------------------------------------------------------------------
+RUN_KEYS = ("task", "shot", "model", "seed")  # a predict.models entry filters plan.runs on these
+EMBED_FORMATS = {"parquet": ".parquet", "npy": ".npy"}
+
+
+def _resolve_predict(cfg: dict, where: str) -> dict:
+    """The predict section checked, its input paths absolute and its selections expanded: `runs`
+    (the fine-tuning runs whose saved classifiers predict, plan.runs order) and `embed_models`."""
+    from .apply import input_kind  # torch-free at import
+
+    p = dict(cfg["predict"])
+    inputs = {}
+    for name, given in p["inputs"].items():
+        key = f"{where}: key 'predict.inputs.{name}'"
+        inputs[name] = local_path(given, key)
+        try:
+            input_kind(given)
+        except GeneMaskError as e:
+            raise GeneMaskError(f"{key}: {e}") from None
+    p["inputs"] = inputs
+    p["runs"] = _select_runs(cfg, p.get("models") or [], where)
+    if p["runs"] and cfg["finetune"].get("save", "none") != "all":
+        raise GeneMaskError(f"{where}: key 'predict.models': needs finetune.save: all (a run keeps its fine-tuned "
+                            f"classifier only then; turning it on reruns the runs that lack one)")
+    if "embed" in p:
+        e = dict(p["embed"] or {})
+        known = [m["id"] for m in models(cfg)]
+        given = e.get("models")
+        if given == "all":
+            chosen = known
+        elif given is not None:
+            for i, m in enumerate(given):
+                if m not in known:
+                    raise GeneMaskError(f"{where}: key 'predict.embed.models.{i}': unknown model {m!r} "
+                                        f"(known: {', '.join(known)})")
+            chosen = list(dict.fromkeys(given))
+        else:  # the pretrained models behind the selected runs
+            chosen = list(dict.fromkeys(r["model"] for r in p["runs"]))
+            if not chosen:
+                raise GeneMaskError(f"{where}: key 'predict.embed': no model to embed with: give "
+                                    f"predict.embed.models or predict.models")
+        p["embed"] = {**e, "models": chosen}
+    elif not p["runs"]:
+        raise GeneMaskError(f"{where}: key 'predict': nothing to do: give predict.models and/or predict.embed")
+    return p
+
+
+def _select_runs(cfg: dict, entries, where: str) -> list[dict]:
+    """plan.runs selected by predict.models: "all", or a list of filters on task/shot/model/seed (an
+    omitted key = any value); an entry matching no run -> one line naming its first unmatched key."""
+    every = runs(cfg)
+    if entries == "all":
+        return every
+    picked: set[int] = set()
+    for i, entry in enumerate(entries):
+        left, before = list(range(len(every))), []
+        for key in RUN_KEYS:
+            if key not in entry:
+                continue
+            match = [j for j in left if every[j][key] == entry[key]]
+            if not match:
+                have = ", ".join(map(str, sorted({every[j][key] for j in left}, key=str)))
+                runs_ = f"the runs with its {'/'.join(before)}" if before else "the runs"
+                raise GeneMaskError(f"{where}: key 'predict.models.{i}.{key}': {entry[key]!r} matches no fine-tuning "
+                                    f"run ({runs_} have {key} {have})")
+            left = match
+            before.append(key)
+        picked.update(left)
+    return [every[j] for j in sorted(picked)]
+
+
+def predict_runs(cfg: dict) -> list[dict]:
+    """The runs whose saved classifiers `predict` applies ([] without a predict section)."""
+    return (cfg.get("predict") or {}).get("runs", [])
+
+
+def predict_inputs(cfg: dict) -> dict[str, str]:
+    """predict.inputs: name -> absolute path ({} without a predict section)."""
+    return (cfg.get("predict") or {}).get("inputs", {})
+
+
+def embed_models(cfg: dict) -> list[str]:
+    """Model ids (plan.models) whose pretrained encoder embeds every input ([] without predict.embed)."""
+    return ((cfg.get("predict") or {}).get("embed") or {}).get("models", [])
+
+
+def embed_ext(cfg: dict) -> str:
+    """Suffix of the embedding files: .parquet (default) or .npy (predict.embed.format)."""
+    return EMBED_FORMATS[((cfg.get("predict") or {}).get("embed") or {}).get("format", "parquet")]
+
+
+def apply_args(cfg: dict, command: str) -> list[str]:
+    """Options of `genemask predict` / `genemask embed` from the predict section, as separate words
+    (for Snakemake's `:q`): only the keys given, so the CLI's own defaults hold otherwise."""
+    p = cfg.get("predict") or {}
+    opts = {"stride": p.get("stride"), "batch-size": p.get("batch_size"), "device": p.get("device")}
+    if command == "embed":
+        e = p.get("embed") or {}
+        opts.update({"pooling": e.get("pooling"), "layer": e.get("layer")})
+    return [w for k, v in opts.items() if v is not None for w in (f"--{k}", str(v))]
 
 
 def missing(cfg: dict) -> list[dict]:

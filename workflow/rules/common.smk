@@ -26,12 +26,9 @@ RUNS = plan.runs(CFG)
 MODELS = {m["id"]: m for m in plan.models(CFG)}
 PSEEDS = plan.pretrain_seeds(CFG)
 # finetune.save: all -> each run also keeps its classifier as a Hugging Face folder beside its JSON
+SAVED_MODEL_PATH = f"{RESULTS}/finetune/{{task}}/{{shot}}/{{model}}/seed{{seed}}.model"
 SAVED_MODEL = (
-    {
-        "model": directory(
-            f"{RESULTS}/finetune/{{task}}/{{shot}}/{{model}}/seed{{seed}}.model"
-        )
-    }
+    {"model": directory(SAVED_MODEL_PATH)}
     if CFG["finetune"].get("save", "none") == "all"
     else {}
 )
@@ -91,5 +88,5 @@ def model_folder(wildcards):
 
 
 def gpu_resources(section):
-    n = CFG[section].get("gpus", 0)
+    n = (CFG.get(section) or {}).get("gpus", 0)
     return {"gpu": n} if n else {}
