@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import re
 import shlex
 import shutil
 import subprocess
