@@ -45,6 +45,7 @@ test-slurm: $(BIN)/genemask
 	VENV=$(VENV) bash .ci/slurm/run.sh
 
 lint: $(BIN)/genemask
+	$(BIN)/ruff check src tests
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(BIN)/snakefmt --check workflow
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from genemask.apply import (_Tokens, embed, ids_file, plan_windows, predict, read_input, save_classifier)
+from genemask.apply import _Tokens, embed, ids_file, plan_windows, predict, read_input, save_classifier
 from genemask.cli import main
 from genemask.finetune import encode, load_classifier, predict_proba
 from genemask.genome import iter_fasta_validated

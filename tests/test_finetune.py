@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from genemask.cli import main
-from genemask.finetune import (DEFAULT_SETTINGS, compute_metrics, finetune_cli, load_settings, model_k,
-                               select_regime)
+from genemask.finetune import DEFAULT_SETTINGS, compute_metrics, finetune_cli, load_settings, model_k, select_regime
 from genemask.tasks import prepare_task_data
 from genemask.util import GeneMaskError
 

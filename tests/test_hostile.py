@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
-import re
 import json
+import os
 import shlex
 import shutil
 import subprocess

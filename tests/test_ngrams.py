@@ -250,7 +250,7 @@ def test_cli_ngrams_merge_npmi(tmp_path, hg38_slice):
     assert row["dp_pmi"] == pytest.approx(expect, abs=1e-9)
     assert row["npmi"] == pytest.approx(expect * np.log(ab) / (np.log(ab) + np.log(101)), abs=1e-9)
     assert row["rank"] == 16  # CpG depletion: the least word-like 2-gram
-    for n, g in tab.groupby("order"):
+    for _n, g in tab.groupby("order"):
         assert sorted(g["rank"]) == list(range(1, len(g) + 1))
         assert g.sort_values("rank")["npmi"].is_monotonic_decreasing
     # bad input -> exit 2 and one line naming the file

@@ -19,7 +19,7 @@ def tok6():
     return build_tokenizer(6)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cached_tokenizer(k: int):
     return build_tokenizer(k)
 

@@ -3,7 +3,6 @@ shrunk DAG end to end on real data, with incremental reruns checked by dry runs.
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path

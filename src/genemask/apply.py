@@ -44,6 +44,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+
 import numpy as np
 
 from .finetune import _set_threads, load_classifier, model_k, verify_weights, weights_sha256

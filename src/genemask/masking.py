@@ -223,7 +223,7 @@ class Centres(NamedTuple):
     last: torch.Tensor
 
     @classmethod
-    def of(cls, rows: torch.Tensor, cols: torch.Tensor, end: torch.Tensor, L: int) -> "Centres":
+    def of(cls, rows: torch.Tensor, cols: torch.Tensor, end: torch.Tensor, L: int) -> Centres:
         base = rows * L
         return cls(base + cols, base + 1, base + end.index_select(0, rows))
 

@@ -36,6 +36,17 @@ def export_root() -> None:
     os.environ["GENEMASK_ROOT"] = str(ROOT)
 
 
+def check_checkout(workflow_dir: str | Path) -> None:
+    """The workflow in `workflow_dir` and the imported package must come from one checkout: the
+    package finds the schema, the catalogues (config/) and the model configurations (resources/)
+    next to itself (ROOT), so a package installed from another version, or not editable (site-packages
+    has no config/ or resources/), would silently pair this workflow with other files."""
+    wf = Path(workflow_dir).resolve()
+    if wf != (ROOT / "workflow").resolve():
+        raise GeneMaskError(f"{wf}: the genemask package is imported from {Path(__file__).parent}, which is not "
+                            f"this workflow's checkout; install it from there: pip install -e {wf.parent}")
+
+
 def _load_yaml(path: Path) -> dict:
     try:
         return yaml.safe_load(path.read_text()) or {}

@@ -4,10 +4,16 @@ import re
 import shlex
 import os
 import sys
+from pathlib import Path
 
 from genemask import plan
+from snakemake.sourcecache import LocalSourceFile
 
 try:
+    # workflow/rules/ of this checkout (also as a module of another workflow); a remote module
+    # (github(...)) has no local checkout to compare with.
+    if isinstance(workflow.current_basedir, LocalSourceFile):
+        plan.check_checkout(Path(str(workflow.current_basedir)).parent)
     CFG = plan.resolve(
         config, where=" + ".join(map(str, workflow.configfiles)) or "config"
     )
