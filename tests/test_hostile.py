@@ -305,3 +305,46 @@ def test_training_rules_get_hostile_values_as_data(tmp_path, mirror):
     assert len(pre) == 3 * 2 and all(c[c.index("--save-steps") + 1] in ("0", "100") for c in pre)
     assert {c[c.index("seed=3") if "seed=3" in c else c.index("seed=4")] for c in pre} == {"seed=3", "seed=4"}
     assert not list(tmp_path.rglob("PWNED"))
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune", "task-data"])
+def test_disk_full_in_training_stages_one_line(stage, tiny_fs, tmp_path, hg38_slice, fewshot, capsys):
+    """The stages that write model folders, checkpoints (torch.save), metrics and task files: a full
+    disk is one line naming the output, exit 1, nothing left behind."""
+    import json as _json
+
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from genemask.corpus import build_corpus
+
+    (tiny_fs / "filler").write_bytes(b"\0" * 40_000)  # 24 KiB left: no model folder fits
+    out = tiny_fs / "sub" / "out"
+    if stage == "pretrain":
+        build_corpus(hg38_slice, tmp_path / "c", region="chr2:1-100000", seed=1)
+        mc = tmp_path / "tiny.json"
+        mc.write_text(_json.dumps({"k": 6, "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
+                                   "intermediate_size": 64, "max_position_embeddings": 512}))
+        args = ["pretrain", "--corpus", str(tmp_path / "c"), "--model-config", str(mc), "--scheme", "dnabert",
+                "--set", "steps=2", "--set", "batch_size=2", "--set", "grad_accum=1", "--set", "warmup_steps=1",
+                "--set", "threads=1", "-o", str(out)]
+    else:
+        torch.manual_seed(0)
+        model = tmp_path / "m"
+        BertForMaskedLM(BertConfig(vocab_size=4101, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32, max_position_embeddings=512)).save_pretrained(model)
+        train, test = fewshot / "Prom-core" / "10" / "train.tsv", fewshot / "Prom-core" / "test.tsv"
+        if stage == "finetune":
+            args = ["finetune", "--model", str(model), "--train", str(train), "--test", str(train), "--task", "P",
+                    "--shot", "10", "--seed", "1", "--scheme", "none", "--num-labels", "2", "--settings",
+                    '{"epochs": 1}', "--save-model", str(out), "-o", str(tiny_fs / "m.json")]
+        else:
+            args = ["task-data", "--task", "Prom-core", "--train", str(train), "--test", str(test), "--num-labels",
+                    "2", "--out-train", str(out), "--out-test", str(tiny_fs / "t.tsv"), "--out-stats",
+                    str(tiny_fs / "s.json")]
+    capsys.readouterr()
+    rc = main(args)
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 1 and line.startswith(f"genemask {stage}: error: ") and "No space left on device" in line, line
+    left = sorted(str(p.relative_to(tiny_fs)) for p in tiny_fs.rglob("*") if p.is_file() and p.name != "filler")
+    assert left == [], left

@@ -260,9 +260,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genemask {args.command}: error: out of memory (give the job more memory: the rule's "
               f"mem_mb, or a smaller chunk_size)", file=sys.stderr)
         return 1
+    except Exception as e:  # a library's own error type for a failed write (safetensors, torch.save)
+        if "No space left on device" not in str(e) and "os error 28" not in str(e):
+            raise
+        import errno
+        import os
+
+        print(f"genemask {args.command}: error: "
+              f"{_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), args)}", file=sys.stderr)
+        return 1
 
 
-OUTPUT_ARGS = ("output", "outdir", "out_train", "out_test", "out_stats")
+OUTPUT_ARGS = ("output", "outdir", "out_train", "out_test", "out_stats", "save_model")
 
 
 def _os_error(e: OSError, args: argparse.Namespace) -> str:

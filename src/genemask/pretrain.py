@@ -232,8 +232,12 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     kept = checkpoints(ckpt_dir)
     if master:
         _say_other_fingerprints(ckpt_dir, fp_blob, bool(kept))
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (ckpt_dir / "fingerprint.json").write_text(json.dumps(fp_blob, indent=1, sort_keys=True, default=str) + "\n")
+
+    def checkpoint(step: int) -> None:  # with the record of what the fingerprint hashes, for the message above
+        save_checkpoint(ckpt_dir / f"step{step}.pt", model, opt, sched, state)
+        if not (ckpt_dir / "fingerprint.json").exists():
+            with atomic_output(ckpt_dir / "fingerprint.json") as tmp:
+                tmp.write_text(json.dumps(fp_blob, indent=1, sort_keys=True) + "\n")
     missing = [t for t in targets if t not in kept]
     start = max((c for c in kept if c <= missing[0]), default=None) if missing else max(kept)
     if start is not None:
@@ -269,7 +273,7 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     stop = _StopSignals()  # SIGTERM (SLURM pre-emption / time limit) or SIGINT: checkpoint, then exit
     end = max(missing) if missing else state["step"]
     if state["step"] == 0 and 0 in missing and master and steps > 0:
-        save_checkpoint(ckpt_dir / "step0.pt", model, opt, sched, state)
+        checkpoint(0)
     if master and state["step"] < end:
         print(f"pretrain {scheme}: training from step {state['step']} to {end} of {steps} (checkpoints in {ckpt_dir})",
               file=sys.stderr, flush=True)
@@ -322,7 +326,7 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
             state["log"].append(row)
         prog.update(1, extra=f"loss {loss_sum / A:.3f}" + (f" tok/s {row['tokens_per_s']:,.0f}" if row else ""))
         if master and (step % int(s["checkpoint_every"]) == 0 or step in targets or stop.signal):
-            save_checkpoint(ckpt_dir / f"step{step}.pt", model, opt, sched, state)
+            checkpoint(step)
         if stop.signal:
             raise GeneMaskError(f"{stop.name} at step {step}: checkpoint {ckpt_dir / f'step{step}.pt'} written; "
                                 f"run the same command again to continue from it")
@@ -442,8 +446,9 @@ def save_checkpoint(path: Path, model, opt, sched, state: dict) -> None:
         try:
             torch.save(blob, tmp)
         except RuntimeError as e:  # torch reports a failed write (disk full) as RuntimeError
-            raise OSError(getattr(e, "errno", None) or 28, f"cannot write the checkpoint ({str(e)[:120]})",
-                          str(path)) from None
+            from .util import write_failure
+
+            raise write_failure(path, f"cannot write the checkpoint: {str(e)[:120]}") from None
     with atomic_output(side) as tmp:
         tmp.write_text(sha256_file(path) + "\n")
 
