@@ -781,17 +781,22 @@ def test_pretrain_records_cm_gems_switch_through_a_kill(hg38_slice, data_a, tmp_
     assert "masking switches to global_pmi at step 8" in r.stderr
     assert json.loads((ref / "genemask.json").read_text())["switch_step"] == 8
 
-    out, ckpt = tmp_path / "killed", tmp_path / "killed.ckpt" / "state.pt"
+    out = tmp_path / "killed"
+
+    def step4():  # the run's checkpoints: killed.ckpt/<fingerprint>/step<N>.pt (+ .sha256 once complete)
+        return [p.with_suffix("") for p in (tmp_path / "killed.ckpt").glob("*/step4.pt.sha256")]
+
     proc = subprocess.Popen(cmd(out), stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+    while not step4() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    (ckpt,) = step4()
     state = torch.load(ckpt, weights_only=False)["state"]
     assert state["masker"]["last_perplexity"] is not None  # saved with the checkpoint
     subprocess.run(cmd(out), check=True, capture_output=True)
     assert json.loads((out / "genemask.json").read_text())["switch_step"] == 8
-    a, b = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")
+    a, b = load_file(ref / "step16" / "model.safetensors"), load_file(out / "step16" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
