@@ -704,7 +704,7 @@ def summary_html(outdir: str | Path, include: Sequence[str | Path] = (), title: 
                          "has runs.</p>")
         else:
             head = verdict[verdict["headline"].astype(str) == "True"]
-            head = head[head["baseline"].isin([BASELINE, "none"])]
+            head = head[head["baseline"].isin([BASELINE, "none"]) & (head["scheme"] != "none")]
             parts.append("<ul>" + "".join(f"<li><b>{html.escape(v)}</b></li>" for v in head["verdict"]) + "</ul>")
             parts.append("<p class='note'>" + html.escape(_VERDICT_NOTE) + "</p>")
             rest = verdict[~verdict.index.isin(head.index)]
@@ -818,7 +818,7 @@ def aggregate_cli(metrics_jsons: Sequence[str | Path], outdir: str | Path, expec
     verdict_md = stats.verdict_markdown(verdict, primary=(baseline, "none"))
     acc, n_ref = accuracy_table(summary)
     md_table = to_markdown(acc)
-    head = verdict[verdict["headline"] & verdict["baseline"].isin([baseline, "none"])]
+    head = verdict[verdict["headline"] & verdict["baseline"].isin([baseline, "none"]) & (verdict["scheme"] != "none")]
     md = "".join(f"- {v}\n" for v in head["verdict"])
     md = (f"# Verdict\n\n{md}\n" if md else "") + (
         f"# Few-shot accuracy (mean ± sd over seeds)\n\n{md_table}\n\n"

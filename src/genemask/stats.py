@@ -521,6 +521,8 @@ def verdict_markdown(verdict: pd.DataFrame, primary: Sequence[str] = ("dnabert",
     lines = ["# Verdict", ""]
     if verdict.empty:
         return "# Verdict\n\nNo comparisons: no reference scheme (dnabert, none or a baseline) has runs.\n"
+    # `none` is a reference, not a candidate: "none vs dnabert" repeats "dnabert vs none" (kept in verdict.tsv)
+    verdict = verdict[verdict["scheme"] != "none"]
     head = verdict[verdict["headline"] & verdict["baseline"].isin(primary)]
     for m in dict.fromkeys(head["metric"]):
         lines += [f"- {v}" for v in head.loc[head["metric"] == m, "verdict"]]
