@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _p(sub, "study-doc", "write docs/study.md from a finished study's report folder (generated, never by hand)")
     p.add_argument("--report", default="results/report")
     p.add_argument("--config", required=True)
-    p.add_argument("--command", required=True, help="the exact command that ran the study")
+    p.add_argument("--command", dest="run_command", required=True, help="the exact command that ran the study")
     p.add_argument("--wall-s", type=float, default=None)
     p.add_argument("--models", default="results/models")
     p.add_argument("--timings", default=None, help="a file with `genemask timings` output")
@@ -409,7 +409,7 @@ def dispatch(args: argparse.Namespace):
     if c == "study-doc":
         from .studydoc import study_doc
 
-        return study_doc(args.report, args.config, args.output, args.command, args.wall_s, models=args.models,
+        return study_doc(args.report, args.config, args.output, args.run_command, args.wall_s, models=args.models,
                          timings=args.timings)
     if c == "check-config":
         from .plan import check_config_files, chunks, runs

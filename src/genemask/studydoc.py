@@ -94,8 +94,9 @@ def study_doc(report: str | Path, config: str | Path, output: str | Path, comman
         lines += [_md_table(bar), ""]
         passed = bar[bar["passes"]]
         lines += [f"**{len(passed)} of {len(bar)} scheme x step rows pass the bar.**" if len(passed) else
-                  "**No scheme passes the bar at this budget: the masking comparison below is between models "
-                  "that random initialisation matches, and says little about the schemes.**", ""]
+                  "**No scheme passes the bar at this budget and replication: no masking conclusion should be "
+                  "drawn from the comparisons below** (with two pretraining seeds a cell's test has one degree "
+                  "of freedom; the verdict's pooled CIs against `none` are the evidence on pretraining itself).", ""]
     verdict = (report / "verdict.md").read_text().split("\n", 1)[1].strip()
     lines += ["## Verdict (as the report printed it)", "", verdict, ""]
     summary = (report / "summary.md").read_text()
