@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 BIN="$(cd "${VENV:-.venv}/bin" && pwd)"          # absolute: jobs inherit PATH (sbatch --export=ALL)
 export PATH="$BIN:$PATH"
 export GENEMASK_MIRROR="${GENEMASK_MIRROR:-$(cd .. && pwd)/shared/data}"
-TIMEOUT="${SLURM_TEST_TIMEOUT:-360}"             # seconds; a hung run gets SIGINT (snakemake scancels)
+TIMEOUT="${SLURM_TEST_TIMEOUT:-600}"             # seconds; a hung run gets SIGINT (snakemake scancels)
 # SLURM_TEST_KEEP=1 keeps the work dir (with snakemake.out and slurm-jobs.txt) also on success.
 CONFIGS=(tests/data/e2e.yaml tests/data/e2e-slurm.yaml)
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/genemask-slurm.XXXXXX")"
