@@ -101,7 +101,8 @@ def main(work: Path, out_file: Path, configs: list[str]) -> None:
     runs = pd.read_csv(work / "results/report/runs.tsv", sep="\t")
     got = {(r.task, r.shot, r.scheme, r.seed) for r in runs.itertuples()}
     assert len(runs) == len(expected) and got == expected, (len(runs), got ^ expected)
-    jsons = [work / f"results/finetune/{t}/{sh}/{sc}/seed{se}.json" for t, sh, sc, se in sorted(expected)]
+    jsons = [work / f"results/finetune/{r['task']}/{r['shot']}/{r['model']}/seed{r['seed']}.json"
+             for r in plan.runs(cfg)]  # model: <scheme>/seed<p>/step<N> (plan.models)
     absent = [str(p.relative_to(work)) for p in jsons if not p.is_file()]
     assert not absent, f"fine-tuning JSONs missing: {absent}"
     print(f"check: runs.tsv has all {len(runs)} runs, each with its JSON")
