@@ -49,7 +49,7 @@ import numpy as np
 
 from .finetune import _set_threads, load_classifier, model_k, verify_weights, weights_sha256
 from .kmers import CLS, N_SPECIAL, PAD, SEP, kmers_to_seq, seq_to_ids, vocab_size
-from .tasks import SEQ_NAMES, _delimiter, _short, _unquote
+from .tasks import SEQ_NAMES, _short, _unquote, table_header
 from .util import GeneMaskError, Progress, atomic_output
 
 FASTA_EXT = (".fa", ".fasta", ".fna", ".fas")
@@ -140,18 +140,8 @@ def _read_table(path: Path) -> tuple[list[str], list[bytes]]:
         raw = gzip.decompress(path.read_bytes()) if path.name.lower().endswith(".gz") else path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise GeneMaskError(f"{path}: cannot read the sequence table ({e})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise GeneMaskError(f"{path}:{line}: not UTF-8/ASCII text") from None
-    lines = text.splitlines()
-    first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
-    if first is None:
-        raise GeneMaskError(f"{path}:1: empty file (expected a header with a 'sequence' column)")
-    header = lines[first]
-    delim = _delimiter(Path(path.name[:-3]) if path.name.lower().endswith(".gz") else path, header)
-    names = [_unquote(f).lower() for f in header.split(delim)]
+    inner = Path(path.name[:-3]) if path.name.lower().endswith(".gz") else path
+    lines, first, delim, names = table_header(path, raw, "a header with a 'sequence' column", named_as=inner)
     si = next((i for i, c in enumerate(names) if c in SEQ_NAMES), None)
     if si is None:
         raise GeneMaskError(f"{path}:{first + 1}: header columns {names} have no 'sequence' (or 'seq') column")

@@ -102,6 +102,23 @@ def _delimiter(path: Path, header: str) -> str:
                         f"nor a comma (expected two columns: sequence, label)")
 
 
+def table_header(path: Path, raw: bytes, expected: str, named_as: Path | None = None):
+    """(lines, index of the header line, delimiter, lower-case unquoted column names) of a text table;
+    not UTF-8 -> FILE:LINE, no header -> FILE:1 naming `expected`. `named_as`: the name whose
+    extension picks the delimiter (default `path`; a .gz file's inner name)."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise GeneMaskError(f"{path}:{line}: not UTF-8/ASCII text") from None
+    lines = text.splitlines()
+    first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
+    if first is None:
+        raise GeneMaskError(f"{path}:1: empty file (expected {expected})")
+    delim = _delimiter(named_as or path, lines[first])
+    return lines, first, delim, [_unquote(f).lower() for f in lines[first].split(delim)]
+
+
 def read_task_file(path: str | Path, num_labels: int | None = None, k: int | None = None,
                    label_names: bool = False) -> TaskData:
     """Read one task file (see module docstring); every fault -> GeneMaskError `FILE:LINE: fault`.
@@ -113,18 +130,7 @@ def read_task_file(path: str | Path, num_labels: int | None = None, k: int | Non
         raw = path.read_bytes()
     except OSError as e:
         raise GeneMaskError(f"{path}: cannot read task file ({e.strerror})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise GeneMaskError(f"{path}:{line}: not UTF-8/ASCII text") from None
-    lines = text.splitlines()
-    first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
-    if first is None:
-        raise GeneMaskError(f"{path}:1: empty file (expected a header 'sequence<TAB>label' and data rows)")
-    header = lines[first]
-    delim = _delimiter(path, header)
-    names = [_unquote(f).lower() for f in header.split(delim)]
+    lines, first, delim, names = table_header(path, raw, "a header 'sequence<TAB>label' and data rows")
     hline = first + 1
     if len(names) != 2:
         raise GeneMaskError(f"{path}:{hline}: header has {len(names)} column(s) {names}; expected exactly two: "
