@@ -94,6 +94,18 @@ def _new_figure(w: float, h: float):
     return Figure(figsize=(w, h), layout="constrained")
 
 
+def _shared_legend(fig, axes, title: str) -> None:
+    """One figure legend below the panels, each label once (panels repeat the same schemes)."""
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), title=title)
+
+
 def _png_bytes(fig, dpi: int = 130) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
@@ -374,14 +386,7 @@ def plot_accuracy_vs_shots(summary: pd.DataFrame, metric: str = "accuracy") -> b
         ax.set_xlabel("shots (training examples per class, log scale)")
         ax.set_ylabel(metric.replace("_", "-"))
         ax.grid(True, alpha=0.3)
-    handles, labels = [], []
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), title="pretraining scheme")
+    _shared_legend(fig, axes, "pretraining scheme")
     fig.suptitle(f"Few-shot {metric.replace('_', '-')} vs shots (mean ± sd over seeds)")
     return _png_bytes(fig)
 
@@ -439,14 +444,7 @@ def plot_accuracy_vs_steps(summary: pd.DataFrame, task: str, kinds: Mapping[str,
             ax.set_xlabel("pretraining steps")
             ax.set_ylabel(m.replace("_", "-"))
             ax.grid(True, alpha=0.3)
-    handles, labels = [], []
-    for ax in axes.ravel():
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), title="scheme")
+    _shared_legend(fig, axes.ravel(), "scheme")
     fig.suptitle(f"{task}: few-shot results vs pretraining steps\n(mean ± sd over all pretraining × fine-tuning "
                  f"seed runs; horizontal lines: no pretraining steps)", fontsize=10)
     return _png_bytes(fig)
