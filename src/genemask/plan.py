@@ -148,8 +148,10 @@ def resolve(config: dict, where: str = "config") -> dict:
         if e > steps:
             raise GeneMaskError(f"{where}: key 'pretrain.eval_steps': step {e} is past the run's "
                                 f"pretrain.settings.steps ({steps})")
+    schemes = _load_yaml(SCHEMA)["properties"]["pretrain"]["properties"]["schemes"]["items"]["enum"] \
+        if cfg.get("baselines") else []
     for name in cfg.get("baselines") or {}:
-        if name in _load_yaml(SCHEMA)["properties"]["pretrain"]["properties"]["schemes"]["items"]["enum"]:
+        if name in schemes:
             raise GeneMaskError(f"{where}: key 'baselines.{name}': the name of a masking scheme; choose another")
     c = cfg["corpus"]
     if c["min_bp"] < c["k"]:
