@@ -148,7 +148,7 @@ def test_settings_schema(tmp_path):
         select_regime(s, 100)
     for bad, msg in [('{"regimes": []}', "non-empty"), ('{"warmup_ratio": 2}', "warmup_ratio"),
                      ('{"regimes": [{"batch_size": 0, "lr": 1, "epochs": 1}]}', "batch_size"),
-                     ('{"regimes": [{"lr": 1, "epochs": 1}]}', "missing keys"), ("{oops", "not valid JSON"),
+                     ('{"regimes": [{"lr": 1, "epochs": 1}]}', "'batch_size' is a required property"), ("{oops", "not valid JSON"),
                      (str(tmp_path / "absent.json"), "cannot read")]:
         with pytest.raises(GeneMaskError, match=msg):
             load_settings(bad)

@@ -275,7 +275,7 @@ def test_training_rules_get_hostile_values_as_data(tmp_path, mirror):
         (local / name).write_bytes((pool / name).read_bytes())
     cfg = yaml.safe_load(open(ROOT / "config/demo.yaml"))
     bad = {**cfg, "finetune": {**cfg["finetune"], "settings": {"note": evil}}}
-    with pytest.raises(plan.GeneMaskError, match=r"key 'finetune.settings': unknown fine-tuning setting\(s\) \['note'\]"):
+    with pytest.raises(plan.GeneMaskError, match=r"key 'finetune.settings': unknown key\(s\) \('note' was unexpected\)"):
         plan.resolve(bad)  # a free-form string never gets as far as a command
     cfg["finetune"]["tasks"] = ["Prom-core", "Mine"]
     cfg["tasks"] = {"Mine": {"num_labels": 2, "train": str(local / "train.csv"), "test": str(local / "test.csv"),

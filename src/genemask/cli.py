@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .defaults import default as D  # the config schema's defaults, so a command alone runs as the pipeline
 from .util import GeneMaskError
 
 
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", default=None,
                    help="CHR, CHR:START-END (1-based, inclusive, as samtools) or {CHR}:START-END; "
                         "coordinates are read from the right, so names with ':' work")
-    p.add_argument("--max-order", type=int, default=10)
+    p.add_argument("--max-order", type=int, default=D("ngrams.max_order"))
     p.add_argument("-o", "--output", required=True)
 
     p = _p(sub, "merge", "add n-gram count files")
@@ -60,19 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _p(sub, "npmi", "score n-grams by (normalised) PMI and rank them")
     p.add_argument("counts")
-    p.add_argument("--variant", choices=["paper", "levine"], default="paper")
-    p.add_argument("--min-count", type=int, default=101)
+    p.add_argument("--variant", choices=["paper", "levine"], default=D("npmi.variant"))
+    p.add_argument("--min-count", type=int, default=D("npmi.min_count"))
     p.add_argument("-o", "--output", required=True)
 
     # ---- corpus (corpus.py) -------------------------------------------------------------------
     p = _p(sub, "corpus", "cut a FASTA region into pretraining pieces and write token ids (train/valid)")
     p.add_argument("fasta")
     p.add_argument("--region", default=None)
-    p.add_argument("--k", type=int, default=6)
-    p.add_argument("--max-bp", type=int, default=511)
-    p.add_argument("--min-bp", type=int, default=6)
-    p.add_argument("--valid-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--k", type=int, default=D("corpus.k"))
+    p.add_argument("--max-bp", type=int, default=D("corpus.max_bp"))
+    p.add_argument("--min-bp", type=int, default=D("corpus.min_bp"))
+    p.add_argument("--valid-fraction", type=float, default=D("corpus.valid_fraction"))
+    p.add_argument("--seed", type=int, default=D("corpus.seed"))
     p.add_argument("-o", "--output", required=True, help="output folder (train.bin, valid.bin, index)")
 
     # ---- masking (masking.py) -----------------------------------------------------------------
@@ -114,16 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", required=True, help="test file (6-mer TSV or raw-bp CSV)")
     p.add_argument("--exclude", nargs="*", default=[], help="files whose rows are removed from the test set")
     p.add_argument("--num-labels", type=int, required=True)
-    p.add_argument("--max-test", type=int, default=0, help="subsample the test set to this many rows (0 = all)")
+    p.add_argument("--max-test", type=int, default=D("finetune.max_test"), help="subsample the test set to this many rows (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=6, help="the model's k: shorter sequences are refused")
     p.add_argument("--window-tokens", type=int, default=510,
                    help="k-mer tokens the model sees; longer sequences are counted as truncated in the stats")
     p.add_argument("--draw", type=int, default=None, metavar="K",
                    help="--train is a labelled pool: draw K rows per class from it (stratified, seeded)")
-    p.add_argument("--draw-seed", type=int, default=0)
+    p.add_argument("--draw-seed", type=int, default=D("definitions.local_task.draw_seed"))
     p.add_argument("--label-names", action="store_true", help="accept label names (sorted -> 0..n-1)")
-    p.add_argument("--on-conflict", choices=["error", "drop"], default="error",
+    p.add_argument("--on-conflict", choices=["error", "drop"], default=D("definitions.catalogued_task.on_conflict"),
                    help="a sequence with conflicting labels: refuse (default) or drop its rows")
     p.add_argument("--out-train", required=True)
     p.add_argument("--out-test", required=True)
@@ -148,19 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = _p(sub, "predict", "class probabilities of new sequences (FASTA or TSV/CSV) from a fine-tuned classifier")
     p.add_argument("--model", required=True, help="fine-tuned classifier folder (apply.save_classifier)")
     p.add_argument("input", help="FASTA (.fa/.fasta/.fna[.gz]) or table (.tsv/.csv[.gz], a sequence column)")
-    p.add_argument("--stride", type=int, default=None, help="tokens between window starts (default: half a window)")
-    p.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("--stride", type=int, default=D("predict.stride"), help="tokens between window starts (default: half a window)")
+    p.add_argument("--batch-size", type=int, default=D("predict.batch_size"), help="windows per forward pass")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=D("predict.device"))
     p.add_argument("-o", "--output", required=True, help="TSV: id, prob_<label> per class, predicted")
 
     p = _p(sub, "embed", "per-sequence vectors of new sequences from any model folder (pretrained or fine-tuned)")
     p.add_argument("--model", required=True, help="model folder")
     p.add_argument("input", help="FASTA (.fa/.fasta/.fna[.gz]) or table (.tsv/.csv[.gz], a sequence column)")
-    p.add_argument("--pooling", choices=["cls", "mean"], default="cls")
-    p.add_argument("--layer", type=int, default=-1, help="hidden state: 0 = embeddings, 1..L layers, -1 = last")
-    p.add_argument("--stride", type=int, default=None, help="tokens between window starts (default: half a window)")
-    p.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("--pooling", choices=["cls", "mean"], default=D("predict.embed.pooling"))
+    p.add_argument("--layer", type=int, default=D("predict.embed.layer"), help="hidden state: 0 = embeddings, 1..L layers, -1 = last")
+    p.add_argument("--stride", type=int, default=D("predict.stride"), help="tokens between window starts (default: half a window)")
+    p.add_argument("--batch-size", type=int, default=D("predict.batch_size"), help="windows per forward pass")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=D("predict.device"))
     p.add_argument("-o", "--output", required=True, help=".npy (ids in <stem>.ids.txt beside it) or .parquet (columns id, embedding: list<float32>)")
 
     # ---- report (report.py, motifs.py) --------------------------------------------------------
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _p(sub, "motifs", "score the top-N NPMI k-mers against JASPAR motifs (offline) and test enrichment")
     p.add_argument("--ranking", required=True, help="NPMI table (ours or the authors' Data-A CSV)")
-    p.add_argument("--top", type=int, default=50)
+    p.add_argument("--top", type=int, default=D("report.motifs_top"))
     p.add_argument("--k", type=int, default=6)
     p.add_argument("--threshold", type=float, default=0.85, help="relative PWM score for a hit")
     p.add_argument("--min-ic", type=float, default=10.0, help="min information content (bits) of a motif window")

@@ -49,80 +49,33 @@ from typing import Any
 
 import numpy as np
 
+from .defaults import check as check_settings
+from .defaults import defaults as config_defaults
 from .kmers import CLS, N_SPECIAL, PAD, SEP, seq_to_ids, vocab_size
 from .tasks import read_task_file
 from .util import GeneMaskError, atomic_output, read_settings
 
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "regimes": [
-        {"max_shot": 100, "batch_size": 5, "lr": 1e-4, "epochs": 20},
-        {"max_shot": None, "batch_size": 15, "lr": 5e-5, "epochs": 5},
-    ],
-    "epochs": None,
-    "warmup_ratio": 0.1,
-    "weight_decay": 0.01,
-    "hidden_dropout": 0.1,
-    "max_grad_norm": 1.0,
-    "eval_batch_size": 64,
-    "max_length": 512,
-    "device": "cpu",
-}
-_REGIME_KEYS = {"max_shot", "batch_size", "lr", "epochs"}
+# The paper's settings (the module docstring above): the config schema's finetune.settings defaults
+# (one home: genemask.defaults), which also validates them (`load_settings`).
+DEFAULT_SETTINGS: dict[str, Any] = config_defaults("finetune.settings")
 
 
 # ---------------------------------------------------------------------------------------------
 # settings
 # ---------------------------------------------------------------------------------------------
 def load_settings(settings: str | os.PathLike | dict | None) -> dict[str, Any]:
-    """Merge user settings (dict, JSON string or JSON/YAML file) over the defaults and validate them."""
+    """Merge user settings (dict, JSON string or JSON/YAML file) over the defaults and validate them
+    against the config schema's finetune.settings (the rules a config's settings are checked by)."""
     user, src = read_settings(settings, "fine-tuning")
     unknown = sorted(set(user) - set(DEFAULT_SETTINGS))
     if unknown:
         raise GeneMaskError(f"{src}: unknown fine-tuning setting(s) {unknown}; known: {sorted(DEFAULT_SETTINGS)}")
     out = copy.deepcopy(DEFAULT_SETTINGS)
     out.update(copy.deepcopy(user))
-    _validate(out, src)
-    return out
-
-
-def _num(v, key, src, lo=None, hi=None, integer=False, nullable=False):
-    if v is None and nullable:
-        return
-    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-    if isinstance(v, bool) or not ok or (lo is not None and v < lo) or (hi is not None and v > hi):
-        kind = "an integer" if integer else "a number"
-        rng = f" in [{lo}, {hi}]" if hi is not None else (f" >= {lo}" if lo is not None else "")
-        raise GeneMaskError(f"{src}: setting {key} must be {kind}{rng}" + (" or null" if nullable else "")
-                            + f", got {v!r}")
-
-
-def _validate(s: dict, src: str) -> None:
-    regs = s["regimes"]
-    if not isinstance(regs, list) or not regs:
-        raise GeneMaskError(f"{src}: setting regimes must be a non-empty list")
-    for i, r in enumerate(regs):
-        key = f"regimes[{i}]"
-        if not isinstance(r, dict):
-            raise GeneMaskError(f"{src}: setting {key} must be a mapping")
-        bad = sorted(set(r) - _REGIME_KEYS)
-        missing = sorted(_REGIME_KEYS - set(r) - {"max_shot"})
-        if bad or missing:
-            raise GeneMaskError(f"{src}: setting {key}: unknown keys {bad}, missing keys {missing}; "
-                                f"expected {sorted(_REGIME_KEYS)}")
+    check_settings(out, "finetune.settings", src, prefix="setting")
+    for r in out["regimes"]:
         r.setdefault("max_shot", None)
-        _num(r["max_shot"], f"{key}.max_shot", src, lo=1, integer=True, nullable=True)
-        _num(r["batch_size"], f"{key}.batch_size", src, lo=1, integer=True)
-        _num(r["lr"], f"{key}.lr", src, lo=0)
-        _num(r["epochs"], f"{key}.epochs", src, lo=1, integer=True)
-    _num(s["epochs"], "epochs", src, lo=1, integer=True, nullable=True)
-    _num(s["warmup_ratio"], "warmup_ratio", src, lo=0, hi=1)
-    _num(s["weight_decay"], "weight_decay", src, lo=0)
-    _num(s["hidden_dropout"], "hidden_dropout", src, lo=0, hi=1, nullable=True)
-    _num(s["max_grad_norm"], "max_grad_norm", src, lo=0, nullable=True)
-    _num(s["eval_batch_size"], "eval_batch_size", src, lo=1, integer=True)
-    _num(s["max_length"], "max_length", src, lo=3, integer=True)
-    if s["device"] not in ("cpu", "cuda", "auto"):
-        raise GeneMaskError(f"{src}: setting device must be cpu, cuda or auto, got {s['device']!r}")
+    return out
 
 
 def select_regime(settings: dict, shot: int) -> dict:

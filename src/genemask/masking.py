@@ -107,12 +107,16 @@ import numpy as np
 import torch
 
 from . import kmers
+from .defaults import defaults as config_defaults
 from .util import GeneMaskError
 
 SCHEMES = ("random", "dnabert", "genemask", "reference", "curriculum", "global_pmi", "cm_step", "cm_gems")
 DEFAULT_P = {"random": 0.15, "dnabert": 0.025, "genemask": 0.0176, "reference": 0.0176, "curriculum": 0.0176,
              "global_pmi": 0.0136, "cm_step": 0.025, "cm_gems": 0.0176}  # cm_*: their first branch's p
-GLOBAL_P = 0.0136  # centre probability (count only) of global_pmi, and option `global_p` of cm_step / cm_gems
+# The options' defaults live in the config schema (pretrain.settings.masking; genemask.defaults), but
+# `p` (DEFAULT_P, per scheme) and `high_radius` (k - 1), which depend on the scheme and k.
+OPTION_DEFAULTS = config_defaults("pretrain.settings.masking")
+GLOBAL_P = OPTION_DEFAULTS["global_p"]  # 0.0136: centre probability (count only) of global_pmi, and option `global_p` of cm_step / cm_gems
 HIGH_RULES = ("all_if_le8", "half")
 NEEDS_RANKING = ("genemask", "reference", "curriculum", "global_pmi", "cm_step", "cm_gems")
 FAITHFUL_SCHEMES = ("global_pmi", "cm_step", "cm_gems")  # option `faithful`: the released code's defects
@@ -126,7 +130,7 @@ OPTIONS = ("p", "high_rule", "high_radius", "ramp", "mask_prob", "random_prob", 
 # value, i.e. a plateau, while the early phase moves by tens to thousands; a threshold far smaller
 # (0.01) would rarely be met before the learning rate decays, a larger one (10) would fire on the early
 # drop's first slow-down. The switch step is recorded (`genemask.json` `switch_step`) so it can be judged.
-DEFAULT_THRESHOLD = 1.0
+DEFAULT_THRESHOLD = OPTION_DEFAULTS["threshold"]  # 1.0
 DATA_A = Path("genemask") / "Data-A_norm-pmi-score-ranking.csv"
 IGNORE = -100
 
@@ -492,21 +496,22 @@ def _randint(lo, hi, shape, generator, device) -> torch.Tensor:
 
 @dataclass
 class Masker:
-    """A masking scheme; call it on a padded batch. Build it with `make_masker`."""
+    """A masking scheme; call it on a padded batch. Build it with `make_masker`, which holds the
+    defaults (the fields have none, so that no second table of them can disagree)."""
 
     scheme: str
-    k: int = 6
-    ranking: np.ndarray | None = None
-    p: float = 0.15
-    high_rule: str = "all_if_le8"
-    high_radius: int = 5
-    ramp: float = 1.0
-    mask_prob: float = 0.8
-    random_prob: float = 0.1
-    global_p: float = GLOBAL_P
-    threshold: float = DEFAULT_THRESHOLD
-    switch_at: int | None = None
-    faithful: bool = False
+    k: int
+    ranking: np.ndarray | None
+    p: float
+    high_rule: str
+    high_radius: int
+    ramp: float
+    mask_prob: float
+    random_prob: float
+    global_p: float
+    threshold: float
+    switch_at: int | None
+    faithful: bool
 
     def __post_init__(self):
         self._ranks = rank_table(self.ranking, self.k) if self.ranking is not None else None
@@ -725,9 +730,7 @@ def make_masker(scheme: str, k: int = 6, ranking=None, **options) -> Masker:
         ranking = load_ranking(ranking, k=k)
     if scheme in NEEDS_RANKING and ranking is None:
         raise GeneMaskError(f"scheme {scheme!r} needs an NPMI ranking (--ranking)")
-    opts = {"p": DEFAULT_P[scheme], "high_rule": "all_if_le8", "high_radius": k - 1, "ramp": 1.0,
-            "mask_prob": 0.8, "random_prob": 0.1, "global_p": GLOBAL_P, "threshold": DEFAULT_THRESHOLD,
-            "switch_at": None, "faithful": False}
+    opts = {"p": DEFAULT_P[scheme], "high_radius": k - 1, **OPTION_DEFAULTS}
     opts.update({key: v for key, v in options.items() if v is not None})
     for key in ("p", "global_p"):
         if not 0.0 <= _number(key, opts[key]) <= 1.0:

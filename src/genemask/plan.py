@@ -5,7 +5,6 @@ unit-tested like any other stage and the workflow files only wire rules together
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -13,18 +12,18 @@ from pathlib import Path
 
 import yaml
 
+from . import defaults as D
+from .defaults import ROOT, SCHEMA  # noqa: F401 - SCHEMA re-exported
 from .genome import plan_chunks
 from .util import GeneMaskError  # noqa: F401 - re-exported for the Snakefile
 
-ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-DEFAULTS = {
-    "ngrams": {"max_order": 10},
-    "npmi": {"variant": "paper", "min_count": 101, "ranking": "computed"},
-    "corpus": {"k": 6, "max_bp": 511, "min_bp": 6, "valid_fraction": 0.1, "seed": 42},
-    "report": {"motifs_top": 50},
-    "finetune": {"worker": True},
-}
+# Sections whose keys plan.resolve fills from the schema's `default:` values: the optional ones are
+# created when absent, pretrain/finetune (required) filled when given. Not filled: the `settings`
+# inside them (passed to the jobs as given, as before: a filled mapping would change the rules'
+# params and rerun every finished job; the jobs' load_settings fill them from the same defaults) and
+# predict (its options are passed only when given, so the commands' own defaults, equal to the
+# schema's, hold).
+FILLED = {"ngrams": True, "npmi": True, "corpus": True, "report": True, "pretrain": False, "finetune": False}
 
 
 def export_root() -> None:
@@ -56,43 +55,23 @@ def _load_yaml(path: Path) -> dict:
 
 def validate(config: dict, schema_path: str | Path | None = None, where: str = "config") -> dict:
     """Check `config` against the JSON schema; the first error becomes one line naming the key."""
-    schema = _load_yaml(Path(schema_path or SCHEMA))
-    v = _validator_class()(schema)
+    schema = _load_yaml(Path(schema_path)) if schema_path else D.schema()
+    v = D.validator_class()(schema)
     errors = sorted(v.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         e = errors[0]
         key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise GeneMaskError(f"{where}: key '{key}': {_short(e)}")
+        raise GeneMaskError(f"{where}: key '{key}': {D.short_message(e)}")
     return config
-
-
-def _strict_integer(checker, x) -> bool:
-    """JSON Schema counts 1.0 as an integer; the pipeline does not (a seed 1.0 reaches argparse
-    `type=int` hours later): an integer key takes an int, never a float, never a bool."""
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-@functools.lru_cache(maxsize=1)
-def _validator_class():
-    import jsonschema
-
-    base = jsonschema.Draft202012Validator
-    return jsonschema.validators.extend(base, type_checker=base.TYPE_CHECKER.redefine("integer", _strict_integer))
-
-
-def _short(e) -> str:
-    if "propertyNames" in e.schema_path:  # a mapping's key (a name) is wrong, not its value
-        return f"name {e.instance!r} is not allowed ({e.message.replace(repr(e.instance) + ' ', '')})"
-    if e.validator == "additionalProperties":
-        return e.message.replace("Additional properties are not allowed", "unknown key(s)")
-    return e.message
 
 
 def resolve(config: dict, where: str = "config") -> dict:
     """Merge the catalogues (config/sources.yaml, config/tasks.yaml) and defaults, validate, cross-check."""
     cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
-    for key, default in DEFAULTS.items():
-        cfg[key] = {**default, **(cfg.get(key) or {})}
+    for key, create in FILLED.items():  # the schema's defaults (a non-mapping is left to the schema)
+        given = cfg.get(key)
+        if isinstance(given, dict) or (given is None and create):
+            cfg[key] = {**D.defaults(key), **(given or {})}
     # A config entry adds a source/task or overrides keys of a catalogued one (e.g. only hg38's sha256).
     for key in ("sources", "tasks"):
         merged = _load_yaml(ROOT / "config" / f"{key}.yaml")
@@ -104,6 +83,10 @@ def resolve(config: dict, where: str = "config") -> dict:
             keep = {} if key == "tasks" and isinstance(entry, dict) and "train" in entry else merged.get(name, {})
             merged[name] = {**keep, **entry} if isinstance(entry, dict) else entry
         cfg[key] = merged
+    for name, task in cfg["tasks"].items():  # on_conflict, draw_seed
+        if isinstance(task, dict):
+            kind = "local_task" if "train" in task else "catalogued_task"
+            cfg["tasks"][name] = {**D.defaults(f"definitions.{kind}"), **task}
     validate(cfg, where=where)
     src = cfg["sources"]
 
@@ -137,19 +120,13 @@ def resolve(config: dict, where: str = "config") -> dict:
     model = ROOT / "resources" / "models" / f"{cfg['pretrain']['model']}.json"
     if not model.exists():
         raise GeneMaskError(f"{where}: key 'pretrain.model': no model configuration {model}")
-    from .finetune import load_settings as finetune_settings
-
-    try:  # the job would refuse a typo hours later, after pretraining: refuse it now
-        finetune_settings(cfg["finetune"].get("settings") or {})
-    except GeneMaskError as e:
-        raise GeneMaskError(f"{where}: key 'finetune.settings': {str(e).split(': ', 1)[-1]}") from None
+    _check_regimes(cfg, where)
     steps = pretrain_steps(cfg)
     for e in cfg["pretrain"].get("eval_steps") or []:
         if e > steps:
             raise GeneMaskError(f"{where}: key 'pretrain.eval_steps': step {e} is past the run's "
                                 f"pretrain.settings.steps ({steps})")
-    schemes = _load_yaml(SCHEMA)["properties"]["pretrain"]["properties"]["schemes"]["items"]["enum"] \
-        if cfg.get("baselines") else []
+    schemes = D.node("pretrain.schemes")["items"]["enum"] if cfg.get("baselines") else []
     for name in cfg.get("baselines") or {}:
         if name in schemes:
             raise GeneMaskError(f"{where}: key 'baselines.{name}': the name of a masking scheme; choose another")
@@ -168,6 +145,25 @@ def resolve(config: dict, where: str = "config") -> dict:
     if cfg.get("predict") is not None:
         cfg["predict"] = _resolve_predict(cfg, where)
     return cfg
+
+
+def finetune_setting(cfg: dict, key: str):
+    """A fine-tuning setting as the job sees it: finetune.settings' value, else the schema default."""
+    settings = cfg["finetune"].get("settings") or {}
+    return settings[key] if key in settings else D.default(f"finetune.settings.{key}")
+
+
+def _check_regimes(cfg: dict, where: str) -> None:
+    """Every shot run must have a fine-tuning regime (finetune.select_regime's rule): the job would
+    refuse it after pretraining, hours later."""
+    maxima = [r.get("max_shot") for r in finetune_setting(cfg, "regimes")]
+    if None in maxima:
+        return
+    for t in cfg["finetune"]["tasks"]:
+        for shot in task_shots(cfg, t):
+            if shot > max(maxima) and shot_source(cfg, t, shot) is not None:
+                raise GeneMaskError(f"{where}: key 'finetune.settings.regimes': no regime covers shot {shot} of task "
+                                    f"{t!r} (max_shot values {maxima}; null = any shot)")
 
 
 def local_path(given: str, key: str) -> str:
@@ -209,12 +205,9 @@ def task_shots(cfg: dict, task: str) -> list[int]:
 def window(cfg: dict) -> tuple[int, int]:
     """(k, tokens) the fine-tuned model sees: the model's k and min(finetune max_length, its
     max_position_embeddings) minus [CLS]/[SEP] (default 512 - 2 = 510 tokens = 515 bp at k = 6)."""
-    from .finetune import DEFAULT_SETTINGS
-
     model = json.loads((ROOT / "resources" / "models" / f"{cfg['pretrain']['model']}.json").read_text())
-    settings = cfg["finetune"].get("settings") or {}
-    max_len = min(int(settings.get("max_length", DEFAULT_SETTINGS["max_length"])),
-                  int(model.get("max_position_embeddings", DEFAULT_SETTINGS["max_length"])))
+    max_length = int(finetune_setting(cfg, "max_length"))
+    max_len = min(max_length, int(model.get("max_position_embeddings", max_length)))
     return int(model.get("k", 6)), max_len - 2
 
 
@@ -223,9 +216,11 @@ def task_data_args(cfg: dict, task: str, shot: int) -> list[str]:
     and for a local task the draw."""
     k, tokens = window(cfg)
     t = cfg["tasks"][task]
-    args = ["--k", str(k), "--window-tokens", str(tokens), "--on-conflict", str(t.get("on_conflict", "error"))]
+    kind = D.defaults("definitions.local_task" if is_local(cfg, task) else "definitions.catalogued_task")
+    t = {**kind, **t}
+    args = ["--k", str(k), "--window-tokens", str(tokens), "--on-conflict", str(t["on_conflict"])]
     if is_local(cfg, task):
-        args += ["--draw", str(shot), "--draw-seed", str(t.get("draw_seed", 0)), "--label-names"]
+        args += ["--draw", str(shot), "--draw-seed", str(t["draw_seed"]), "--label-names"]
     return args
 
 
@@ -294,16 +289,17 @@ def shot_source(cfg: dict, task: str, shot: int) -> str | None:
 
 def pretrain_seeds(cfg: dict) -> list[int]:
     """Pretraining replicates: pretrain.seeds, else the one seed of pretrain.settings (default 42)."""
-    return list(cfg["pretrain"].get("seeds") or [cfg["pretrain"]["settings"].get("seed", 42)])
+    return list(cfg["pretrain"].get("seeds") or [pretrain_setting(cfg, "seed")])
+
+
+def pretrain_setting(cfg: dict, key: str):
+    """A pretraining setting as the job sees it: pretrain.settings' value, else the schema default."""
+    st = cfg["pretrain"]["settings"]
+    return st[key] if key in st else D.default(f"pretrain.settings.{key}")
 
 
 def pretrain_steps(cfg: dict) -> int:
-    st = cfg["pretrain"]["settings"]
-    if "steps" in st:
-        return int(st["steps"])
-    from .pretrain import DEFAULTS as PRETRAIN_DEFAULTS  # imports torch: only when the config omits steps
-
-    return int(PRETRAIN_DEFAULTS["steps"])
+    return int(pretrain_setting(cfg, "steps"))
 
 
 def eval_steps(cfg: dict, scheme: str) -> list[int]:
@@ -365,7 +361,7 @@ def _resolve_predict(cfg: dict, where: str) -> dict:
             raise GeneMaskError(f"{key}: {e}") from None
     p["inputs"] = inputs
     p["runs"] = _select_runs(cfg, p.get("models") or [], where)
-    if p["runs"] and cfg["finetune"].get("save", "none") != "all":
+    if p["runs"] and cfg["finetune"]["save"] != "all":
         raise GeneMaskError(f"{where}: key 'predict.models': needs finetune.save: all (a run keeps its fine-tuned "
                             f"classifier only then; turning it on reruns the runs that lack one)")
     if "embed" in p:
@@ -432,7 +428,7 @@ def embed_models(cfg: dict) -> list[str]:
 
 def embed_ext(cfg: dict) -> str:
     """Suffix of the embedding files: .parquet (default) or .npy (predict.embed.format)."""
-    return EMBED_FORMATS[((cfg.get("predict") or {}).get("embed") or {}).get("format", "parquet")]
+    return EMBED_FORMATS[((cfg.get("predict") or {}).get("embed") or {}).get("format", D.default("predict.embed.format"))]
 
 
 def apply_args(cfg: dict, command: str) -> list[str]:

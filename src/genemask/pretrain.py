@@ -26,33 +26,15 @@ import torch
 import torch.distributed as dist
 
 from .corpus import Corpus
+from .defaults import defaults as config_defaults
 from .kmers import CLS, PAD, SEP, vocab_size
 from .masking import make_masker, rank_table
 from .util import GeneMaskError, Progress, atomic_output, read_settings
 
-# The paper's settings (spec section 6) are the defaults.
-DEFAULTS = {
-    "steps": 10000,
-    "batch_size": 10,          # sequences per device per micro-batch
-    "grad_accum": 25,          # micro-batches per step (x devices x batch_size = 250 sequences)
-    "lr": 8e-4,
-    "betas": [0.9, 0.98],
-    "eps": 1e-6,
-    "weight_decay": 0.01,
-    "grad_clip": 1.0,
-    "warmup_steps": 500,
-    "max_len": 512,            # tokens incl. [CLS]/[SEP]
-    "seed": 42,
-    "eval_every": 500,
-    "eval_batches": 20,
-    "checkpoint_every": 1000,
-    "log_every": 10,
-    "bf16": True,              # autocast on GPU only
-    "compile": False,
-    "threads": 0,              # torch CPU threads (0 = torch default)
-    "masking": {},             # options passed to masking.make_masker
-    "keep_checkpoints": True,  # keep step checkpoints beside the run (new eval_steps then need no retraining)
-}
+# The paper's settings (spec section 6) are the defaults: the config schema's pretrain.settings
+# defaults (one home: genemask.defaults), plus `threads`, no config key (the rule sets it from
+# pretrain.threads): torch CPU threads, 0 = torch's default.
+DEFAULTS = {**config_defaults("pretrain.settings"), "threads": 0}
 
 LOG_COLUMNS = ["step", "lr", "loss", "val_loss", "val_ppl", "tokens_per_s"]
 
