@@ -146,12 +146,17 @@ def test_check_checkout():
         plan.check_checkout(ROOT / "tests")
 
 
-def test_default_config_is_not_merged_into_a_given_one():
+def test_default_config_is_not_merged_into_a_given_one(tmp_path):
     """`snakemake -n` alone plans config/config.yaml; with --configfile only that file counts (the
-    Snakefile loads its default only without one: Snakemake would merge the two key by key)."""
-    smk = [str(BIN / "snakemake"), "-n", "--quiet", "rules"]
-    bare = subprocess.run(smk, cwd=ROOT, env=ENV, capture_output=True, text=True)
-    demo = subprocess.run([*smk, "--configfile", "config/demo.yaml"], cwd=ROOT, env=ENV, capture_output=True,
+    Snakefile loads its default only without one: Snakemake would merge the two key by key).
+    Run in an empty working directory holding only config/ (a results/ of the checkout's own demo
+    must not change the counts): the default configfile is relative to the working directory."""
+    (tmp_path / "config").mkdir()
+    for name in ("config.yaml", "demo.yaml"):
+        (tmp_path / "config" / name).write_text((ROOT / "config" / name).read_text())
+    smk = [str(BIN / "snakemake"), "-s", str(ROOT / "workflow" / "Snakefile"), "-n", "--quiet", "rules"]
+    bare = subprocess.run(smk, cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    demo = subprocess.run([*smk, "--configfile", "config/demo.yaml"], cwd=tmp_path, env=ENV, capture_output=True,
                           text=True)
     for r in (bare, demo):
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]

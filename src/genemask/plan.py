@@ -108,6 +108,9 @@ def resolve(config: dict, where: str = "config") -> dict:
         need(task["test"], f"tasks.{t}.test")
         for e in task.get("exclude", []):
             need(e, f"tasks.{t}.exclude")
+        if not task_shots(cfg, t):  # a per-task mapping that omits a listed task would drop it silently
+            raise GeneMaskError(f"{where}: key 'finetune.shots': no shot sizes for task {t!r} (the mapping lists "
+                                f"{', '.join(map(str, cfg['finetune']['shots'])) or 'no task'})")
         for shot in task_shots(cfg, t):
             name = task["shots"].get(str(shot), task["shots"].get(shot))
             if name is not None:
@@ -194,7 +197,7 @@ def is_local(cfg: dict, task: str) -> bool:
 
 def task_shots(cfg: dict, task: str) -> list[int]:
     """K values run for a task: a local task's own `shots`, else finetune.shots (a list for every
-    task, or a mapping task -> list; a task the mapping omits gets none)."""
+    task, or a mapping task -> list; `resolve` refuses a mapping that omits a catalogued task)."""
     given = cfg["finetune"]["shots"]
     default = list(given.get(task, [])) if isinstance(given, dict) else list(given)
     if is_local(cfg, task):
