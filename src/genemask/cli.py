@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("-o", "--output", required=True, help="output folder (train.bin, valid.bin, index)")
 
-    # ---- masking (masking.py) -----------------------------------------------------------------
+    # ---- masking (maskstats.py) --------------------------------------------------------------
     p = _p(sub, "mask-stats", "masking statistics of a scheme on real sequence")
     p.add_argument("fasta")
     p.add_argument("--scheme", required=True)
@@ -341,7 +341,7 @@ def dispatch(args: argparse.Namespace):
             valid_fraction=args.valid_fraction, seed=args.seed,
         )
     if c == "mask-stats":
-        from .masking import mask_stats_cli
+        from .maskstats import mask_stats_cli
 
         return mask_stats_cli(args.fasta, scheme=args.scheme, ranking=args.ranking, k=args.k,
                               n_seqs=args.n_seqs, seed=args.seed, step=args.step, total_steps=args.total_steps,
