@@ -137,6 +137,22 @@ def test_schedule_values_pinned():
     assert linear_schedule(2, 5)(9) == 0.0  # past the end: 0, never negative
 
 
+def test_finetune_schedule_is_hugging_faces():
+    from transformers import get_linear_schedule_with_warmup
+
+    for warmup, total in ((3, 8), (0, 5), (5, 5), (1, 12), (7, 30)):
+        w = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.SGD([w], lr=1.0)
+        sched = get_linear_schedule_with_warmup(opt, warmup, total)
+        hf = []
+        for _ in range(total):
+            hf.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        f = linear_schedule(warmup, total)
+        assert [f(t) for t in range(total)] == pytest.approx(hf, abs=1e-15), (warmup, total)
+
+
 def test_finetune_step_lrs_pinned(prom_core_seqs):
     from transformers import BertConfig, BertForSequenceClassification
 
