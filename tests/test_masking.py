@@ -1,5 +1,5 @@
 """Masking schemes: invariants (property-based), exact equality with the loop implementation,
-masked fractions on real hg38 sequence, 80/10/10 replacement, seeding, mask-stats."""
+masked fractions on real hg38 sequence, 80/10/10 replacement, seeding (mask-stats: test_maskstats.py)."""
 from __future__ import annotations
 
 import math
@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genemask import kmers, masking
+from genemask import kmers, masking, maskstats
 from genemask.masking import Draws, make_masker, rank_table, real_positions, span_offsets
-from genemask.masking_reference import loop_mask, loop_positions
+from genemask.masking_oracle import loop_mask, loop_positions
 from genemask.npmi import load_ranking
 from genemask.tokenizer import encode_sequences
 from genemask.util import GeneMaskError
@@ -28,7 +28,7 @@ def ranking(data_a):
 @pytest.fixture(scope="module")
 def real_ids(hg38_slice):
     """2000 full-length (511 bp = 506 tokens) N-free pieces of hg38 chr2."""
-    pieces = masking.cut_pieces(hg38_slice, 2000)
+    pieces = maskstats.cut_pieces(hg38_slice, 2000)
     assert len(pieces) == 2000 and all(len(p) == 511 for p in pieces)
     ids = encode_sequences(6, [p.decode() for p in pieces])["input_ids"]
     assert ids.shape == (2000, 508) and (ids[:, 1:507] >= 5).all()
@@ -122,7 +122,7 @@ def test_real_positions():
     assert masking.row_ends(full).tolist() == [3, 4]
     mixed = torch.tensor([[2, 5, 0, 6, 3], [2, 5, 6, 7, 8], [2, 5, 3, 0, 0], [0, 0, 0, 0, 0]])
     assert masking.row_ends(mixed).tolist() == [3, 4, 1, -1]
-    from genemask.masking_reference import _end
+    from genemask.masking_oracle import _end
     assert [_end(r) for r in mixed.tolist()] == [3, 4, 1, -1]
 
 
@@ -389,56 +389,6 @@ def test_input_dtypes(ranking):
     assert torch.equal(a, b)
 
 
-# ---- mask-stats ------------------------------------------------------------------------------------
-
-def _stats(capsys, *args, **kw):
-    assert masking.mask_stats_cli(*args, **kw) == 0
-    return dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
-
-
-def test_mask_stats_cli(hg38_slice, data_a, mirror, capsys, monkeypatch):
-    dn = _stats(capsys, hg38_slice, "dnabert", ranking=str(data_a), n_seqs=300)
-    monkeypatch.setenv("GENEMASK_MIRROR", str(mirror))
-    gm = _stats(capsys, hg38_slice, "genemask", n_seqs=300)  # default ranking via $GENEMASK_MIRROR
-    assert gm["n_seqs"] == dn["n_seqs"] == "300" and gm["n_tokens"] == str(300 * 506)
-    assert float(gm["mean_rank_masked"]) < float(dn["mean_rank_masked"])
-    assert gm["mean_rank_all"] == dn["mean_rank_all"]
-    assert 0.13 < float(dn["masked_fraction"]) < 0.15 and 0.14 < float(gm["masked_fraction"]) < 0.17
-    assert float(gm["mean_span"]) > float(dn["mean_span"]) > 5.5
-    monkeypatch.delenv("GENEMASK_MIRROR")
-    with pytest.raises(GeneMaskError, match="--ranking"):
-        masking.mask_stats_cli(hg38_slice, "genemask", n_seqs=10)
-    with pytest.raises(GeneMaskError, match="scheme"):
-        masking.mask_stats_cli(hg38_slice, "nope", ranking=str(data_a), n_seqs=10)
-
-
-def test_mask_stats_via_cli(hg38_slice, data_a, capsys):
-    from genemask.cli import main
-
-    assert main(["mask-stats", str(hg38_slice), "--scheme", "random", "--ranking", str(data_a),
-                 "--n-seqs", "20"]) == 0
-    assert "masked_fraction=" in capsys.readouterr().out
-    assert main(["mask-stats", str(hg38_slice), "--scheme", "genemask", "--ranking", "/nonexistent.csv"]) == 2
-    # options reach the masker: the figure's "half" rule masks less than the default on the same pieces
-    base = ["mask-stats", str(hg38_slice), "--ranking", str(data_a), "--n-seqs", "300", "--scheme", "genemask"]
-    assert main(base) == 0
-    dflt = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
-    assert main(base + ["--option", "high_rule=half"]) == 0
-    half = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
-    assert half["option.high_rule"] == "half" and "option.high_rule" not in dflt
-    assert float(half["masked_fraction"]) < float(dflt["masked_fraction"]) - 0.005
-    assert main(base + ["--option", "high_rule"]) == 2
-    assert "expected KEY=VALUE" in capsys.readouterr().err
-    # curriculum: s(t) printed; s = 0 picks high centres at random, so worse ranks than s = 1
-    cur = base[:-1] + ["curriculum", "--total-steps", "10"]
-    assert main(cur + ["--step", "0"]) == 0
-    s0 = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
-    assert main(cur + ["--step", "10"]) == 0
-    s1 = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
-    assert (s0["curriculum_share"], s1["curriculum_share"]) == ("0.0", "1.0")
-    assert float(s1["mean_rank_masked"]) < float(s0["mean_rank_masked"])
-
-
 # ---- the authors' curriculum schemes (spec section 5b): global_pmi, cm_step, cm_gems -------------------
 
 def curriculum_rankings(k, seed, kind):
@@ -505,7 +455,7 @@ def test_curriculum_scheme_options_validated(ranking):
     assert make_masker("global_pmi", ranking=ranking).p == 0.0136 and make_masker("cm_step", ranking=ranking).p == 0.025
     assert m.settings()["threshold"] == 1.0 and m.settings()["faithful"] is False
     # from the CLI, values are YAML scalars
-    assert make_masker("cm_gems", ranking=ranking, **masking.parse_options(["faithful=true", "switch_at=0"])).faithful
+    assert make_masker("cm_gems", ranking=ranking, **maskstats.parse_options(["faithful=true", "switch_at=0"])).faithful
 
 
 def test_global_pmi_masks_best_ranked_positions(real_ids, ranking):
@@ -728,24 +678,6 @@ def test_curriculum_variants_pinned(real_ids, ranking, scheme, options, step, di
     m = make_masker(scheme, ranking=ranking, **options)
     out, lab = m(real_ids[:32], torch.Generator().manual_seed(5), step=step, total_steps=10)
     assert hashlib.sha256(out.numpy().tobytes() + lab.numpy().tobytes()).hexdigest()[:16] == digest
-
-
-def test_mask_stats_curriculum_schemes(hg38_slice, data_a, capsys):
-    base = dict(ranking=str(data_a), n_seqs=300, batch_size=50)
-    s0 = _stats(capsys, hg38_slice, "cm_step", step=0, total_steps=1000, **base)
-    s1 = _stats(capsys, hg38_slice, "cm_step", step=1000, total_steps=1000, **base)
-    assert (s0["cm_step_share"], s1["cm_step_share"]) == ("0.0", "1.0")
-    assert (s0["batches"], s0["global_pmi_batches"], s1["global_pmi_batches"]) == ("6", "0", "6")
-    assert float(s1["mean_rank_masked"]) < float(s0["mean_rank_masked"]) - 250
-    gp = _stats(capsys, hg38_slice, "global_pmi", **base)
-    gm = _stats(capsys, hg38_slice, "genemask", **base)
-    pre = _stats(capsys, hg38_slice, "cm_gems", **base)  # no validation signal: the pre-switch branch
-    post = _stats(capsys, hg38_slice, "cm_gems", options=["switch_at=0"], **base)
-    keys = ("masked_fraction", "mean_span", "mean_rank_masked", "top_decile_masked")
-    assert [pre[x] for x in keys] == [gm[x] for x in keys] and pre["global_pmi_batches"] == "0"
-    assert [post[x] for x in keys] == [gp[x] for x in keys] and post["global_pmi_batches"] == "6"
-    ff = _stats(capsys, hg38_slice, "global_pmi", options=["faithful=true"], **base)
-    assert ff["option.faithful"] == "True" and float(ff["mean_rank_masked"]) > float(gp["mean_rank_masked"]) + 250
 
 
 def test_pretrain_records_cm_gems_switch_through_a_kill(hg38_slice, data_a, tmp_path):

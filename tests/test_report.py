@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from genemask import report
+from genemask import aggregate, figures, report
 from genemask.cli import main
 from genemask.util import GeneMaskError
 
@@ -121,7 +121,7 @@ def test_paired_tests_equal_scipy(metrics, tmp_path):
     report.aggregate_cli(metrics, out)
     t = pd.read_csv(out / "tests.tsv", sep="\t")
     assert set(t.baseline) == {"dnabert", "none"}  # the references present: dnabert, none (no baselines)
-    assert set(t.metric) == set(report.METRICS)
+    assert set(t.metric) == set(aggregate.METRICS)
 
     def row(task, shot, scheme, metric="accuracy", baseline="dnabert"):
         r = t[(t.task == task) & (t.shot == shot) & (t.scheme == scheme) & (t.metric == metric)
@@ -224,12 +224,12 @@ def test_plot_loss(tmp_path):
     assert main(["plot-loss", *map(str, logs), "--labels", "a", "b", "c", "-o", str(png2)]) == 0
     _png_ok(png2)
     with pytest.raises(GeneMaskError, match="2 label"):
-        report.plot_loss(logs, ["a", "b"], tmp_path / "x.png")
+        figures.plot_loss(logs, ["a", "b"], tmp_path / "x.png")
     bad = tmp_path / "bad" / "train_log.tsv"
     bad.parent.mkdir()
     bad.write_text("step\tlr\tloss\n1\t0.1\t5.0\n")
     with pytest.raises(GeneMaskError, match="bad/train_log.tsv.*val_loss"):
-        report.plot_loss([bad], None, tmp_path / "x.png")
+        figures.plot_loss([bad], None, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
 
 
@@ -261,13 +261,13 @@ def test_plot_mask_ranks(tmp_path, data_a, capsys):
     _png_ok(png)
     # the function itself, with one rank per masked token and an explicit all-token reference
     png2 = tmp_path / "direct.png"
-    report.mask_rank_histogram({"genemask": rng.integers(1, 300, 5000), "dnabert": rng.integers(1, 4097, 5000)},
+    figures.mask_rank_histogram({"genemask": rng.integers(1, 300, 5000), "dnabert": rng.integers(1, 4097, 5000)},
                                png2, reference=(r, np.ones(r.size)))
     _png_ok(png2)
     bad = tmp_path / "bad.tsv"
     bad.write_text("rank\tn\n1\t5\n")
     with pytest.raises(GeneMaskError, match="bad.tsv.*count"):
-        report.plot_mask_ranks_cli([bad], tmp_path / "y.png")
+        figures.plot_mask_ranks_cli([bad], tmp_path / "y.png")
     assert not (tmp_path / "y.png").exists()
 
 
@@ -286,9 +286,9 @@ def test_report_html_renders_in_chromium(metrics, missing_tsv, tmp_path):
 
 
 @pytest.mark.parametrize("reader, name", [
-    (lambda p: report.load_missing(p), "missing-shots table"),
-    (lambda p: report._read_loss_log(p), "training log"),
-    (lambda p: report._read_rank_counts(p), "mask-rank table"),
+    (lambda p: aggregate.load_missing(p), "missing-shots table"),
+    (lambda p: figures._read_loss_log(p), "training log"),
+    (lambda p: figures._read_rank_counts(p), "mask-rank table"),
 ])
 @pytest.mark.parametrize("content, fault", [
     (None, "cannot read"),
@@ -584,7 +584,7 @@ def test_old_style_runs_without_design_columns(metrics, tmp_path):
     v = _read(out, "verdict.tsv")
     g = _verdict_row(v, "genemask", "dnabert", None)
     assert g.verdict.startswith("genemask vs dnabert: +0.0") and g.headline and g.n_cells == 4
-    _png_ok(out / report.steps_plot_name("Prom-core"), min_ink=0.005)
+    _png_ok(out / figures.steps_plot_name("Prom-core"), min_ink=0.005)
     # the same runs with the keys written as null read the same
     nulls = []
     for p in metrics:
@@ -610,7 +610,7 @@ def test_steps_dimension_in_tables_and_plot(planted):
     var = _read(out, "variance.tsv")
     assert set(var.metric) == {"accuracy", "mcc"} and (var[var.scheme == "dnabert6"].n_pretrain_seeds == 1).all()
     for task in ("Prom-core", "Prom-300", "Cohn-enh", "Splice-40"):
-        _png_ok(out / report.steps_plot_name(task))
+        _png_ok(out / figures.steps_plot_name(task))
     page = (out / "report.html").read_text()
     assert "accuracy and MCC vs pretraining steps" in page and "share_pretrain" in page
 
@@ -622,7 +622,7 @@ def test_bad_design_keys_rejected(tmp_path, key, value):
     p = tmp_path / "bad_run.json"
     p.write_text(json.dumps(rec))
     with pytest.raises(GeneMaskError, match=f"bad_run.json: '{key}' must be a non-negative integer or null"):
-        report.load_run(p)
+        aggregate.load_run(p)
 
 
 def test_study_doc_generated_from_the_report(planted, tmp_path):

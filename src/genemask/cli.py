@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=D("corpus.seed"))
     p.add_argument("-o", "--output", required=True, help="output folder (train.bin, valid.bin, index)")
 
-    # ---- masking (masking.py) -----------------------------------------------------------------
+    # ---- masking (maskstats.py) --------------------------------------------------------------
     p = _p(sub, "mask-stats", "masking statistics of a scheme on real sequence")
     p.add_argument("fasta")
     p.add_argument("--scheme", required=True)
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=D("predict.device"))
     p.add_argument("-o", "--output", required=True, help=".npy (ids in <stem>.ids.txt beside it) or .parquet (columns id, embedding: list<float32>)")
 
-    # ---- report (report.py, motifs.py) --------------------------------------------------------
+    # ---- report (report.py, aggregate.py, figures.py) -----------------------------------------
     p = _p(sub, "aggregate", "collect run metrics: one TSV row per run, mean +- sd table, tests, plots")
     p.add_argument("metrics", nargs="+")
     p.add_argument("--outdir", required=True)
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include", nargs="*", default=[], metavar="FILE",
                    help="extra PNG/TSV files to embed in report.html (e.g. loss.png, motifs.tsv)")
 
-    # ---- report figures and motifs (report.py, motifs.py) -- owned by the report engineer -------
+    # ---- report figures and motifs (figures.py, motifs.py) -- owned by the report engineer ------
     p = _p(sub, "plot-loss", "plot pretraining loss curves (train and validation loss vs step) of several runs")
     p.add_argument("logs", nargs="+", metavar="LOG.tsv", help="train_log.tsv files written by `genemask pretrain`")
     p.add_argument("--labels", nargs="*", default=None, help="one per log (default: the log's folder name)")
@@ -342,7 +342,7 @@ def dispatch(args: argparse.Namespace):
             valid_fraction=args.valid_fraction, seed=args.seed,
         )
     if c == "mask-stats":
-        from .masking import mask_stats_cli
+        from .maskstats import mask_stats_cli
 
         return mask_stats_cli(args.fasta, scheme=args.scheme, ranking=args.ranking, k=args.k,
                               n_seqs=args.n_seqs, seed=args.seed, step=args.step, total_steps=args.total_steps,
@@ -387,13 +387,13 @@ def dispatch(args: argparse.Namespace):
         from .report import aggregate_cli
 
         return aggregate_cli(args.metrics, args.outdir, expected=args.missing, include=args.include)
-    # ---- report figures and motifs (report.py, motifs.py) ------------------------------------
+    # ---- report figures and motifs (figures.py, motifs.py) -----------------------------------
     if c == "plot-loss":
-        from .report import plot_loss
+        from .figures import plot_loss
 
         return plot_loss(args.logs, args.labels, args.output)
     if c == "plot-mask-ranks":
-        from .report import plot_mask_ranks_cli
+        from .figures import plot_mask_ranks_cli
 
         return plot_mask_ranks_cli(args.stats, args.output, labels=args.labels, ranking=args.ranking,
                                    reference=args.reference, k=args.k)

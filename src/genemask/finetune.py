@@ -51,8 +51,9 @@ import numpy as np
 
 from .defaults import check as check_settings
 from .defaults import defaults as config_defaults
-from .kmers import CLS, N_SPECIAL, PAD, SEP, seq_to_ids, vocab_size
+from .kmers import N_SPECIAL, seq_to_ids, vocab_size
 from .tasks import read_task_file
+from .training import linear_schedule, padded_rows, param_groups
 from .util import GeneMaskError, atomic_output, read_settings
 
 # The paper's settings (the module docstring above): the config schema's finetune.settings defaults
@@ -166,22 +167,11 @@ def load_classifier(folder: str | Path, num_labels: int, hidden_dropout: float |
 
 def encode(seqs: list[str], k: int, max_length: int):
     """Token id rows [CLS] k-mers [SEP] (truncated to max_length) as a padded LongTensor + lengths."""
-    import torch
-
-    rows = []
-    for s in seqs:
-        ids = seq_to_ids(s, k)[: max_length - 2]
-        rows.append(ids)
-    lengths = np.array([len(r) + 2 for r in rows], dtype=np.int64)
+    ids, lengths = padded_rows([seq_to_ids(s, k) for s in seqs], max_length)
     if (lengths <= 2).any():
-        i = int(np.flatnonzero(lengths <= 2)[0])
+        i = int(np.flatnonzero(lengths.numpy() <= 2)[0])
         raise GeneMaskError(f"sequence {i + 1} is shorter than k={k} bp: no k-mer to tokenise")
-    out = np.full((len(rows), int(lengths.max())), PAD, dtype=np.int64)
-    out[:, 0] = CLS
-    for i, r in enumerate(rows):
-        out[i, 1 : 1 + len(r)] = r
-        out[i, 1 + len(r)] = SEP
-    return torch.from_numpy(out), torch.from_numpy(lengths)
+    return ids, lengths
 
 
 def _batch(ids, lengths, idx, device):
@@ -260,12 +250,7 @@ def make_optimizer(model, lr: float, weight_decay: float, device):
     """
     import torch
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = param_groups(model, weight_decay)
     fused = torch.device(device).type in ("cpu", "cuda")
     return torch.optim.AdamW(groups, lr=lr, eps=1e-8, fused=fused)
 
@@ -322,16 +307,6 @@ def train_classifier(model, ids, lengths, labels, regime: dict, settings: dict, 
         print(f"[{label}] epoch {epoch + 1}/{epochs} loss {loss_val:.4f} lr {lr * schedule(step):.2e} "
               f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     return {"steps": total, "warmup_steps": warmup, "final_train_loss": loss_val}
-
-
-def linear_schedule(warmup: int, total: int):
-    """Learning-rate factor at step t: linear warm-up over `warmup` steps, then linear decay to 0
-    at `total` (Hugging Face's get_linear_schedule_with_warmup, the formula the paper used)."""
-    def f(t: int) -> float:
-        if t < warmup:
-            return t / max(1, warmup)
-        return max(0.0, (total - t) / max(1, total - warmup))
-    return f
 
 
 def predict_proba(model, ids, lengths, batch_size: int, device) -> np.ndarray:

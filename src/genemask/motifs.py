@@ -243,12 +243,12 @@ def summary_line(s: dict) -> str:
 def plot_enrichment(details: dict, summary: dict, output: str | Path, bins: int = 32) -> Path:
     """Left: share of k-mers hitting >= 1 motif per NPMI-rank bin (top-N bin(s) highlighted) with the
     all-k-mer rate; right: permutation null of the mean number of motifs hit, observed value marked."""
-    from .report import _new_figure, _png_bytes, _write_bytes
+    from .figures import new_figure, png_bytes, write_bytes
 
     hits, null, ranks = details["hits"], details["null"], details["ranks"]
     n_all, top = summary["n_kmers"], summary["top"]
     ranked = ranks <= n_all
-    fig = _new_figure(12, 4.2)
+    fig = new_figure(12, 4.2)
     ax_r, ax_p = fig.subplots(1, 2)
     edges = np.linspace(0.5, ranked.sum() + 0.5, bins + 1)
     h_all, _ = np.histogram(ranks[ranked], bins=edges)
@@ -276,7 +276,7 @@ def plot_enrichment(details: dict, summary: dict, output: str | Path, bins: int 
     fig.suptitle(f"Top-{top} NPMI k-mers vs {summary['release']} CORE vertebrate motifs: enrichment "
                  f"{summary['enrichment']:.2f}x, Fisher p = {summary['p_fisher']:.3g}")
     output = Path(output)
-    _write_bytes(output, _png_bytes(fig))
+    write_bytes(output, png_bytes(fig))
     return output
 
 

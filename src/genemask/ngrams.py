@@ -305,17 +305,6 @@ def load_counts(path: str | Path) -> dict[int, np.ndarray]:
     return counts
 
 
-def merge_counts(all_counts: list[dict[int, np.ndarray]]) -> dict[int, np.ndarray]:
-    """Exact sum of count dicts with the same max_order."""
-    total = {n: a.astype(np.uint64, copy=True) for n, a in all_counts[0].items()}
-    for c in all_counts[1:]:
-        if sorted(c) != sorted(total):
-            raise GeneMaskError("cannot merge counts with different max_order")
-        for n in total:
-            total[n] += c[n]
-    return total
-
-
 def merge_files(inputs: list[str | Path], output: str | Path) -> int:
     """`genemask merge`: add count files (same max_order) and save the sum."""
     if not inputs:

@@ -26,9 +26,11 @@ import torch
 import torch.distributed as dist
 
 from .corpus import Corpus
+from .defaults import check as check_settings
 from .defaults import defaults as config_defaults
-from .kmers import CLS, PAD, SEP, vocab_size
+from .kmers import PAD, SEP, vocab_size
 from .masking import make_masker, rank_table
+from .training import linear_schedule, padded_rows, param_groups
 from .util import GeneMaskError, Progress, atomic_output, read_settings
 
 # The paper's settings (spec section 6) are the defaults: the config schema's pretrain.settings
@@ -46,6 +48,9 @@ def load_settings(settings: str | dict | None, overrides: list[str] = ()) -> dic
         if key not in DEFAULTS:
             raise GeneMaskError(f"pretrain settings: unknown key {key!r} (known: {', '.join(DEFAULTS)})")
         s[key] = val
+    # the config schema's rules, one line naming the key (a config's settings are checked by the same)
+    check_settings({k: v for k, v in s.items() if k != "threads"}, "pretrain.settings",
+                   "pretrain settings", prefix="setting")
     return s
 
 
@@ -55,7 +60,13 @@ def _parse_override(text: str):
     if "=" not in text:
         raise GeneMaskError(f"--set {text!r}: expected KEY=VALUE")
     k, v = text.split("=", 1)
-    return k, yaml.safe_load(v)
+    v = yaml.safe_load(v)
+    if isinstance(v, str):  # YAML 1.1 reads 8e-4 (no dot) as a string
+        try:
+            v = float(v)
+        except ValueError:
+            pass
+    return k, v
 
 
 def build_model(model_config: dict, seed: int):
@@ -91,33 +102,9 @@ class MaskedLMLoss(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits.float(), labels[sel])
 
 
-def param_groups(model, weight_decay: float):
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
-    return f
-
-
 def make_batch(corpus: Corpus, idx: np.ndarray, max_len: int) -> torch.Tensor:
     """[CLS] tokens [SEP] [PAD]... for the pieces `idx`, padded to the longest in the batch."""
-    pieces = [corpus.piece(int(i))[: max_len - 2] for i in idx]
-    width = max(len(p) for p in pieces) + 2
-    out = np.full((len(pieces), width), PAD, dtype=np.int64)
-    for r, p in enumerate(pieces):  # one row copy per sequence (numpy slice), not per token
-        out[r, 0] = CLS
-        out[r, 1 : len(p) + 1] = p
-        out[r, len(p) + 1] = SEP
-    return torch.from_numpy(out)
+    return padded_rows([corpus.piece(int(i)) for i in idx], max_len)[0]
 
 
 def sample_indices(n: int, seed: int, start: int, count: int) -> np.ndarray:
@@ -202,7 +189,7 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
         ddp_model = torch.nn.parallel.DistributedDataParallel(ddp_model, device_ids=[device.index] if device.type == "cuda" else None)
     fwd = torch.compile(ddp_model) if s["compile"] else ddp_model
     opt = torch.optim.AdamW(param_groups(model, s["weight_decay"]), lr=s["lr"], betas=tuple(s["betas"]), eps=s["eps"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(int(s["warmup_steps"]), steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(int(s["warmup_steps"]), steps, warmup_offset=1))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and s["bf16"] else nullcontext())
 
     n_rank_bins = 4**k + 2

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import kmers
+from .training import padded_rows
 from .util import GeneMaskError
 
 MODEL_MAX_LENGTH = 512
@@ -105,16 +106,6 @@ def encode_sequences(tokenizer_or_k, seqs: list[str], max_length: int = MODEL_MA
             ids = np.where(idx < 0, kmers.UNK, idx + kmers.N_SPECIAL)
         else:
             ids = kmers.seq_to_ids(s[: room + k - 1], k)
-        rows.append(ids[:room])
-    n = np.array([len(r) for r in rows], dtype=np.int64)
-    width = max_length if padding == "max_length" else int(n.max(initial=0)) + 2
-    out = np.full((len(rows), width), kmers.PAD, dtype=np.int64)
-    if rows:
-        out[:, 0] = kmers.CLS
-        flat = np.concatenate(rows) if n.sum() else np.empty(0, dtype=np.int64)
-        r = np.repeat(np.arange(len(rows)), n)
-        c = np.arange(len(flat)) - np.repeat(np.cumsum(n) - n, n) + 1
-        out[r, c] = flat
-        out[np.arange(len(rows)), n + 1] = kmers.SEP
-    ids = torch.from_numpy(out)
+        rows.append(ids)
+    ids, _ = padded_rows(rows, max_length, max_length if padding == "max_length" else None)
     return {"input_ids": ids, "attention_mask": (ids != kmers.PAD).long()}

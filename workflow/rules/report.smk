@@ -1,7 +1,7 @@
 # Aggregation: one TSV row per run, mean +- sd, paired tests against dnabert, plots, motifs, and
 # the HTML report (also `snakemake --report`, which collects the report() outputs below).
 
-from genemask.report import steps_plot_name
+from genemask.figures import steps_plot_name
 
 METRICS = [
     f"{RESULTS}/finetune/{r['task']}/{r['shot']}/{r['model']}/seed{r['seed']}.json"
@@ -11,7 +11,7 @@ PRETRAINED = [
     s for s in SCHEMES if s != "none"
 ]  # loss and mask-rank plots: the first pretraining seed
 REPORT = f"{RESULTS}/report"
-# accuracy/MCC vs pretraining steps: one figure per task with runs (names: report.steps_plot_name)
+# accuracy/MCC vs pretraining steps: one figure per task with runs (names: figures.steps_plot_name)
 STEPS_PLOTS = [
     f"{REPORT}/{steps_plot_name(t)}" for t in sorted({r["task"] for r in RUNS})
 ]

@@ -2,7 +2,7 @@
 
 Times every scheme (the full masker call: masked set + 80/10/10 replacement) on batches of 10x512
 and 256x512 tokens, Hugging Face's `DataCollatorForLanguageModeling` (plain 15 %, our tokenizer) on
-the same batch, and the slow loop implementation (`masking_reference`, masked set only, compared with
+the same batch, and the slow loop implementation (`masking_oracle`, masked set only, compared with
 our masked set only). Then one training step of the LOGO-like model (BertForMaskedLM, 2 layers,
 hidden 256, 8 heads, intermediate 3072, vocab 4101, batch 10x512, forward + backward + AdamW step)
 to put the masking cost in proportion. Masking is timed on one CPU thread (as in a DataLoader worker,
@@ -19,8 +19,8 @@ import time
 import numpy as np
 import torch
 
-from .. import kmers, masking
-from ..masking_reference import loop_mask
+from .. import kmers, masking, maskstats
+from ..masking_oracle import loop_mask
 from ..tokenizer import build_tokenizer, encode_sequences
 from ..util import GeneMaskError
 
@@ -52,7 +52,7 @@ def _ranking(path) -> tuple[np.ndarray, str]:
     from ..npmi import load_ranking
 
     try:
-        p = path if path is not None else masking.default_ranking_path()
+        p = path if path is not None else maskstats.default_ranking_path()
         return load_ranking(p, k=6), str(p)
     except GeneMaskError as e:
         if path is not None:

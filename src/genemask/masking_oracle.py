@@ -1,4 +1,6 @@
-"""Slow, obviously correct Python-loop versions of the masking schemes (for tests and the benchmark).
+"""The test oracle of masking.py: slow, obviously correct Python-loop versions of the masking schemes
+(for tests and the benchmark). Not the `reference` scheme (masking.py's released-defect ablation):
+an oracle for every scheme.
 
 They follow the released DNABERT/GeneMask code's structure (per row, per centre, Python sets) and
 take the same pre-drawn random matrices as `masking.Masker.positions_from_draws`, so the vectorised

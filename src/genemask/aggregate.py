@@ -1,0 +1,302 @@
+"""Aggregation of fine-tuning runs: read and validate the metrics JSONs, summarise them per task x
+shot x scheme x pretraining step, pick the references and order the comparisons, and build the
+text tables (summary.md). The statistics themselves are in stats.py; the figures in figures.py; the
+`genemask aggregate` command and the HTML page in report.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from . import stats
+from .util import GeneMaskError, read_tsv
+
+METRICS = ("accuracy", "macro_f1", "mcc", "auroc")
+ID_KEYS = ("task", "shot", "seed", "scheme")
+# the keys finetune.finetune_cli writes (docs/contracts.md); the others are kept when present
+REQUIRED_KEYS = ID_KEYS + ("n_train", "n_test") + METRICS + ("train_seconds", "eval_seconds")
+OPTIONAL_KEYS = ("num_labels", "epochs", "batch_size", "lr")
+# the pretraining design (docs/contracts.md): int or null; absent = the single default seed / the only step
+DESIGN_KEYS = ("pretrain_seed", "pretrain_step")
+BASELINE = "dnabert"
+SCHEME_ORDER = ("none", "dnabert", "genemask", "curriculum", "cm_step", "cm_gems", "global_pmi", "random",
+                "reference")
+TASK_ORDER = ("Prom-core", "Prom-300", "Cohn-enh", "Splice-40")
+
+
+def ordered(values, preferred) -> list:
+    """Known names in their canonical order first, then the rest sorted."""
+    vals = list(dict.fromkeys(values))
+    return [v for v in preferred if v in vals] + sorted(v for v in vals if v not in preferred)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading and validating inputs
+# ---------------------------------------------------------------------------------------------
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def load_run(path: str | Path) -> dict:
+    """One metrics JSON, validated (GeneMaskError naming the file on any fault)."""
+    path = Path(path)
+    try:
+        rec = json.loads(path.read_text())
+    except OSError as e:
+        raise GeneMaskError(f"{path}: cannot read metrics JSON ({e.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GeneMaskError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(rec, dict):
+        raise GeneMaskError(f"{path}: metrics JSON must be an object, got {type(rec).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in rec]
+    if missing:
+        raise GeneMaskError(f"{path}: metrics JSON lacks key(s) {', '.join(missing)}")
+    for k in ("task", "scheme"):
+        if not isinstance(rec[k], str) or not rec[k]:
+            raise GeneMaskError(f"{path}: '{k}' must be a non-empty string, got {rec[k]!r}")
+    for k in ("shot", "seed", "n_train", "n_test"):
+        v = rec[k]
+        if not (_is_number(v) and float(v).is_integer()):
+            raise GeneMaskError(f"{path}: '{k}' must be an integer, got {v!r}")
+        rec[k] = int(v)
+    for k in METRICS + ("train_seconds", "eval_seconds") + OPTIONAL_KEYS:
+        v = rec.get(k)
+        if v is None:
+            rec[k] = math.nan
+        elif not _is_number(v):
+            raise GeneMaskError(f"{path}: '{k}' must be a number or null, got {v!r}")
+    for k in METRICS:
+        v = rec[k]
+        if not math.isnan(v) and not -1.0 <= v <= 1.0:
+            raise GeneMaskError(f"{path}: '{k}' = {v} is outside [-1, 1]")
+    for k in DESIGN_KEYS:
+        v = rec.get(k)
+        if v is None:
+            rec[k] = math.nan
+        elif not (_is_number(v) and float(v).is_integer() and v >= 0):
+            raise GeneMaskError(f"{path}: '{k}' must be a non-negative integer or null, got {v!r}")
+    out = {k: rec[k] for k in REQUIRED_KEYS + OPTIONAL_KEYS + DESIGN_KEYS}
+    out["source"] = str(path)
+    return out
+
+
+def load_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """All runs, validated; duplicates of (task, shot, scheme, pretrain_step, pretrain_seed, seed) are
+    an error naming both files. `pretrain_step`/`pretrain_seed` are nullable integers (NA: not recorded)."""
+    if not paths:
+        raise GeneMaskError("no metrics JSON files given")
+    recs = [load_run(p) for p in paths]
+    seen: dict[tuple, str] = {}
+    for r in recs:
+        key = tuple(r[k] for k in ("task", "shot", "scheme", "pretrain_step", "pretrain_seed", "seed"))
+        key = tuple(None if isinstance(v, float) and math.isnan(v) else v for v in key)
+        if key in seen:
+            raise GeneMaskError(f"{r['source']}: same task/shot/scheme/pretrain_step/pretrain_seed/seed {key} "
+                                f"as {seen[key]}")
+        seen[key] = r["source"]
+    df = pd.DataFrame.from_records(recs)
+    for k in DESIGN_KEYS:
+        df[k] = df[k].astype(float).astype("Int64")
+    cols = ["task", "shot", "scheme", "pretrain_step", "pretrain_seed", "seed", *METRICS, "n_train", "n_test",
+            "num_labels", "epochs", "batch_size", "lr", "train_seconds", "eval_seconds", "source"]
+    return df[cols].sort_values(["task", "shot", "scheme", "pretrain_step", "pretrain_seed", "seed"],
+                                kind="stable").reset_index(drop=True)
+
+
+def load_missing(path: str | Path | None) -> pd.DataFrame:
+    """Settings (task, shot) that have no data, with a reason; empty frame when path is None."""
+    empty = pd.DataFrame({"task": pd.Series(dtype=str), "shot": pd.Series(dtype="int64"),
+                          "reason": pd.Series(dtype=str)})
+    if path is None:
+        return empty
+    path = Path(path)
+    df = read_tsv(path, "missing-shots table", ("task", "shot", "reason"), dtype=str, keep_default_na=False)
+    if df.empty:
+        return empty
+    shots = pd.to_numeric(df["shot"], errors="coerce")
+    if shots.isna().any() or not (shots % 1 == 0).all():
+        bad = df["shot"][shots.isna() | (shots % 1 != 0)].iloc[0]
+        raise GeneMaskError(f"{path}: shot {bad!r} is not an integer")
+    out = pd.DataFrame({"task": df["task"], "shot": shots.astype("int64"), "reason": df["reason"]})
+    return out.drop_duplicates(["task", "shot"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------------------------
+def summarize(runs: pd.DataFrame, missing: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Mean, sd (ddof=1, NaN for n=1), n (runs) and n_pretrain_seeds per task x shot x scheme x
+    pretrain_step (NA: not recorded, i.e. the only step); missing settings as rows."""
+    df = stats.design(runs)
+    g = df.groupby(["task", "shot", "scheme", "_step"], sort=True)
+    out = g.size().rename("n").reset_index()
+    out["n_pretrain_seeds"] = g["pretrain_seed"].nunique().to_numpy()
+    for m in METRICS:
+        out[f"{m}_mean"] = g[m].mean().to_numpy()
+        out[f"{m}_sd"] = g[m].std(ddof=1).to_numpy()
+    out["status"] = "ok"
+    out["reason"] = ""
+    # a scheme (at a step) without runs in a setting that other schemes have: a row saying so
+    variants = sorted(set(zip(out["scheme"], out["_step"])))
+    have = set(zip(out["task"], out["shot"], out["scheme"], out["_step"]))
+    gaps = [{"task": t, "shot": s, "scheme": sch, "_step": st, "n": 0, "n_pretrain_seeds": 0, "status": "no_runs",
+             "reason": "no metrics file"}
+            for t, s in sorted(set(zip(runs["task"], runs["shot"]))) for sch, st in variants
+            if (t, s, sch, st) not in have]
+    if gaps:
+        out = pd.concat([out, pd.DataFrame(gaps)], ignore_index=True)
+    if missing is not None and not missing.empty:
+        have2 = set(zip(runs["task"], runs["shot"]))
+        schemes = ordered(runs["scheme"], SCHEME_ORDER) or ["all"]
+        rows = []
+        for t, s, reason in missing.itertuples(index=False):
+            if (t, s) in have2:
+                print(f"genemask aggregate: warning: {t} {s}-shot is listed as missing ({reason}) "
+                      f"but has runs; the runs are reported", file=sys.stderr)
+                continue
+            for sch in schemes:
+                rows.append({"task": t, "shot": s, "scheme": sch, "_step": stats.STEP_NA, "n": 0,
+                             "n_pretrain_seeds": 0, "status": "missing", "reason": reason})
+        if rows:
+            out = pd.concat([out, pd.DataFrame(rows)], ignore_index=True)
+    out["n"] = out["n"].astype("int64")
+    out["n_pretrain_seeds"] = out["n_pretrain_seeds"].astype("int64")
+    out = out.sort_values(["task", "shot", "scheme", "_step"], kind="stable").reset_index(drop=True)
+    out.insert(3, "pretrain_step", out.pop("_step").map(lambda v: pd.NA if v == stats.STEP_NA else v).astype("Int64"))
+    return out
+
+
+def references(runs: pd.DataFrame, baseline: str = BASELINE) -> list[str]:
+    """The reference schemes present: `baseline` (dnabert), `none`, then each external baseline."""
+    kinds = stats.scheme_kinds(runs)
+    refs = [baseline, "none", *sorted(s for s, k in kinds.items() if k == "baseline")]
+    return [r for r in dict.fromkeys(refs) if r in kinds]
+
+
+def _fmt_cell(mean: float, sd: float, n: int, n_ref: int, digits: int = 3) -> str:
+    if n == 0 or math.isnan(mean):
+        return "no runs"
+    s = f"{mean:.{digits}f}"
+    s += f" ± {sd:.{digits}f}" if n >= 2 and not math.isnan(sd) else ""
+    if n != n_ref:
+        s += f" (n={n})"
+    return s
+
+
+def missing_notes(summary: pd.DataFrame) -> list[str]:
+    """One line per missing task x shot: 'Cohn-enh 1000-shot: <reason>'."""
+    miss = summary[summary["status"] == "missing"].drop_duplicates(["task", "shot"])
+    return [f"{t} {int(s)}-shot: {r or 'no data'}" for t, s, r in miss[["task", "shot", "reason"]].itertuples(index=False)]
+
+
+def _variants(summary: pd.DataFrame) -> list[tuple[str, object, str]]:
+    """(scheme, pretrain_step, column label) of the rows with runs, schemes in canonical order, steps
+    ascending; the label is the scheme name, or 'scheme @step' for a scheme with several steps."""
+    ok = summary[summary["status"] == "ok"]
+    out = []
+    for sch in ordered(ok["scheme"], SCHEME_ORDER):
+        steps = ok.loc[ok["scheme"] == sch, "pretrain_step"]
+        vals = sorted(set(steps.dropna().astype(int))) + ([pd.NA] if steps.isna().any() else [])
+        for st in vals:
+            out.append((sch, st, sch if len(vals) == 1 else f"{sch} @{'?' if pd.isna(st) else st}"))
+    return out
+
+
+def _step_rows(sub: pd.DataFrame, scheme: str, step) -> pd.DataFrame:
+    hit = sub[sub["scheme"] == scheme]
+    return hit[hit["pretrain_step"].isna()] if pd.isna(step) else hit[hit["pretrain_step"] == step]
+
+
+def accuracy_table(summary: pd.DataFrame, metric: str = "accuracy") -> tuple[pd.DataFrame, int]:
+    """Rows task x shot, columns scheme (one per pretraining step where a scheme has several:
+    'genemask @2000'), cells 'mean ± sd' (strings), 'missing' for settings without data (reasons:
+    `missing_notes`), 'no runs' for a scheme absent from a setting; also the usual n."""
+    ok = summary[summary["status"] == "ok"]
+    n_ref = int(ok["n"].mode().max()) if not ok.empty else 0
+    variants = _variants(summary)
+    tasks = ordered(summary["task"], TASK_ORDER)
+    rows = []
+    for t in tasks:
+        for s in sorted(set(summary.loc[summary["task"] == t, "shot"])):
+            sub = summary[(summary["task"] == t) & (summary["shot"] == s)]
+            row = {"task": t, "shot": int(s)}
+            for sch, st, label in variants:
+                if (sub["status"] == "missing").all():
+                    row[label] = "missing"
+                    continue
+                hit = _step_rows(sub, sch, st)
+                if hit.empty or hit.iloc[0]["status"] != "ok":
+                    row[label] = "no runs"
+                else:
+                    r = hit.iloc[0]
+                    row[label] = _fmt_cell(r[f"{metric}_mean"], r[f"{metric}_sd"], int(r["n"]), n_ref)
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["task", "shot", *(v[2] for v in variants)]), n_ref
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    cells = [[str(c) for c in df.columns]] + [[str(v) for v in row] for row in df.itertuples(index=False)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(df.columns))]
+    line = lambda r: "| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), sep, *(line(r) for r in cells[1:])])
+
+
+def largest_step(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `summary` at each scheme's largest recorded pretraining step (all rows of a scheme
+    without recorded steps, and every missing-setting row)."""
+    top = summary.groupby("scheme")["pretrain_step"].max()
+    st = summary["pretrain_step"]
+    best = summary["scheme"].map(top)
+    keep = (summary["status"] == "missing") | (best.isna() & st.isna()) | (st == best).fillna(False)
+    return summary[keep.astype(bool)]
+
+
+# ---------------------------------------------------------------------------------------------
+# ordering and text
+# ---------------------------------------------------------------------------------------------
+def ordered_verdict(verdict: pd.DataFrame, refs: Sequence[str]) -> pd.DataFrame:
+    """Rows by reference (dnabert, none, baselines), metric (accuracy first), scheme (canonical
+    order), step: the order of verdict.tsv/md and of the page's headline list."""
+    if verdict.empty:
+        return verdict
+    rank = {s: i for i, s in enumerate(ordered(verdict["scheme"], SCHEME_ORDER))}
+    key = pd.DataFrame({"b": verdict["baseline"].map({r: i for i, r in enumerate(refs)}),
+                        "m": verdict["metric"].map({m: i for i, m in enumerate(METRICS)}),
+                        "s": verdict["scheme"].map(rank), "t": verdict["pretrain_step"].fillna(-1)})
+    return verdict.iloc[key.sort_values(["b", "m", "s", "t"], kind="stable").index].reset_index(drop=True)
+
+
+def summary_markdown(summary: pd.DataFrame, tests: pd.DataFrame, verdict: pd.DataFrame,
+                     baseline: str = BASELINE) -> str:
+    """summary.md: the headline verdict lines, the accuracy table (`accuracy_table`), the missing
+    settings, and the accuracy tests against `baseline` (`tests`: `stats.paired_tests`)."""
+    acc, n_ref = accuracy_table(summary)
+    md_table = to_markdown(acc)
+    head = verdict[verdict["headline"] & verdict["baseline"].isin([baseline, "none"]) & (verdict["scheme"] != "none")]
+    md = "".join(f"- {v}\n" for v in head["verdict"])
+    md = (f"# Verdict\n\n{md}\n" if md else "") + (
+        f"# Few-shot accuracy (mean ± sd over seeds)\n\n{md_table}\n\n"
+        f"sd: sample standard deviation over runs (pretraining x fine-tuning seeds); usual n = {n_ref} runs "
+        f"(other n shown).\n")
+    notes = missing_notes(summary)
+    if notes:
+        md += "\nMissing settings (no data):\n" + "".join(f"- {n}\n" for n in notes)
+    acc_tests = tests[(tests["metric"] == "accuracy") & (tests["baseline"] == baseline)]
+    if not acc_tests.empty:
+        cols = ["task", "shot", "scheme", "pretrain_step", "n_pretrain_seeds", "n_pairs", "mean_diff", "p_ttest",
+                "p_holm", "p_wilcoxon"]
+        tt = acc_tests[cols].copy()
+        if tt["pretrain_step"].isna().all():
+            tt = tt.drop(columns=["pretrain_step", "n_pretrain_seeds"])
+        tt["mean_diff"] = tt["mean_diff"].map(lambda v: f"{v:+.4f}")
+        for c in ("p_ttest", "p_holm", "p_wilcoxon"):
+            tt[c] = tt[c].map(lambda v: "NaN" if math.isnan(v) else f"{v:.3g}")
+        md += (f"\n## Accuracy minus {baseline}, paired on pretraining and fine-tuning seed\n\n"
+               f"{to_markdown(tt.astype(str).replace('<NA>', ''))}\n")
+    return md

@@ -1,0 +1,196 @@
+"""training.py, the primitives pretraining and fine-tuning share: padded rows, AdamW parameter groups,
+the learning-rate schedule. Values pinned to what the two training paths computed before they shared
+them (the per-step learning rates of both, the padded rows of the real Prom-core and hg38 inputs)."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from genemask import finetune, pretrain
+from genemask.corpus import Corpus, build_corpus
+from genemask.kmers import CLS, PAD, SEP
+from genemask.tasks import read_task_file
+from genemask.tokenizer import encode_sequences
+from genemask.training import linear_schedule, padded_rows, param_groups
+
+TINY = {"k": 6, "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64,
+        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 512}
+
+
+def _sha(t: torch.Tensor) -> str:
+    return hashlib.sha256(np.ascontiguousarray(t.numpy()).tobytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def prom_core_seqs(fewshot):
+    return read_task_file(str(fewshot / "Prom-core" / "10" / "train.tsv"), 2)
+
+
+@pytest.fixture(scope="module")
+def corpus(hg38_slice, tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus") / "c"
+    build_corpus(hg38_slice, d, region="chr2:1-60000", seed=1)
+    return d
+
+
+class StepLRs:
+    """The learning rate of every parameter group at every optimiser step (a global pre-step hook)."""
+
+    def __enter__(self):
+        self.lrs = []
+        self._h = register_optimizer_step_pre_hook(
+            lambda opt, args, kwargs: self.lrs.append([g["lr"] for g in opt.param_groups]))
+        return self
+
+    def __exit__(self, *exc):
+        self._h.remove()
+
+
+# ---- padded rows -------------------------------------------------------------------------------
+
+def test_padded_rows_by_hand():
+    rows = [np.array([7, 8, 9]), np.array([10], dtype=np.uint16), np.array([], dtype=np.int64)]
+    ids, n = padded_rows(rows, max_length=4)
+    assert ids.dtype == torch.int64 and n.dtype == torch.int64
+    assert ids.tolist() == [[CLS, 7, 8, SEP], [CLS, 10, SEP, PAD], [CLS, SEP, PAD, PAD]]
+    assert n.tolist() == [4, 3, 2]
+    ids, n = padded_rows(rows, max_length=10, width=7)
+    assert ids.tolist() == [[CLS, 7, 8, 9, SEP, PAD, PAD], [CLS, 10, SEP, PAD, PAD, PAD, PAD],
+                            [CLS, SEP, PAD, PAD, PAD, PAD, PAD]]
+    assert n.tolist() == [5, 3, 2]
+    ids, n = padded_rows([], max_length=8)
+    assert tuple(ids.shape) == (0, 2) and n.tolist() == []
+
+
+def test_padded_rows_equal_a_loop_on_random_rows():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        rows = [rng.integers(5, 4101, size=int(rng.integers(0, 30))).astype(np.uint16) for _ in range(7)]
+        ml = int(rng.integers(2, 40))
+        ids, n = padded_rows(rows, ml)
+        cut = [r[: ml - 2] for r in rows]
+        want = np.full((7, max(len(r) for r in cut) + 2), PAD)
+        for i, r in enumerate(cut):
+            want[i, : len(r) + 2] = [CLS, *r.tolist(), SEP]
+        np.testing.assert_array_equal(ids.numpy(), want)
+        assert n.tolist() == [len(r) + 2 for r in cut]
+        assert torch.equal((ids != PAD).sum(1), n)  # the attention mask is ids != PAD
+
+
+def test_the_three_callers_give_todays_rows(prom_core_seqs, corpus):
+    seqs = prom_core_seqs.sequences
+    ids, lengths = finetune.encode(seqs, 6, 64)
+    assert tuple(ids.shape) == (20, 64)
+    assert _sha(ids) == "105b228d3b13e897063cee264bd8107212d131536599a31fbc10f82baf0015a8"
+    assert _sha(lengths) == "7239501a8b5eb0e8d967955b47f804badafbf03af17efcfbfe06f12e14bab2f5"
+    assert torch.equal(encode_sequences(6, seqs, 64)["input_ids"], ids)
+    e = encode_sequences(6, seqs, 100, "max_length")
+    assert tuple(e["input_ids"].shape) == (20, 100)
+    assert _sha(e["input_ids"]) == "7ade13b96d8b3989f330ca34cdee73b710879a0e9520a6c17420cbfc4d80c409"
+    assert torch.equal(e["attention_mask"].sum(1), finetune.encode(seqs, 6, 100)[1])
+    b = pretrain.make_batch(Corpus([str(corpus)], "train"), np.arange(0, 12, 2), 40)
+    assert tuple(b.shape) == (6, 40)
+    assert _sha(b) == "bf6c4e30e26e884d1fc882c18c57fc5775bc53cc19c1c053fc8eaf349b2afd1e"
+
+
+# ---- parameter groups ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("head", ["BertForMaskedLM", "BertForSequenceClassification"])
+def test_param_groups_are_both_former_rules(head):
+    import transformers
+
+    cfg = transformers.BertConfig(vocab_size=4101, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64)
+    torch.manual_seed(0)
+    model = getattr(transformers, head)(cfg)
+    model.bert.embeddings.token_type_embeddings.weight.requires_grad_(False)
+    decay, no_decay = param_groups(model, 0.01)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    got_decay = [names[id(p)] for p in decay["params"]]
+    got_no = [names[id(p)] for p in no_decay["params"]]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # fine-tuning's former rule (by name) and pretraining's (by shape or name), in parameter order
+    ft_no = [n for n, _ in trainable if n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n]
+    pt_no = [n for n, p in trainable if p.ndim < 2 or "LayerNorm" in n or n.endswith(".bias")]
+    assert got_no == ft_no == pt_no
+    assert got_decay == [n for n, _ in trainable if n not in set(ft_no)]
+    assert "bert.embeddings.token_type_embeddings.weight" not in got_decay + got_no
+    assert "bert.embeddings.word_embeddings.weight" in got_decay
+    assert len(got_no) == (26 if head == "BertForMaskedLM" else 24)  # 10 per layer + 2 + head
+
+
+# ---- the schedule ----------------------------------------------------------------------------------
+
+def test_schedule_values_pinned():
+    ft = linear_schedule(3, 8)  # fine-tuning: Hugging Face's linear schedule, step 0 at lr 0
+    assert [ft(t) for t in range(9)] == [0.0, 1 / 3, 2 / 3, 1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
+    pt = linear_schedule(3, 8, warmup_offset=1)  # pretraining: warm-up one step ahead
+    assert [pt(t) for t in range(9)] == [1 / 3, 2 / 3, 1.0, 1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
+    assert linear_schedule(0, 4)(0) == 1.0 and linear_schedule(0, 4, 1)(3) == 0.25  # no warm-up
+    assert linear_schedule(4, 4)(3) == 0.75 and linear_schedule(4, 4, 1)(3) == 1.0  # warm-up only
+    assert linear_schedule(2, 5)(9) == 0.0  # past the end: 0, never negative
+
+
+def test_finetune_schedule_is_hugging_faces():
+    from transformers import get_linear_schedule_with_warmup
+
+    for warmup, total in ((3, 8), (0, 5), (5, 5), (1, 12), (7, 30)):
+        w = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.SGD([w], lr=1.0)
+        sched = get_linear_schedule_with_warmup(opt, warmup, total)
+        hf = []
+        for _ in range(total):
+            hf.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        f = linear_schedule(warmup, total)
+        assert [f(t) for t in range(total)] == pytest.approx(hf, abs=1e-15), (warmup, total)
+
+
+def test_finetune_step_lrs_pinned(prom_core_seqs):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=4101, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, num_labels=2)
+    model = BertForSequenceClassification(cfg)
+    ids, lengths = finetune.encode(prom_core_seqs.sequences, 6, 128)
+    regime = {"batch_size": 5, "epochs": 2, "lr": 1e-4}
+    settings = finetune.load_settings({"warmup_ratio": 0.375})
+    with StepLRs() as rec:
+        info = finetune.train_classifier(model, ids, lengths, prom_core_seqs.labels, regime, settings, 0, "cpu")
+    assert (info["steps"], info["warmup_steps"]) == (8, 3)
+    want = [0.0, 3.3333333333333335e-05, 6.666666666666667e-05, 0.0001, 8e-05, 6e-05, 4e-05, 2e-05]
+    assert rec.lrs == [[v, v] for v in want]
+
+
+def test_pretrain_step_lrs_pinned(corpus, tmp_path):
+    s = pretrain.load_settings(None, ["steps=8", "warmup_steps=3", "batch_size=2", "grad_accum=1", "eval_every=8",
+                                      "eval_batches=1", "log_every=1", "threads=1", "max_len=64"])
+    s["lr"] = 8e-4  # (a float: YAML reads --set lr=8e-4 as a string)
+    with StepLRs() as rec:
+        pretrain.pretrain([str(corpus)], TINY, "dnabert", tmp_path / "run", settings=s)
+    want = [0.0002666666666666667, 0.0005333333333333334, 0.0008, 0.0008, 0.00064, 0.00048, 0.00032, 0.00016]
+    assert rec.lrs == [[v, v] for v in want]
+    # train_log.tsv's lr column is the scheduler's lr after the step: that of the next step
+    log = [line.split("\t") for line in (tmp_path / "run" / "train_log.tsv").read_text().splitlines()[1:]]
+    assert [float(r[1]) for r in log] == pytest.approx(want[1:] + [0.0], rel=1e-5)
+    assert json.loads((tmp_path / "run" / "genemask.json").read_text())["steps"] == 8
+
+
+def test_pretrain_settings_are_checked_by_the_schema():
+    """--set values parse like YAML (8e-4 is a number), and a bad setting is one line naming it."""
+    from genemask.pretrain import load_settings
+    from genemask.util import GeneMaskError
+
+    assert load_settings(None, ["lr=8e-4", "steps=5"])["lr"] == 8e-4
+    for override, message in ((["steps=-1"], "setting 'steps': -1 is less than the minimum of 0"),
+                              (["lr=abc"], "setting 'lr': 'abc' is not of type 'number'")):
+        with pytest.raises(GeneMaskError, match=message):
+            load_settings(None, override)
