@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 pytest.importorskip("pyjaspar", reason="pyjaspar (the 'motifs' extra) is not installed")
 pytest.importorskip("memelite", reason="memelite (Tomtom) is not installed")
@@ -203,3 +204,19 @@ def test_cli_and_errors(data_a, tmp_path, capsys):
         M.motif_enrichment(np.arange(1, 4097), np.zeros(4096), 5, method="fimo", motifs=[])
     with pytest.raises(GeneMaskError, match="release"):
         M.load_jaspar("JASPAR1999")
+
+
+def test_config_motif_method(tmp_path):
+    """report.motif_method: one default in the schema, plan.DEFAULTS and the module; unknown methods
+    fail validation naming the key."""
+    from genemask import plan
+
+    schema = plan._load_yaml(plan.SCHEMA)
+    key = schema["properties"]["report"]["properties"]["motif_method"]
+    assert key["default"] == plan.DEFAULTS["report"]["motif_method"] == M.DEFAULT_METHOD
+    assert tuple(key["enum"]) == M.METHODS
+    report_schema = tmp_path / "report.schema.yaml"
+    report_schema.write_text(yaml.safe_dump({**schema, "required": [], "properties": {"report": schema["properties"]["report"]}}))
+    plan.validate({"report": {"motif_method": "both"}}, report_schema)
+    with pytest.raises(GeneMaskError, match="report.motif_method"):
+        plan.validate({"report": {"motif_method": "fimo"}}, report_schema)

@@ -22,7 +22,7 @@ DEFAULTS = {
     "ngrams": {"max_order": 10},
     "npmi": {"variant": "paper", "min_count": 101, "ranking": "computed"},
     "corpus": {"k": 6, "max_bp": 511, "min_bp": 6, "valid_fraction": 0.1, "seed": 42},
-    "report": {"motifs_top": 50},
+    "report": {"motifs_top": 50, "motif_method": "tomtom"},
     "finetune": {"worker": True},
 }
 
