@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from .defaults import default as D  # the config schema's defaults, so a command alone runs as the pipeline
+from .defaults import node as D_NODE  # a key's schema (enum choices)
 from .util import GeneMaskError
 
 
@@ -193,13 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranking", required=True, help="NPMI table (ours or the authors' Data-A CSV)")
     p.add_argument("--top", type=int, default=D("report.motifs_top"))
     p.add_argument("--k", type=int, default=6)
-    p.add_argument("--threshold", type=float, default=0.85, help="relative PWM score for a hit")
-    p.add_argument("--min-ic", type=float, default=10.0, help="min information content (bits) of a motif window")
+    p.add_argument("--method", choices=D_NODE("report.motif_method")["enum"], default=D("report.motif_method"),
+                   help="tomtom: Tomtom (memelite) q-value per k-mer and motif (default); rule: the relative-PWM-score "
+                        "rule; both: both, with their overlap")
+    p.add_argument("--q-threshold", type=float, default=0.05, help="Tomtom q-value for a match")
+    p.add_argument("--threshold", type=float, default=0.85, help="rule: relative PWM score for a hit")
+    p.add_argument("--min-ic", type=float, default=10.0, help="rule: min information content (bits) of a motif window")
     p.add_argument("--n-perm", type=int, default=10000, help="random k-mer sets for the permutation test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--release", default=None, help="JASPAR release in pyjaspar (default: the latest shipped)")
     p.add_argument("--plot", default=None, metavar="PNG")
-    p.add_argument("-o", "--output", required=True, help="TSV: kmer, rank, npmi, n_motif_hits, best_motif, best_score")
+    p.add_argument("-o", "--output", required=True, help="TSV: kmer, rank, npmi, then tomtom_matches, tomtom_motif, tomtom_p, tomtom_q, tomtom_matched "
+                        "and/or rule_hits, rule_motif, rule_score")
     # ---- end of report figures and motifs ------------------------------------------------------
 
     p = _p(sub, "write-missing", "write missing.tsv: task x shot settings that have no data")
@@ -400,8 +406,9 @@ def dispatch(args: argparse.Namespace):
     if c == "motifs":
         from .motifs import motifs_cli
 
-        return motifs_cli(args.ranking, args.top, args.output, plot=args.plot, k=args.k, threshold=args.threshold,
-                          min_ic=args.min_ic, n_perm=args.n_perm, seed=args.seed, release=args.release)
+        return motifs_cli(args.ranking, args.top, args.output, plot=args.plot, k=args.k, method=args.method,
+                          threshold=args.threshold, min_ic=args.min_ic, q_threshold=args.q_threshold,
+                          n_perm=args.n_perm, seed=args.seed, release=args.release)
     # ---- end of report figures and motifs ------------------------------------------------------
     if c == "write-missing":
         from .plan import write_missing

@@ -124,9 +124,10 @@ rule motifs:
         runtime=10,
     params:
         top=CFG["report"]["motifs_top"],
+        method=CFG["report"]["motif_method"],
         k=CFG["corpus"]["k"],
     shell:
-        "genemask motifs --ranking {input:q} --top {params.top:q} --k {params.k:q} "
+        "genemask motifs --ranking {input:q} --top {params.top:q} --k {params.k:q} --method {params.method:q} "
         "--plot {output.plot:q} -o {output.tsv:q} 2> {log:q}"
 
 
