@@ -54,7 +54,9 @@ def _shared_legend(fig, axes, title: str) -> None:
                 handles.append(h)
                 labels.append(lab)
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), title=title)
+        # as many columns as the figure's width holds (~1.6 in per entry), so a one-panel figure keeps them all
+        ncol = max(1, min(len(labels), 6, int(fig.get_figwidth() // 1.6)))
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol, title=title)
 
 
 def png_bytes(fig, dpi: int = 130) -> bytes:
@@ -158,7 +160,7 @@ def plot_accuracy_vs_steps(summary: pd.DataFrame, task: str, kinds: Mapping[str,
             ax.grid(True, alpha=0.3)
     _shared_legend(fig, axes.ravel(), "scheme")
     fig.suptitle(f"{task}: few-shot results vs pretraining steps\n(mean ± sd over all pretraining × fine-tuning "
-                 f"seed runs; horizontal lines: no pretraining steps)", fontsize=10)
+                 f"seed runs;\nhorizontal lines: no pretraining steps)", fontsize=10)
     return png_bytes(fig)
 
 
