@@ -366,8 +366,9 @@ def test_predict_section_dry_run_jobs_quoted_commands_and_a_real_prediction(tmp_
     r = smk("-n", "-p", "--directory", str(tmp_path), "--configfile", "config/demo.yaml", str(extra))
     out = r.stdout + r.stderr
     assert job_counts(out) == {
-        "fetch": 16, "index_genome": 1, "chunks": 1, "ngrams": 3, "merge_ngrams": 1, "npmi": 1, "corpus": 3,
-        "pretrain": 3, "task_data": 8, "finetune": 4 * 2 * 3 * 2, "missing_shots": 1, "plot_loss": 1,
+        "fetch": 14, "index_genome": 1, "chunks": 1, "ngrams": 3, "merge_ngrams": 1, "npmi": 1, "corpus": 3,
+        # the demo's 5 task x shot cells (Prom-core 10 and 50, the others 10) x 3 schemes x 2 seeds
+        "pretrain": 3, "task_data": 5, "finetune": 5 * 3 * 2, "missing_shots": 1, "plot_loss": 1,
         "mask_ranks": 1, "motifs": 1, "aggregate": 1, "predict": 13 * 2, "embed": 3 * 2, "all": 1,
     }, job_counts(out)
     fasta = tmp_path / "in" / "it's; my regions.fa"
@@ -441,13 +442,13 @@ def test_predict_section_resolves_paths_and_selections(tmp_path, monkeypatch):
     cfg["predict"] = {"inputs": {"r": "r.fa.gz"}, "models": "all"}
     got = plan.resolve(cfg)
     assert plan.predict_inputs(got) == {"r": str(tmp_path / "r.fa.gz")}
-    assert plan.predict_runs(got) == plan.runs(got) and len(plan.runs(got)) == 48
+    assert plan.predict_runs(got) == plan.runs(got) and len(plan.runs(got)) == 30
     assert plan.embed_models(got) == [] and plan.apply_args(got, "predict") == []
     assert cfg["predict"]["inputs"] == {"r": "r.fa.gz"}  # the caller's config is left as given
     cfg["predict"] = {"inputs": {"r": "r.fa.gz"}, "models": [{"seed": 2, "shot": 50}],
                       "embed": {"format": "npy", "layer": 0}, "batch_size": 8, "device": "cpu"}
     got = plan.resolve(cfg)
-    assert {(r["shot"], r["seed"]) for r in plan.predict_runs(got)} == {(50, 2)} and len(plan.predict_runs(got)) == 12
+    assert {(r["shot"], r["seed"]) for r in plan.predict_runs(got)} == {(50, 2)} and len(plan.predict_runs(got)) == 3
     assert plan.embed_models(got) == ["none/seed42/step0", "dnabert/seed42/step300", "genemask/seed42/step300"]
     assert plan.embed_ext(got) == ".npy"
     assert plan.apply_args(got, "embed") == ["--batch-size", "8", "--device", "cpu", "--layer", "0"]
