@@ -218,9 +218,7 @@ def task_data_args(cfg: dict, task: str, shot: int) -> list[str]:
     """Options of `genemask task-data` beyond the files (the rule quotes each): the model window,
     and for a local task the draw."""
     k, tokens = window(cfg)
-    t = cfg["tasks"][task]
-    kind = D.defaults("definitions.local_task" if is_local(cfg, task) else "definitions.catalogued_task")
-    t = {**kind, **t}
+    t = cfg["tasks"][task]  # on_conflict / draw_seed: filled by `resolve` from the schema
     args = ["--k", str(k), "--window-tokens", str(tokens), "--on-conflict", str(t["on_conflict"])]
     if is_local(cfg, task):
         args += ["--draw", str(shot), "--draw-seed", str(t["draw_seed"]), "--label-names"]
