@@ -48,8 +48,9 @@ from pathlib import Path
 import numpy as np
 
 from .finetune import _set_threads, load_classifier, model_k, verify_weights, weights_sha256
-from .kmers import CLS, N_SPECIAL, PAD, SEP, kmers_to_seq, seq_to_ids, vocab_size
+from .kmers import N_SPECIAL, PAD, kmers_to_seq, seq_to_ids, vocab_size
 from .tasks import SEQ_NAMES, _short, _unquote, table_header
+from .training import padded_rows
 from .util import GeneMaskError, Progress, atomic_output
 
 FASTA_EXT = (".fa", ".fasta", ".fna", ".fas")
@@ -217,19 +218,12 @@ class _Tokens:
 
     def batches(self, batch_size: int):
         """Yield (window indices, input_ids LongTensor [B, T], attention_mask) longest first."""
-        import torch
-
         order = np.argsort(-self.length, kind="stable")
         for b in range(0, len(order), batch_size):
             w = order[b : b + batch_size]
             length = self.length[w]
-            col = np.arange(int(length.max()))
-            pos = np.minimum(self.base[w][:, None] + col[None, :], len(self.tok) - 1)
-            x = np.full((len(w), len(col) + 2), PAD, dtype=np.int64)
-            x[:, 1:-1] = np.where(col[None, :] < length[:, None], self.tok[pos], PAD)
-            x[:, 0] = CLS
-            x[np.arange(len(w)), length + 1] = SEP
-            ids = torch.from_numpy(x)
+            rows = [self.tok[s : s + n] for s, n in zip(self.base[w], length)]  # one slice per window
+            ids, _ = padded_rows(rows, int(length.max()) + 2)
             yield w, ids, (ids != PAD).long()
 
 
