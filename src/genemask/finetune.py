@@ -243,16 +243,17 @@ def _device(name: str):
 
 
 def make_optimizer(model, lr: float, weight_decay: float, device):
-    """AdamW (eps 1e-8), decoupled weight decay except on biases and LayerNorm weights.
-
-    One fused kernel for all parameters where torch has it for the device (CPU and CUDA): the
-    per-parameter Python loop of the default implementation was a third of a small model's step.
-    """
+    """AdamW (betas 0.9/0.999, eps 1e-8), decoupled weight decay except on biases and LayerNorm
+    weights: on CPU and CUDA `leanstep.FusedAdamW` (torch's fused kernel, one call per group;
+    it applies the gradient clip itself), elsewhere `torch.optim.AdamW`."""
     import torch
 
     groups = param_groups(model, weight_decay)
-    fused = torch.device(device).type in ("cpu", "cuda")
-    return torch.optim.AdamW(groups, lr=lr, eps=1e-8, fused=fused)
+    if torch.device(device).type in ("cpu", "cuda"):
+        from .leanstep import FusedAdamW
+
+        return FusedAdamW(groups, lr=lr, eps=1e-8)
+    return torch.optim.AdamW(groups, lr=lr, eps=1e-8)
 
 
 def train_classifier(model, ids, lengths, labels, regime: dict, settings: dict, seed: int, device,
@@ -261,18 +262,23 @@ def train_classifier(model, ids, lengths, labels, regime: dict, settings: dict, 
 
     The step is only arithmetic: the whole (few-shot) training set and its attention masks go to
     the device once, a batch is an index into them cut to its longest row, the learning rate is
-    set from the schedule's formula directly, gradients are clipped with the foreach kernel, the
-    optimiser is fused, and the running loss stays on the device (one host sync per epoch, for
-    the progress line).
+    set from the schedule's formula directly, the optimiser is fused and applies the gradient
+    clip itself (`clip_scale`), the running loss stays on the device (one host sync per epoch,
+    for the progress line), and on CPU the dropout masks come from numpy (`leanstep.py`).
     """
     import torch
+
+    from .leanstep import FusedAdamW, clip_scale, use_host_dropout
 
     n = len(labels)
     bs, epochs, lr = int(regime["batch_size"]), int(regime["epochs"]), float(regime["lr"])
     steps_per_epoch = math.ceil(n / bs)
     total = steps_per_epoch * epochs
     warmup = math.ceil(settings["warmup_ratio"] * total)
+    if torch.device(device).type == "cpu":
+        use_host_dropout(model, seed)
     opt = make_optimizer(model, lr, settings["weight_decay"], device)
+    fused = isinstance(opt, FusedAdamW)  # the kernel applies the clip
     schedule = linear_schedule(warmup, total)
     L = int(lengths.max())
     x_all = ids[:, :L].to(device)
@@ -295,7 +301,9 @@ def train_classifier(model, ids, lengths, labels, regime: dict, settings: dict, 
             idx = idx.to(device)
             out = model(input_ids=x_all[idx, :w], attention_mask=mask_all[idx, :w], labels=y_all[idx])
             out.loss.backward()
-            if clip:
+            if clip and fused:
+                opt.grad_scale = clip_scale(params, clip)  # the kernel divides the gradients by it
+            elif clip:
                 torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
             for group in opt.param_groups:
                 group["lr"] = lr * schedule(step)
