@@ -194,3 +194,100 @@ def test_pretrain_settings_are_checked_by_the_schema():
                               (["lr=abc"], "setting 'lr': 'abc' is not of type 'number'")):
         with pytest.raises(GeneMaskError, match=message):
             load_settings(None, override)
+
+
+# ---- the lean fine-tuning step (leanstep.py) ---------------------------------------------------
+def _tiny_classifier(seed=0, dropout=0.1):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=4101, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        num_labels=3, hidden_dropout_prob=dropout, attention_probs_dropout_prob=0.1))
+
+
+def test_fused_adamw_is_torchs_fused_adamw_bit_for_bit():
+    """Same kernel, one call per group, one shared step counter: parameters equal torch's exactly,
+    with the clip as grad_scale (> 1, = 1, absent) and a changing learning rate."""
+    from genemask.leanstep import FusedAdamW
+
+    a, b = _tiny_classifier(), _tiny_classifier()
+    ref = torch.optim.AdamW(param_groups(a, 0.01), lr=1e-3, eps=1e-8, fused=True)
+    ours = FusedAdamW(param_groups(b, 0.01), lr=1e-3, eps=1e-8)
+    gen = torch.Generator().manual_seed(1)
+    scales = [None, torch.tensor(3.0), torch.tensor(1.0), torch.tensor(1.7), None, torch.tensor(12.5)]
+    for t, scale in enumerate(scales):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            g = torch.randn(pa.shape, generator=gen) * 0.1
+            pa.grad, pb.grad = g.clone(), g.clone()
+        for opt in (ref, ours):
+            for group in opt.param_groups:
+                group["lr"] = 1e-3 * (1 - t / 10)
+            opt.grad_scale = scale
+        ref.step()
+        ours.step()
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+    moved = sum(not torch.equal(p, q) for p, q in zip(a.parameters(), _tiny_classifier().parameters()))
+    assert moved == len(list(a.parameters()))
+
+
+def test_clip_scale_is_clip_grad_norm():
+    from genemask.leanstep import clip_scale
+
+    m = _tiny_classifier()
+    gen = torch.Generator().manual_seed(2)
+    params = list(m.parameters())
+    for size, max_norm in ((1.0, 1.0), (0.001, 1.0), (0.3, 0.5)):
+        grads = [torch.randn(p.shape, generator=gen) * size for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        for t, g in zip(twins, grads):
+            t.grad = g.clone()
+        norm = torch.nn.utils.clip_grad_norm_(twins, max_norm)  # torch's clip, in place on the twins
+        want = [t.grad for t in twins]
+        s = clip_scale(params, max_norm)
+        assert s.ndim == 0 and float(s) >= 1.0
+        if float(norm) < max_norm:
+            assert float(s) == 1.0  # no clip: the gradients are divided by exactly 1
+        for p, w in zip(params, want):
+            assert torch.allclose(p.grad / s, w, rtol=1e-5, atol=0)
+
+
+def test_host_dropout_statistics_scaling_and_gradient():
+    from genemask.leanstep import HostDropout
+
+    d = HostDropout(0.1, np.random.default_rng(0))
+    x = torch.ones(1000, 1000, requires_grad=True)
+    y = d(x)
+    kept = y != 0
+    frac = 1 - kept.float().mean().item()
+    assert abs(frac - 0.1) < 4 * (0.1 * 0.9 / 1e6) ** 0.5  # P(drop) = p, within 4 sigma
+    assert torch.equal(y[kept], torch.full((int(kept.sum()),), np.float32(1 / 0.9)))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(x * m)/dx = m
+    d.eval()
+    z = torch.randn(7, 5)
+    assert d(z) is z
+    assert HostDropout(0.0, np.random.default_rng(0))(z) is z
+    with pytest.raises(ValueError):
+        HostDropout(1.0, np.random.default_rng(0))
+
+
+def test_use_host_dropout_replaces_modules_and_is_seeded():
+    from genemask.leanstep import HostDropout, use_host_dropout
+
+    def masks(seed):
+        m = _tiny_classifier()
+        n_torch = sum(type(x) is torch.nn.Dropout for x in m.modules())
+        assert use_host_dropout(m, seed) == n_torch == 8  # embeddings, 3 per layer x 2, classifier
+        assert not any(type(x) is torch.nn.Dropout for x in m.modules())
+        assert m.bert.encoder.layer[0].attention.self.dropout.p == 0.1  # the attention kernel reads p
+        m.train()
+        ids = torch.randint(5, 4101, (4, 20), generator=torch.Generator().manual_seed(3))
+        return [m(input_ids=ids).logits.detach() for _ in range(2)]
+
+    a, b, c = masks(5), masks(5), masks(6)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))  # same seed, same masks
+    assert not torch.equal(a[0], a[1])  # a fresh mask every call
+    assert not torch.equal(a[0], c[0])  # another seed, other masks

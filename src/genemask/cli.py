@@ -6,19 +6,30 @@ Imports are lazy so that `genemask --help` and light commands start fast.
 """
 from __future__ import annotations
 
-import argparse
+import functools
 import sys
 
-from .defaults import default as D  # the config schema's defaults, so a command alone runs as the pipeline
-from .defaults import node as D_NODE  # a key's schema (enum choices)
 from .util import GeneMaskError
+
+TYPE_CHECKING = False  # typing's constant without importing typing (10 ms of a worker client's start)
+if TYPE_CHECKING:
+    import argparse
 
 
 def _p(sub, name, help):
     return sub.add_parser(name, help=help, description=help)
 
 
+@functools.cache
 def build_parser() -> argparse.ArgumentParser:
+    # Built once per process (the warm worker builds it before it forks, so its runs reuse it).
+    # Imported here, not at the top: a `genemask finetune` through the warm worker never builds a
+    # parser in the calling process (main hands its argv over first), so it does not pay for them.
+    import argparse
+
+    from .defaults import default as D  # the config schema's defaults, so a command alone runs as the pipeline
+    from .defaults import node as D_NODE  # a key's schema (enum choices)
+
     ap = argparse.ArgumentParser(prog="genemask", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
 

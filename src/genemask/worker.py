@@ -212,15 +212,19 @@ def _warm_up() -> None:
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
-    from .finetune import compute_metrics, load_classifier
+    from .cli import build_parser
+    from .finetune import DEFAULT_SETTINGS, compute_metrics, load_classifier, predict_proba, train_classifier
 
     torch.set_num_threads(1)
+    build_parser()  # cached: the children parse with this one
     with tempfile.TemporaryDirectory() as d:
         BertForMaskedLM(BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
                                    intermediate_size=8, max_position_embeddings=8)).save_pretrained(d)
         clf = load_classifier(d, 2, 0.1)
-        x = torch.ones((1, 4), dtype=torch.long)
-        clf(input_ids=x, attention_mask=x, labels=torch.zeros(1, dtype=torch.long)).loss.backward()
+        ids, lengths = torch.tensor([[2, 5, 6, 3], [2, 7, 3, 0]]), torch.tensor([4, 3])
+        train_classifier(clf, ids, lengths, [0, 1], {"batch_size": 2, "lr": 1e-4, "epochs": 1}, DEFAULT_SETTINGS,
+                         0, torch.device("cpu"), label="warm-up")
+        predict_proba(clf, ids, lengths, 2, torch.device("cpu"))
     compute_metrics([0, 1, 0], [[0.2, 0.8], [0.3, 0.7], [0.9, 0.1]], 2)
     compute_metrics([0, 1, 2], [[0.2, 0.7, 0.1], [0.3, 0.6, 0.1], [0.1, 0.1, 0.8]], 3)
 
@@ -253,12 +257,25 @@ def serve(path: str | Path, idle_s: float | None = None) -> int:
 
     sel = selectors.DefaultSelector()
     sel.register(srv, selectors.EVENT_READ)
+    # a child's exit wakes the loop at once: SIGCHLD writes a byte into this pair (no polling)
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    sel.register(wake_r, selectors.EVENT_READ)
     children: dict[int, socket.socket] = {}
     last = time.monotonic()
     try:
         while children or time.monotonic() - last < idle_s:
-            for key, _ in sel.select(timeout=0.02 if children else 1.0):
-                if key.fileobj is srv:
+            for key, _ in sel.select(timeout=1.0):
+                if key.fileobj is wake_r:
+                    try:
+                        while wake_r.recv(256):
+                            pass
+                    except BlockingIOError:
+                        pass
+                elif key.fileobj is srv:
                     conn, _ = srv.accept()
                     try:
                         req, fds = _recv_request(conn)
@@ -268,8 +285,10 @@ def serve(path: str | Path, idle_s: float | None = None) -> int:
                         continue
                     pid = os.fork()
                     if pid == 0:
+                        signal.set_wakeup_fd(-1)
+                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                         sel.close()
-                        for c in (srv, conn, *children.values()):
+                        for c in (srv, conn, wake_r, wake_w, *children.values()):
                             c.close()
                         _child(req, fds)
                     for fd in fds:
@@ -315,6 +334,9 @@ def serve(path: str | Path, idle_s: float | None = None) -> int:
         except OSError:
             pass
         srv.close()
+        signal.set_wakeup_fd(-1)
+        wake_r.close()
+        wake_w.close()
     return 0
 
 

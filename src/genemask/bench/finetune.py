@@ -10,8 +10,10 @@
    model (same initial weights) and the same batches (5 x 37 tokens, Splice-40's length, 3
    classes): AutoModelForSequenceClassification with its default attention, `torch.optim.AdamW`
    with its defaults, `get_linear_schedule_with_warmup`, clipping, `loss.item()` every step.
-   Each is timed three times, interleaved; the best of the three counts (a busy machine only
-   slows runs down).
+   Each is timed in 7 rounds, interleaved, the order swapped every round; the best round of each
+   counts (a busy machine only slows runs down: on a shared VM single rounds of either loop vary
+   by up to 1.5x, so three rounds, as before, could land the ratio on either side of 1.5x), and
+   the line also gives the median of the 7 per-round ratios.
 The last line reads `fixed cost per run: A s -> B s; step: R.RRx the bare loop`.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[3]
+ROUNDS = 7  # interleaved timing rounds of each loop (the step part)
 
 
 def _model_folder(d: Path, num_labels: int = 2) -> Path:
@@ -133,18 +136,21 @@ def main(args) -> int:
         st = dict(DEFAULT_SETTINGS)
         regime = {"batch_size": 5, "lr": 1e-4, "epochs": 1}
         ours, bare = [], []
-        for _ in range(3):
-            torch.manual_seed(0)
-            m = load_classifier(model, 3, 0.1)
-            t0 = time.perf_counter()
-            train_classifier(m, ids, lengths, labels, regime, st, 0, torch.device("cpu"), label="bench")
-            ours.append(time.perf_counter() - t0)
-            torch.manual_seed(0)
-            m = load_classifier(model, 3, 0.1)
-            bare.append(_bare_loop(m, ids, labels, 5, 1e-4))
+        for r in range(ROUNDS):
+            for which in (("ours", "bare") if r % 2 == 0 else ("bare", "ours")):
+                torch.manual_seed(0)
+                m = load_classifier(model, 3, 0.1)
+                if which == "ours":
+                    t0 = time.perf_counter()
+                    train_classifier(m, ids, lengths, labels, regime, st, 0, torch.device("cpu"), label="bench")
+                    ours.append(time.perf_counter() - t0)
+                else:
+                    bare.append(_bare_loop(m, ids, labels, 5, 1e-4))
         ours_sps, bare_sps = steps / min(ours), steps / min(bare)
-        print(f"step at batch 5 x 37 tokens, 3 classes, {steps} steps (best of 3): "
+        per_round = sorted(b / o for o, b in zip(ours, bare))
+        print(f"step at batch 5 x 37 tokens, 3 classes, {steps} steps (best of {ROUNDS} rounds): "
               f"bare Hugging Face loop {bare_sps:.1f} steps/s ({1e3 / bare_sps:.1f} ms), "
-              f"ours {ours_sps:.1f} steps/s ({1e3 / ours_sps:.1f} ms)")
+              f"ours {ours_sps:.1f} steps/s ({1e3 / ours_sps:.1f} ms); per-round ratio median "
+              f"{float(np.median(per_round)):.2f}x (range {per_round[0]:.2f}-{per_round[-1]:.2f})")
     print(f"fixed cost per run: {old_s:.2f} s -> {new_s:.2f} s; step: {ours_sps / bare_sps:.2f}x the bare loop")
     return 0
