@@ -178,6 +178,105 @@ def test_compute_metrics():
     assert compute_metrics(np.zeros(4, int), p, 2)["auroc"] is None  # one class: AUROC undefined
 
 
+
+def _sklearn_metrics(y, prob, num_labels):
+    """The reference: scikit-learn's metrics as compute_metrics used them (the ovo AUROC over the
+    classes present by its pairwise definition with sklearn's binary ROC AUC when only two of three or
+    more are present, where roc_auc_score(multi_class="ovo") takes the binary path and refuses 2-D scores)."""
+    import warnings
+    from itertools import combinations
+
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, roc_auc_score
+
+    prob = np.asarray(prob, dtype=np.float64)
+    prob = prob / prob.sum(axis=1, keepdims=True)
+    pred = prob.argmax(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = {"accuracy": accuracy_score(y, pred),
+               "macro_f1": f1_score(y, pred, average="macro", labels=list(range(num_labels)), zero_division=0),
+               "mcc": matthews_corrcoef(y, pred), "auroc": None}
+    present = np.unique(y)
+    if len(present) < 2:
+        return out
+    if num_labels == 2:
+        out["auroc"] = roc_auc_score(y, prob[:, 1])
+        return out
+    sub = prob if len(present) == num_labels else prob[:, present] / prob[:, present].sum(axis=1, keepdims=True)
+    if len(present) > 2:
+        out["auroc"] = roc_auc_score(y, sub, multi_class="ovo", average="macro", labels=list(present))
+    pairs = []
+    for i, j in combinations(range(len(present)), 2):
+        rows = np.isin(y, present[[i, j]])
+        pairs.append((roc_auc_score(y[rows] == present[i], sub[rows, i])
+                      + roc_auc_score(y[rows] == present[j], sub[rows, j])) / 2)
+    if out["auroc"] is None:
+        out["auroc"] = float(np.mean(pairs))
+    else:  # the pairwise definition is what multi_class="ovo" computes
+        assert out["auroc"] == pytest.approx(np.mean(pairs), abs=1e-12)
+    return out
+
+
+def test_compute_metrics_equals_sklearn_on_random_cases():
+    """compute_metrics (numpy) against scikit-learn on 300 random cases: 2/3/4 classes, probabilities
+    with heavy ties (rounded to 1 decimal, or all rows equal), a class absent from y, a class never
+    predicted, a single class in y, float32 input. Accuracy and F1 (ratios of integers) exactly,
+    MCC and AUROC to 1e-12."""
+    rng = np.random.default_rng(7)
+    kinds = {"absent": 0, "never_predicted": 0, "single": 0, "constant": 0, "mcc0": 0}
+    for case in range(300):
+        num_labels = int(rng.choice([2, 3, 4]))
+        n = int(rng.integers(1, 90))
+        prob = rng.dirichlet(np.ones(num_labels) * rng.choice([0.3, 1.0, 5.0]), n)
+        if rng.random() < 0.5:
+            prob = np.round(prob, 1) + 0.05  # heavy ties, no zero row sums
+        classes = np.arange(num_labels)
+        mode = case % 5
+        if mode == 1:  # one or more classes absent from y
+            keep = rng.choice(num_labels, int(rng.integers(1, num_labels)), replace=False)
+            classes = np.sort(keep)
+            kinds["absent"] += len(classes) < num_labels
+        elif mode == 2:  # a class never predicted
+            prob[:, int(rng.integers(num_labels))] *= 1e-3
+        elif mode == 3:  # a single class
+            classes = classes[[int(rng.integers(num_labels))]]
+        elif mode == 4 and rng.random() < 0.5:  # every row the same: all ties, one prediction
+            prob[:] = prob[0]
+            kinds["constant"] += 1
+        y = rng.choice(classes, n)
+        if rng.random() < 0.3:
+            prob = prob.astype(np.float32)
+        if rng.random() < 0.3:
+            y = y.tolist()
+        got = compute_metrics(y, prob, num_labels)
+        want = _sklearn_metrics(np.asarray(y), prob, num_labels)
+        assert all(type(got[k]) is float for k in ("accuracy", "macro_f1", "mcc")), got
+        assert got["accuracy"] == want["accuracy"] and got["macro_f1"] == want["macro_f1"], (case, got, want)
+        assert got["mcc"] == pytest.approx(want["mcc"], abs=1e-12), (case, got, want)
+        if want["auroc"] is None:
+            assert got["auroc"] is None
+            kinds["single"] += 1
+        else:
+            assert type(got["auroc"]) is float and got["auroc"] == pytest.approx(want["auroc"], abs=1e-12), \
+                (case, got, want)
+        pred = np.asarray(prob, dtype=np.float64).argmax(1)
+        kinds["never_predicted"] += len(np.unique(pred)) < num_labels
+        kinds["mcc0"] += got["mcc"] == 0.0
+    assert min(kinds.values()) >= 15, kinds  # every edge case was exercised
+
+
+def test_compute_metrics_edge_cases():
+    # a label neither true nor predicted scores F1 0 and counts in the macro mean
+    y, p = np.array([0, 0, 1, 1]), np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1]])
+    m = compute_metrics(y, p, 3)
+    assert m["accuracy"] == 1.0 and m["macro_f1"] == pytest.approx(2 / 3) and m["mcc"] == 1.0
+    assert m["auroc"] == 1.0  # classes 0 and 1 present of 3: ovo over the pair (scikit-learn refused this case)
+    # one prediction for every row: MCC's denominator is 0 -> 0.0; all scores tied -> AUROC 1/2
+    m = compute_metrics([0, 1, 1, 0], np.full((4, 2), 0.5), 2)
+    assert m["mcc"] == 0.0 and m["auroc"] == 0.5 and m["accuracy"] == 0.5 and m["macro_f1"] == pytest.approx(1 / 3)
+    with pytest.raises(GeneMaskError, match="NaN"):
+        compute_metrics([0, 1], [[0.5, np.nan], [0.5, 0.5]], 2)
+
 def test_save_model_folder_loads_with_auto_classes_and_predicts(tiny_model, prom_core_10, tmp_path):
     """finetune.save: all -> the classifier is a Hugging Face folder; predictions from it equal the
     probabilities the run scored with (same rows, same model)."""

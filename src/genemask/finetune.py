@@ -32,9 +32,12 @@ and thread count give identical metrics. Threads: `GENEMASK_THREADS` (if set) is
 `torch.set_num_threads`; otherwise torch's default (which honours OMP_NUM_THREADS).
 
 Metrics: accuracy, macro-F1, MCC and AUROC (binary: ROC AUC of the class-1 probability; more
-classes: one-vs-one macro AUROC, sklearn `multi_class="ovo"`); AUROC is null if the test set holds
-a single class. Output JSON: task, shot, seed, scheme, n_train, n_test, num_labels, accuracy,
-macro_f1, mcc, auroc, train_seconds, eval_seconds, epochs, batch_size, lr (+ a few descriptive keys).
+classes: the one-vs-one macro AUROC of Hand & Till, the mean over class pairs (a, b) of the mean of
+AUC(a vs b by p_a) and AUC(b vs a by p_b) on the rows labelled a or b; a class absent from the test
+set is left out and the probabilities renormalised over the classes present; ties count 1/2);
+AUROC is null if the test set holds a single class. Computed in numpy (`compute_metrics`). Output
+JSON: task, shot, seed, scheme, n_train, n_test, num_labels, accuracy, macro_f1, mcc, auroc,
+train_seconds, eval_seconds, epochs, batch_size, lr (+ a few descriptive keys).
 """
 from __future__ import annotations
 
@@ -186,31 +189,86 @@ def _batch(ids, lengths, idx, device):
 # ---------------------------------------------------------------------------------------------
 # metrics
 # ---------------------------------------------------------------------------------------------
-def compute_metrics(y_true, prob, num_labels: int) -> dict[str, float | None]:
-    """accuracy, macro_f1, mcc, auroc from labels and class probabilities [n, num_labels]."""
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, roc_auc_score
+def _auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of `score` for the boolean `positive` (both classes present): the Mann-Whitney U with
+    average ranks over ties, U / (n_pos * n_neg), i.e. a tie between a positive and a negative
+    counts 1/2 (equal to the trapezoid area under the ROC curve). Ranks are kept doubled so the
+    sums are exact integers and the result is one rounded division."""
+    order = np.argsort(score, kind="stable")
+    s = score[order]
+    new = np.empty(len(s), dtype=bool)
+    new[0] = True
+    np.not_equal(s[1:], s[:-1], out=new[1:])
+    bounds = np.append(np.flatnonzero(new), len(s))  # tie-group starts, then n
+    twice_rank = bounds[:-1] + 1 + bounds[1:]  # 2 * (average 1-based rank) of each tie group
+    n_pos = int(np.count_nonzero(positive))
+    n_neg = len(s) - n_pos
+    rank_sum2 = int(twice_rank[np.cumsum(new) - 1][positive[order]].sum())
+    return (rank_sum2 - n_pos * (n_pos + 1)) / (2 * n_pos * n_neg)
 
-    y = np.asarray(y_true)
+
+def _ovo_auc(y: np.ndarray, prob: np.ndarray) -> float:
+    """One-vs-one macro AUROC (Hand & Till 2001) over the classes present in y, where `prob`'s
+    column i scores the i-th present class (sorted): for each unordered pair (a, b), on the rows
+    whose true label is a or b, the mean of AUC(a vs b by prob[:, a]) and AUC(b vs a by prob[:, b]);
+    then the mean over pairs."""
+    classes = np.unique(y)
+    scores = []
+    for i in range(len(classes)):
+        for j in range(i + 1, len(classes)):
+            rows = (y == classes[i]) | (y == classes[j])
+            is_a = y[rows] == classes[i]
+            scores.append((_auc(is_a, prob[rows, i]) + _auc(~is_a, prob[rows, j])) / 2)
+    return float(np.mean(scores))
+
+
+def compute_metrics(y_true, prob, num_labels: int) -> dict[str, float | None]:
+    """accuracy, macro_f1, mcc, auroc from labels and class probabilities [n, num_labels].
+
+    prob is normalised per row; pred = argmax (the first maximum on ties). macro_f1: the mean over
+    labels 0..num_labels-1 of 2tp / (2tp + fp + fn), 0 for a label neither true nor predicted (it
+    still counts in the mean). mcc: the multiclass Matthews coefficient from the confusion matrix C,
+    (c*s - t.p) / sqrt((s^2 - p.p)(s^2 - t.t)) with t/p the true/predicted counts, c = trace, s = n;
+    0.0 when the denominator is 0. auroc: see `_auc` (binary, class-1 probability) and `_ovo_auc`
+    (more classes; if some class is absent from y, prob is renormalised over the present classes);
+    None when y holds a single class. The values equal scikit-learn's accuracy_score, f1_score
+    (average="macro", zero_division=0), matthews_corrcoef and roc_auc_score (multi_class="ovo")."""
+    y = np.asarray(y_true).astype(np.int64, copy=False)
     prob = np.asarray(prob, dtype=np.float64)
     prob = prob / prob.sum(axis=1, keepdims=True)
     pred = prob.argmax(axis=1)
-    labels = list(range(num_labels))
+    k = max(num_labels, prob.shape[1], int(y.max()) + 1)  # a label >= num_labels: counted, not in F1
+    cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)  # rows: true, columns: predicted
+    tp = np.diag(cm)
+    t_sum = cm.sum(axis=1)
+    p_sum = cm.sum(axis=0)
+    f1_denom = (t_sum + p_sum)[:num_labels].astype(np.float64)
+    f1 = np.divide(2.0 * tp[:num_labels], f1_denom, out=np.zeros(num_labels), where=f1_denom > 0)
+    n = float(len(y))
+    t64, p64 = t_sum.astype(np.float64), p_sum.astype(np.float64)
+    cov_tp = float(tp.sum()) * n - np.dot(t64, p64)
+    cov_pp_tt = (n * n - np.dot(p64, p64)) * (n * n - np.dot(t64, t64))
     out: dict[str, float | None] = {
-        "accuracy": float(accuracy_score(y, pred)),
-        "macro_f1": float(f1_score(y, pred, average="macro", labels=labels, zero_division=0)),
-        "mcc": float(matthews_corrcoef(y, pred)),
+        "accuracy": int(tp.sum()) / len(y),
+        "macro_f1": float(f1.mean()),
+        "mcc": 0.0 if cov_pp_tt == 0 else float(cov_tp / np.sqrt(cov_pp_tt)),
         "auroc": None,
     }
     present = np.unique(y)
     if len(present) >= 2:
+        if not np.isfinite(prob).all():
+            raise GeneMaskError("compute_metrics: class probabilities contain NaN or inf (a row summing to 0?)")
         if num_labels == 2:
-            out["auroc"] = float(roc_auc_score(y, prob[:, 1]))
+            out["auroc"] = float(_auc(y == 1, prob[:, 1]))
         elif len(present) == num_labels:
-            out["auroc"] = float(roc_auc_score(y, prob, multi_class="ovo", average="macro", labels=labels))
+            out["auroc"] = _ovo_auc(y, prob)
         else:  # some class absent from the test set: ovo over the classes present
             sub = prob[:, present]
-            out["auroc"] = float(roc_auc_score(y, sub / sub.sum(axis=1, keepdims=True), multi_class="ovo",
-                                               average="macro", labels=list(present)))
+            sub = sub / sub.sum(axis=1, keepdims=True)
+            if not np.isfinite(sub).all():
+                raise GeneMaskError("compute_metrics: the probabilities of the classes present in the test set sum "
+                                    "to 0 in some row")
+            out["auroc"] = _ovo_auc(y, sub)
     return out
 
 

@@ -1,9 +1,9 @@
 """The warm worker: fine-tuning runs without the per-run start-up tax.
 
 A fine-tuning run of the few-shot grid trains for one or two seconds, but a fresh process spends
-about 8 s importing torch, transformers and scikit-learn before it starts. The warm worker pays
-that once: one long-lived process per (Python environment, code version, SLURM job) imports the
-heavy modules and then forks one child per run. Each child is a fresh copy-on-write process that
+several seconds importing torch and transformers before it starts. The warm worker pays that
+once: one long-lived process per (Python environment, code version, SLURM job) imports the heavy
+modules and then forks one child per run. Each child is a fresh copy-on-write process that
 runs exactly the `genemask` command it was given (`cli.main(argv)`) with the caller's working
 directory, environment and standard streams, and exits; its exit status is handed back to the
 caller. So every run is still its own Snakemake job, with its own log, metrics JSON, exit status
@@ -40,8 +40,8 @@ from pathlib import Path
 ENV_SWITCH = "GENEMASK_WORKER"
 ENV_CHILD = "GENEMASK_WORKER_CHILD"
 COMMANDS = ("finetune",)  # the subcommands that go through the worker
-PRELOAD = ("torch", "transformers", "transformers.models.bert.modeling_bert", "sklearn.metrics",
-           "genemask.cli", "genemask.finetune", "genemask.tasks")
+PRELOAD = ("torch", "transformers", "transformers.models.bert.modeling_bert", "genemask.cli", "genemask.finetune",
+           "genemask.tasks")
 _HEADER = struct.Struct("!I")
 
 
