@@ -282,6 +282,7 @@ def test_use_host_dropout_replaces_modules_and_is_seeded():
         n_torch = sum(type(x) is torch.nn.Dropout for x in m.modules())
         assert use_host_dropout(m, seed) == n_torch == 8  # embeddings, 3 per layer x 2, classifier
         assert not any(type(x) is torch.nn.Dropout for x in m.modules())
+        assert sum(type(x) is HostDropout for x in m.modules()) == 8
         assert m.bert.encoder.layer[0].attention.self.dropout.p == 0.1  # the attention kernel reads p
         m.train()
         ids = torch.randint(5, 4101, (4, 20), generator=torch.Generator().manual_seed(3))

@@ -26,9 +26,10 @@ keys take the paper's values below; `regimes`, if given, replaces the whole list
     }
 
 The shot number K selects the regime (Splice-40's "K" files hold 10*K rows per class; K is still the
-shot). Determinism: `torch.manual_seed(seed)` before the model is built (head initialisation,
-dropout) and a `torch.Generator` seeded with `seed` for the epoch shuffles, so on CPU the same seed
-and thread count give identical metrics. Threads: `GENEMASK_THREADS` (if set) is passed to
+shot). Determinism: `torch.manual_seed(seed)` before the model is built (head initialisation; on
+CUDA also the dropout masks), a numpy PCG64 seeded with `seed` for the hidden dropout masks on CPU
+(`leanstep.HostDropout`), and a `torch.Generator` seeded with `seed` for the epoch shuffles, so on
+CPU the same seed and thread count give identical metrics. Threads: `GENEMASK_THREADS` (if set) is passed to
 `torch.set_num_threads`; otherwise torch's default (which honours OMP_NUM_THREADS).
 
 Metrics: accuracy, macro-F1, MCC and AUROC (binary: ROC AUC of the class-1 probability; more
