@@ -203,10 +203,11 @@ def _child(req: dict, fds: list[int]) -> None:
 
 
 def _warm_up() -> None:
-    """Pay the first-call costs (transformers' lazy imports, from_pretrained's first load, the
-    metrics' first call) once, here, on one thread: with one thread torch runs no OpenMP parallel
-    region, so no thread pool exists that a forked child could inherit half-alive. The child sets
-    its own thread count (GENEMASK_THREADS, else torch's default) before any work."""
+    """Pay the first-call costs (transformers' lazy imports, from_pretrained's first load, a first
+    fine-tuning step and scoring pass, the metrics' first call, building the CLI parser) once,
+    here, on one thread: with one thread torch runs no OpenMP parallel region, so no thread pool
+    exists that a forked child could inherit half-alive. The child sets its own thread count
+    (GENEMASK_THREADS, else torch's default) before any work."""
     import tempfile
 
     import torch
