@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("finetune", help="fixed cost per fine-tuning run (one process per run vs the warm "
                         "worker) and our fine-tuning step vs a bare Hugging Face loop")
     b.add_argument("--runs", type=int, default=24, help="runs through the warm worker (its start is amortised)")
-    b.add_argument("--steps", type=int, default=200)
+    b.add_argument("--steps", type=int, default=40, help="steps per timing round of each loop")
+    b.add_argument("--rounds", type=int, default=25, help="interleaved timing rounds of each loop")
     b = bsub.add_parser("train", help="our training loop vs a bare Hugging Face loop")
     b.add_argument("--model-config", default=None)
     b.add_argument("--steps", type=int, default=10)

@@ -10,14 +10,18 @@
    model (same initial weights) and the same batches (5 x 37 tokens, Splice-40's length, 3
    classes): AutoModelForSequenceClassification with its default attention, `torch.optim.AdamW`
    with its defaults, `get_linear_schedule_with_warmup`, clipping, `loss.item()` every step.
-   Each is timed in 7 rounds, interleaved, the order swapped every round; the best round of each
-   counts (a busy machine only slows runs down: on a shared VM single rounds of either loop vary
-   by up to 1.5x, so three rounds, as before, could land the ratio on either side of 1.5x), and
-   the line also gives the median of the 7 per-round ratios.
+   Each is timed in `--rounds` (25) rounds of `--steps` (40) steps, interleaved, the order swapped
+   every round, and the best round of each counts, as `timeit` does: a busy machine only slows
+   runs down. Rounds are short on purpose: on a shared VM the speed of one core drifts by up to
+   2x over tenths of a second, so few long rounds (3 of 200 steps, as before) average that drift
+   in and put the ratio anywhere between 1.4x and 1.7x from run to run. The line also gives the
+   median and range of the per-round ratios.
 The last line reads `fixed cost per run: A s -> B s; step: R.RRx the bare loop`.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -30,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[3]
-ROUNDS = 7  # interleaved timing rounds of each loop (the step part)
 
 
 def _model_folder(d: Path, num_labels: int = 2) -> Path:
@@ -114,7 +117,7 @@ def main(args) -> int:
 
     from ..finetune import DEFAULT_SETTINGS, load_classifier, train_classifier
 
-    n_runs, steps = max(2, int(args.runs)), max(10, int(args.steps))
+    n_runs, steps, rounds = max(2, int(args.runs)), max(10, int(args.steps)), max(1, int(args.rounds))
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -136,19 +139,20 @@ def main(args) -> int:
         st = dict(DEFAULT_SETTINGS)
         regime = {"batch_size": 5, "lr": 1e-4, "epochs": 1}
         ours, bare = [], []
-        for r in range(ROUNDS):
+        for r in range(rounds):
             for which in (("ours", "bare") if r % 2 == 0 else ("bare", "ours")):
                 torch.manual_seed(0)
                 m = load_classifier(model, 3, 0.1)
                 if which == "ours":
                     t0 = time.perf_counter()
-                    train_classifier(m, ids, lengths, labels, regime, st, 0, torch.device("cpu"), label="bench")
+                    with contextlib.redirect_stderr(io.StringIO()):  # its per-epoch progress line
+                        train_classifier(m, ids, lengths, labels, regime, st, 0, torch.device("cpu"), label="bench")
                     ours.append(time.perf_counter() - t0)
                 else:
                     bare.append(_bare_loop(m, ids, labels, 5, 1e-4))
         ours_sps, bare_sps = steps / min(ours), steps / min(bare)
         per_round = sorted(b / o for o, b in zip(ours, bare))
-        print(f"step at batch 5 x 37 tokens, 3 classes, {steps} steps (best of {ROUNDS} rounds): "
+        print(f"step at batch 5 x 37 tokens, 3 classes (best of {rounds} rounds of {steps} steps): "
               f"bare Hugging Face loop {bare_sps:.1f} steps/s ({1e3 / bare_sps:.1f} ms), "
               f"ours {ours_sps:.1f} steps/s ({1e3 / ours_sps:.1f} ms); per-round ratio median "
               f"{float(np.median(per_round)):.2f}x (range {per_round[0]:.2f}-{per_round[-1]:.2f})")
