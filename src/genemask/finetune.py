@@ -29,8 +29,8 @@ The shot number K selects the regime (Splice-40's "K" files hold 10*K rows per c
 shot). Determinism: `torch.manual_seed(seed)` before the model is built (head initialisation; on
 CUDA also the dropout masks), a numpy PCG64 seeded with `seed` for the hidden dropout masks on CPU
 (`leanstep.HostDropout`), and a `torch.Generator` seeded with `seed` for the epoch shuffles, so on
-CPU the same seed and thread count give identical metrics. Threads: `GENEMASK_THREADS` (if set) is passed to
-`torch.set_num_threads`; otherwise torch's default (which honours OMP_NUM_THREADS).
+CPU the same seed and thread count give identical metrics. Threads: `GENEMASK_THREADS` (if set) is
+passed to `torch.set_num_threads`; otherwise torch's default (which honours OMP_NUM_THREADS).
 
 Metrics: accuracy, macro-F1, MCC and AUROC (binary: ROC AUC of the class-1 probability; more
 classes: the one-vs-one macro AUROC of Hand & Till, the mean over class pairs (a, b) of the mean of

@@ -49,18 +49,15 @@ class FusedAdamW(torch.optim.Optimizer):
         if closure is not None:
             raise ValueError("FusedAdamW.step takes no closure")
         for g, (exp_avg, exp_avg_sq, t) in zip(self.param_groups, self._buffers):
-            params = [p for p in g["params"] if p.grad is not None]
-            if not params:
+            keep = [i for i, p in enumerate(g["params"]) if p.grad is not None]  # no gradient: moments kept
+            if not keep:
                 continue
-            if len(params) != len(g["params"]):  # a parameter without a gradient this step keeps its moments
-                keep = [i for i, p in enumerate(g["params"]) if p.grad is not None]
-                exp_avg_l, exp_avg_sq_l = [exp_avg[i] for i in keep], [exp_avg_sq[i] for i in keep]
-            else:
-                exp_avg_l, exp_avg_sq_l = exp_avg, exp_avg_sq
+            params = [g["params"][i] for i in keep]
             t += 1
             beta1, beta2 = g["betas"]
             scale = None if self.grad_scale is None else self.grad_scale.to(params[0].device)
-            torch._fused_adamw_(params, [p.grad for p in params], exp_avg_l, exp_avg_sq_l, [], [t] * len(params),
+            torch._fused_adamw_(params, [p.grad for p in params], [exp_avg[i] for i in keep],
+                                [exp_avg_sq[i] for i in keep], [], [t] * len(params),
                                 amsgrad=False, lr=g["lr"], beta1=beta1, beta2=beta2,
                                 weight_decay=g["weight_decay"], eps=g["eps"], maximize=False,
                                 grad_scale=scale, found_inf=None)
