@@ -55,7 +55,8 @@ def test_output_folder_loads_with_auto_classes(setup, data_a):
     log = pd.read_csv(out / "train_log.tsv", sep="\t")
     assert list(log.columns) == ["step", "lr", "loss", "val_loss", "val_ppl", "tokens_per_s"]
     assert log["step"].tolist() == [1, 2, 3, 4, 5, 6] and log["loss"].between(5, 10).all()
-    assert sorted(p.name for p in out.iterdir()) == ["genemask.json", "mask_ranks.tsv", "step6", "train_log.tsv"]
+    assert sorted(p.name for p in out.iterdir()) == [".genemask-output", "genemask.json", "mask_ranks.tsv", "step6",
+                                                     "train_log.tsv"]
     assert json.loads((out / "step6" / "genemask.json").read_text())["pretrain_step"] == 6
     ranks = pd.read_csv(out / "mask_ranks.tsv", sep="\t")
     assert ranks["masked_count"].sum() > 0 and ranks["all_count"].sum() > ranks["masked_count"].sum()

@@ -51,7 +51,7 @@ from .finetune import _set_threads, load_classifier, model_k, verify_weights, we
 from .kmers import N_SPECIAL, PAD, kmers_to_seq, seq_to_ids, vocab_size
 from .tasks import SEQ_NAMES, _short, _unquote, table_header
 from .training import padded_rows
-from .util import GeneMaskError, Progress, atomic_output
+from .util import CLASSIFIER, GeneMaskError, Progress, atomic_output
 
 FASTA_EXT = (".fa", ".fasta", ".fna", ".fas")
 TABLE_EXT = (".tsv", ".csv")
@@ -87,7 +87,7 @@ def save_classifier(model, folder: str | os.PathLike, meta: dict) -> Path:
         meta["source_model"] = str(src)
     model.config.id2label = dict(enumerate(labels))
     model.config.label2id = {lab: i for i, lab in enumerate(labels)}
-    with atomic_output(folder, is_dir=True) as tmp:
+    with atomic_output(folder, is_dir=True, kind=CLASSIFIER) as tmp:
         with _quiet_hf():
             model.save_pretrained(tmp)  # safetensors (model.safetensors)
         copied = [f for f in TOKENIZER_FILES if src is not None and (src / f).is_file()]

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from .kmers import SPECIAL_TOKENS, SUPPORTED_K, all_kmers, vocab_size
-from .util import GeneMaskError, atomic_output
+from .util import BASELINE_MODEL, GeneMaskError, atomic_output
 
 
 def resolve(spec: str, revision: str | None = None) -> Path:
@@ -90,7 +90,7 @@ def prepare_baseline(name: str, spec: str, output: str | os.PathLike, revision: 
     src = resolve(spec, revision)
     k = check_vocabulary(src)
     meta = {"baseline": name, "source": spec, "revision": revision, "resolved": str(src), "k": k}
-    with atomic_output(output, is_dir=True) as tmp:
+    with atomic_output(output, is_dir=True, kind=BASELINE_MODEL) as tmp:
         for f in src.iterdir():
             if f.is_file() and f.name != "genemask.json" and not f.name.startswith("."):
                 shutil.copy2(f, tmp / f.name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 
-from .util import GeneMaskError
+from .util import BASELINE_MODEL, CLASSIFIER, CORPUS, PRETRAINING_RUN, RECEIVING, GeneMaskError, check_output_target
 
 TYPE_CHECKING = False  # typing's constant without importing typing (10 ms of a worker client's start)
 if TYPE_CHECKING:
@@ -267,7 +267,11 @@ def main(argv: list[str] | None = None) -> int:
             return rc
     args = build_parser().parse_args(argv)
     try:
-        rc = dispatch(args)
+        from .util import guard_inputs
+
+        with guard_inputs(input_paths(args)):  # no output may replace an input or a folder holding one
+            check_outputs(args)
+            rc = dispatch(args)
         return rc if isinstance(rc, int) else 0
     except GeneMaskError as e:
         print(f"genemask {args.command}: error: {e}", file=sys.stderr)
@@ -291,6 +295,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 OUTPUT_ARGS = ("output", "outdir", "out_train", "out_test", "out_stats", "save_model")
+FOLDER_OUTPUTS = {("corpus", "output"): CORPUS, ("pretrain", "output"): PRETRAINING_RUN,
+                  ("finetune", "save_model"): CLASSIFIER, ("baseline", "output"): BASELINE_MODEL,
+                  ("aggregate", "outdir"): RECEIVING}  # (command, argument) -> the folder's kind
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """util.check_output_target for every output of the command, before it does any work."""
+    for a in OUTPUT_ARGS:
+        if getattr(args, a, None):
+            folder = (args.command, a) in FOLDER_OUTPUTS
+            check_output_target(getattr(args, a), is_dir=folder, kind=FOLDER_OUTPUTS.get((args.command, a), "output"))
+
+
+def input_paths(args: argparse.Namespace) -> list[str]:
+    """Every argument value (or list item) that names an existing file or folder and is not an output."""
+    import os
+
+    found = []
+    for name, value in vars(args).items():
+        if name in OUTPUT_ARGS:
+            continue
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(v, str) and v and len(v) < 4096 and "\0" not in v and os.path.lexists(v):
+                found.append(v)
+    return found
 
 
 def _os_error(e: OSError, args: argparse.Namespace) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 
 from .genome import acgt_segments, read_sequences
 from .kmers import N_SPECIAL, encode, kmer_index
-from .util import GeneMaskError, atomic_output
+from .util import CORPUS, GeneMaskError, atomic_output
 
 
 def cut_pieces(seq: bytes, rng: np.random.Generator, max_bp: int = 511, min_bp: int = 6,
@@ -84,7 +84,7 @@ def build_corpus(fasta: str | Path, output: str | Path, region: str | None = Non
     starts = np.concatenate(([0], np.cumsum(lengths_arr)))
     meta = {"region": region, "k": k, "max_bp": max_bp, "min_bp": min_bp, "seed": seed,
             "valid_fraction": valid_fraction, "bp_in": n_bp_in, "duplicates_dropped": n_dup}
-    with atomic_output(output, is_dir=True) as tmp:
+    with atomic_output(output, is_dir=True, kind=CORPUS) as tmp:
         for split, mask in (("train", ~is_valid), ("valid", is_valid)):
             sel = np.flatnonzero(mask)
             seg_lens = lengths_arr[sel]

@@ -31,7 +31,7 @@ from .defaults import defaults as config_defaults
 from .kmers import PAD, SEP, vocab_size
 from .masking import make_masker, rank_table
 from .training import linear_schedule, padded_rows, param_groups
-from .util import GeneMaskError, Progress, atomic_output, read_settings
+from .util import PRETRAINING_RUN, GeneMaskError, Progress, atomic_output, output_lock, read_settings
 
 # The paper's settings (spec section 6) are the defaults: the config schema's pretrain.settings
 # defaults (one home: genemask.defaults), plus `threads`, no config key (the rule sets it from
@@ -458,7 +458,7 @@ def export_run(output: Path, model, k: int, meta: dict, state: dict, step_ckpts:
         state = _load_checkpoint(step_ckpts[last], device)["state"]
         meta = {**meta, "tokens_seen": state["tokens_seen"]}
     final = {n: p.detach().clone() for n, p in model.state_dict().items()}
-    with atomic_output(output, is_dir=True) as tmp:
+    with atomic_output(output, is_dir=True, kind=PRETRAINING_RUN) as tmp:
         for step in sorted(step_ckpts):
             model.load_state_dict(final if step == current else _load_checkpoint(step_ckpts[step], device)["model"])
             d = tmp / f"step{step}"
@@ -501,4 +501,5 @@ def pretrain_cli(corpus, model_config, scheme, output, ranking=None, settings=No
     except (OSError, json.JSONDecodeError) as e:
         raise GeneMaskError(f"{model_config}: cannot read model configuration ({e})") from None
     s = load_settings(settings, overrides)
-    pretrain(corpus, mc, scheme, output, ranking_path=ranking, settings=s, save_steps=save_steps or ())
+    with output_lock(output) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():  # one writer
+        pretrain(corpus, mc, scheme, output, ranking_path=ranking, settings=s, save_steps=save_steps or ())

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import fcntl
 import os
 import random
 import shutil
+import stat
 import sys
 import time
 from pathlib import Path
@@ -17,26 +20,149 @@ class GeneMaskError(Exception):
     """
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, is_dir: bool = False):
-    """Yield a temporary path next to `path`; move it into place only if the block succeeds.
+MARKER = ".genemask-output"  # inside every folder atomic_output wrote: the folder's kind, one line
+# The kinds of folder output (the MARKER's text): a folder is replaced only by a command of its kind.
+CORPUS, PRETRAINING_RUN, CLASSIFIER, BASELINE_MODEL = "corpus", "pretraining run", "classifier", "baseline model"
+RECEIVING = None  # check_output_target's kind for a folder that receives files (aggregate's --outdir)
+_GUARDED: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("genemask_inputs", default=())
+_HELD: dict[Path, int] = {}  # output path -> lock fd, for the locks this process holds
 
-    On any exception the temporary file/folder is removed, so no partial output is ever left behind.
+
+@contextlib.contextmanager
+def guard_inputs(paths):
+    """While the block runs, atomic_output refuses to write over any of `paths` (a command's inputs)
+    or over a folder holding one of them."""
+    resolved = tuple(Path(p).resolve() for p in paths)
+    token = _GUARDED.set(_GUARDED.get() + resolved)
+    try:
+        yield
+    finally:
+        _GUARDED.reset(token)
+
+
+def check_output_target(path: str | os.PathLike, is_dir: bool = False, kind: str | None = "output") -> None:
+    """GeneMaskError unless writing `path` can only replace a previous output of the same kind.
+
+    Refused: `.`, `..` or any ancestor of the working directory; a command's input (see guard_inputs)
+    or a folder holding one; a symbolic link; a folder where a file is written; a file where a folder
+    is written; a non-empty folder that does not carry this kind's marker (MARKER, written by
+    atomic_output), i.e. a folder the pipeline did not make. kind RECEIVING: a folder that receives
+    output files and is never replaced whole, so any folder will do.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run (SIGKILL skips cleanup)
-        _remove(stale)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if is_dir:
-        tmp.mkdir()
+    target = path.resolve()
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise GeneMaskError(f"{path}: refusing to write over the working directory or a folder above it; "
+                            f"name a new file or folder")
+    for inp in _GUARDED.get():
+        if target == inp or target in inp.parents:
+            raise GeneMaskError(f"{path}: refusing to write over this command's input {inp}; name another output")
     try:
-        yield tmp
-    except BaseException:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise GeneMaskError(f"{path}: is a symbolic link, not a previous output; remove it or name another output")
+    if not is_dir:
+        if stat.S_ISDIR(st.st_mode):
+            raise GeneMaskError(f"{path}: is a folder, and this command writes a file; name a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise GeneMaskError(f"{path}: is not a regular file; name a file")
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise GeneMaskError(f"{path}: is a file, and this command writes a folder; name a folder")
+    if kind is RECEIVING:
+        return
+    marker = path / MARKER
+    if marker.is_file() and not marker.is_symlink():
+        found = marker.read_text(errors="replace").strip()
+        if found == kind:
+            return
+        raise GeneMaskError(f"{path}: holds a genemask {found!r} output, and this command writes a {kind!r} "
+                            f"folder; name another folder")
+    if any(path.iterdir()):
+        raise GeneMaskError(f"{path}: is a folder that genemask did not write (no {MARKER} in it); "
+                            f"refusing to replace it: name a new folder")
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike):
+    """Hold the lock of output `path` (`.NAME.lock` beside it) for the block: a second process
+    writing the same output is refused with one line instead of racing. Reentrant in one process."""
+    path = Path(path).absolute()
+    if path in _HELD:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise GeneMaskError(f"{path}: another genemask process is writing this output "
+                                f"(it holds {lock}); wait for it or name another output") from None
+        try:  # the holder before us may have unlinked the file after we opened it: lock the live one
+            same = os.fstat(fd).st_ino == os.lstat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    _HELD[path] = fd
+    try:
+        yield
+    finally:
+        del _HELD[path]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, is_dir: bool = False, kind: str = "output"):
+    """Yield a temporary path next to `path`; move it into place only if the block succeeds.
+
+    Only a previous output of the same kind is replaced (check_output_target), under the output's
+    lock (output_lock). The temporary `.NAME.tmp-PID` belongs to this process; one left by a killed
+    run (SIGKILL skips cleanup) is removed only when its process is gone. On any exception the
+    temporary file/folder is removed, so no partial output is ever left behind. A folder output gets
+    the MARKER file naming `kind`, by which a later run recognises it as its own.
+    """
+    path = Path(path)
+    check_output_target(path, is_dir, kind)
+    with output_lock(path):
+        prefix = f".{path.name}.tmp-"
+        for stale in path.parent.glob(prefix + "*"):
+            pid = stale.name[len(prefix):]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                _remove(stale)
+        tmp = path.parent / f"{prefix}{os.getpid()}"
         _remove(tmp)
-        raise
-    _remove(path)
-    os.replace(tmp, path)
+        if is_dir:
+            tmp.mkdir()
+        try:
+            yield tmp
+            if is_dir:
+                (tmp / MARKER).write_text(kind + "\n")
+        except BaseException:
+            _remove(tmp)
+            raise
+        check_output_target(path, is_dir, kind)  # the block may have taken long: look again
+        _remove(path)
+        os.replace(tmp, path)
 
 
 def write_failure(path: str | os.PathLike, detail: str = "") -> OSError:
