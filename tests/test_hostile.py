@@ -25,6 +25,8 @@ from genemask import plan
 from genemask.cli import main
 from genemask.ngrams import count_sequence, load_counts
 
+pytestmark = pytest.mark.hostile
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SNAKEMAKE = [str(BIN / "snakemake"), "-s", str(ROOT / "workflow" / "Snakefile")]
@@ -261,6 +263,24 @@ def test_check_config_refuses_yte_templates_without_running_them(tmp_path, capsy
     assert rc == 2 and "key 'finetune.seeds.0': 1.0 is not of type 'integer'" in line
     assert main(["check-config", str(ROOT / "config" / "demo.yaml")]) == 0
     assert "config/demo.yaml: ok (3 chunks, 3 schemes, 30 fine-tuning runs)" in capsys.readouterr().out
+
+
+def test_check_config_refuses_a_yaml_alias_bomb_and_keeps_real_anchors(tmp_path, capsys):
+    """A 'billion laughs': 9 levels of 9 aliases, 342 bytes on disk, 490 million values once a reader
+    copies it (Snakemake's config merge does). check-config counts without expanding and refuses."""
+    bomb = tmp_path / "bomb.yaml"
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    bomb.write_text("\n".join(lines) + "\n")
+    assert bomb.stat().st_size < 400
+    rc = main(["check-config", str(ROOT / "config" / "demo.yaml"), str(bomb)])
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2 and f"{bomb}: its YAML aliases expand to 490,329,055 values" in line
+    anchors = tmp_path / "anchors.yaml"  # an ordinary use of anchors: fine
+    anchors.write_text("finetune:\n  seeds: &s [1, 2]\nreport:\n  x_seeds: *s\n")
+    # root, finetune, seeds [1, 2] (3 values), report, the alias counted again in full (3)
+    assert plan.expanded_size(yaml.safe_load(anchors.read_text())) == 1 + 1 + 3 + 1 + 3
 
 
 def test_training_rules_get_hostile_values_as_data(tmp_path, mirror):

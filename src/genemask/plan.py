@@ -46,11 +46,35 @@ def check_checkout(workflow_dir: str | Path) -> None:
                             f"this workflow's checkout; install it from there: pip install -e {wf.parent}")
 
 
+MAX_CONFIG_NODES = 1_000_000  # values of a config once its aliases are expanded (ours: a few hundred)
+
+
 def _load_yaml(path: Path) -> dict:
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise GeneMaskError(f"{path}: cannot read YAML ({e})") from None
+    n = expanded_size(data)
+    if n > MAX_CONFIG_NODES:  # a "billion laughs": small on disk, gigabytes once a reader copies it
+        raise GeneMaskError(f"{path}: its YAML aliases expand to {n:,} values (more than {MAX_CONFIG_NODES:,}); "
+                            f"refusing a config that would take gigabytes once expanded")
+    return data
+
+
+def expanded_size(data) -> int:
+    """How many values `data` holds with every YAML alias expanded, counted without expanding
+    (yaml shares an aliased node: its size is computed once, by identity)."""
+    memo: dict[int, int] = {}
+
+    def size(x) -> int:
+        if not isinstance(x, (dict, list)):
+            return 1
+        if id(x) not in memo:
+            memo[id(x)] = 0  # a recursive alias (&a [*a]) counts as one
+            memo[id(x)] = 1 + sum(size(v) for v in (x.values() if isinstance(x, dict) else x))
+        return memo[id(x)]
+
+    return size(data)
 
 
 def validate(config: dict, schema_path: str | Path | None = None, where: str = "config") -> dict:
