@@ -81,8 +81,8 @@ def test_output_equal_to_the_input_or_holding_it_is_refused(tmp_path, capsys):
     data.mkdir()
     fa = _indexed(data)
     before = _tree(tmp_path)
-    _refused(["chunks", str(fa), "--size", "1000", "-o", str(fa)], capsys, "input")  # the file itself
-    _refused(["corpus", str(fa), "-o", str(data)], capsys, "input")  # the folder holding it
+    _refused(["chunks", str(fa), "--size", "1000", "-o", str(fa)], capsys, "this command's input")  # the file itself
+    _refused(["corpus", str(fa), "-o", str(data)], capsys, "this command's input")  # the folder holding it
     assert _tree(tmp_path) == before
 
 
@@ -114,7 +114,7 @@ def test_corpus_replaces_its_own_folder_but_not_a_foreign_or_other_kind_one(tmp_
     assert main(["corpus", str(fa), "-o", str(out), "--seed", "1"]) == 0
     assert (out / MARKER).read_text().strip() == "corpus"
     assert main(["corpus", str(fa), "-o", str(out), "--seed", "2"]) == 0  # its own kind: replaced
-    assert json.loads((out / "meta.json").read_text())["seed"] == 2 if (out / "meta.json").exists() else True
+    assert json.loads((out / "meta.json").read_text())["seed"] == 2
 
     foreign = tmp_path / "thesis"
     foreign.mkdir()
@@ -126,7 +126,7 @@ def test_corpus_replaces_its_own_folder_but_not_a_foreign_or_other_kind_one(tmp_
     before = _tree(tmp_path)
     _refused(["corpus", str(fa), "-o", str(foreign)], capsys, "did not write")
     _refused(["corpus", str(fa), "-o", str(other)], capsys, "'pretraining run'")
-    _refused(["corpus", str(fa), "-o", str(fa)], capsys, "input")
+    _refused(["corpus", str(fa), "-o", str(fa)], capsys, "this command's input")
     assert _tree(tmp_path) == before
 
     empty = tmp_path / "empty"
@@ -168,7 +168,7 @@ def test_predict_and_embed_onto_a_folder_are_refused(tmp_path, capsys, root):
     before = _tree(tmp_path)
     _refused(["predict", "--model", str(clf), str(fa), "-o", str(res)], capsys, "is a folder")
     _refused(["embed", "--model", str(pre), str(fa), "-o", str(res)], capsys, "is a folder")
-    _refused(["predict", "--model", str(clf), str(fa), "-o", str(clf)], capsys, "input")  # over the model
+    _refused(["predict", "--model", str(clf), str(fa), "-o", str(clf)], capsys, "this command's input")
     assert _tree(tmp_path) == before
     assert main(["predict", "--model", str(clf), str(fa), "-o", str(tmp_path / "p.tsv")]) == 0
 
@@ -232,3 +232,63 @@ def test_two_pretraining_runs_with_the_same_output_do_not_race(tmp_path, hg38_sl
     assert first.returncode == 0, err
     assert (out / "step40" / "model.safetensors").is_file() and (out / MARKER).read_text().strip() == "pretraining run"
     assert not lock.exists()
+
+
+# ---- every command, before any work: the same refusals -----------------------------------------
+def _argv(command: str, d: Path, out: str) -> list[str]:
+    """A command line of `command` whose inputs exist (their content does not matter: outputs are
+    checked before any input is read) and whose output is `out`."""
+    f, fa, npz, tsv = str(d / "in.txt"), str(d / "in.fa"), str(d / "in.npz"), str(d / "in.tsv")
+    return {
+        "fetch": ["fetch", "--mirror-path", "x.fa", "-o", out],
+        "index": ["index", fa, "-o", out],
+        "chunks": ["chunks", fa, "--size", "100", "-o", out],
+        "ngrams": ["ngrams", fa, "-o", out],
+        "merge": ["merge", npz, npz, "-o", out],
+        "npmi": ["npmi", npz, "-o", out],
+        "corpus": ["corpus", fa, "-o", out],
+        "pretrain": ["pretrain", "--corpus", str(d), "--model-config", f, "--scheme", "dnabert", "-o", out],
+        "baseline": ["baseline", "--name", "b", "--model", str(d), "-o", out],
+        "task-data": ["task-data", "--task", "T", "--train", tsv, "--test", tsv, "--num-labels", "2",
+                      "--out-train", out, "--out-test", str(d / "te.tsv"), "--out-stats", str(d / "st.json")],
+        "finetune": ["finetune", "--model", str(d), "--train", tsv, "--test", tsv, "--task", "T", "--shot", "10",
+                     "--seed", "1", "--scheme", "dnabert", "--num-labels", "2", "-o", out],
+        "predict": ["predict", "--model", str(d), fa, "-o", out],
+        "embed": ["embed", "--model", str(d), fa, "-o", out],
+        "aggregate": ["aggregate", "--outdir", out, f],
+        "plot-loss": ["plot-loss", tsv, "-o", out],
+        "plot-mask-ranks": ["plot-mask-ranks", "--stats", tsv, "-o", out],
+        "motifs": ["motifs", "--ranking", tsv, "-o", out],
+        "write-missing": ["write-missing", "-o", out],
+        "study-doc": ["study-doc", "--config", f, "--command", "make study", "-o", out],
+    }[command]
+
+
+FILE_COMMANDS = ["fetch", "index", "chunks", "ngrams", "merge", "npmi", "task-data", "finetune", "predict", "embed",
+                 "plot-loss", "plot-mask-ranks", "motifs", "write-missing", "study-doc"]
+FOLDER_COMMANDS = ["corpus", "pretrain", "baseline"]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    d = tmp_path / "inputs"
+    d.mkdir()
+    for name in ("in.txt", "in.fa", "in.npz", "in.tsv"):
+        (d / name).write_text("x\n")
+    mine = tmp_path / "mine"  # a user's folder of files
+    mine.mkdir()
+    (mine / "keep.txt").write_text("precious\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", FILE_COMMANDS + FOLDER_COMMANDS + ["aggregate"])
+def test_every_command_refuses_the_working_directory_and_a_users_folder(command, workdir, capsys):
+    before = _tree(workdir)
+    _refused(_argv(command, workdir / "inputs", "."), capsys, "working directory")
+    if command != "aggregate":  # aggregate writes files into its --outdir: any folder receives them
+        _refused(_argv(command, workdir / "inputs", "mine"), capsys, "is a folder" if command in FILE_COMMANDS
+                 else "did not write")
+    if command not in ("fetch", "write-missing"):  # the folder holding the inputs
+        _refused(_argv(command, workdir / "inputs", "inputs"), capsys, "refusing to write over this command's input")
+    assert _tree(workdir) == before

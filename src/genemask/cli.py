@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-OUTPUT_ARGS = ("output", "outdir", "out_train", "out_test", "out_stats", "save_model")
+OUTPUT_ARGS = ("output", "outdir", "out_train", "out_test", "out_stats", "save_model", "plot")
 FOLDER_OUTPUTS = {("corpus", "output"): CORPUS, ("pretrain", "output"): PRETRAINING_RUN,
                   ("finetune", "save_model"): CLASSIFIER, ("baseline", "output"): BASELINE_MODEL,
                   ("aggregate", "outdir"): RECEIVING}  # (command, argument) -> the folder's kind
