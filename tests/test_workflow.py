@@ -18,10 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SNAKEMAKE = [str(BIN / "snakemake"), "-s", str(ROOT / "workflow" / "Snakefile")]
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+# A PATH without the environment: snakemake started by absolute path, nothing activated.
+BARE_PATH = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                            if p and Path(p).resolve() != BIN.resolve() and not (Path(p) / "genemask").exists())
 
 
-def smk(*args, cwd=ROOT, check=True):
-    r = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, env=ENV, capture_output=True, text=True)
+def smk(*args, cwd=ROOT, check=True, env=ENV):
+    r = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True)
     if check and r.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r
@@ -115,8 +118,18 @@ E2E = ROOT / "tests" / "data" / "e2e.yaml"
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory, mirror):
     work = tmp_path_factory.mktemp("e2e")
-    r = smk("--configfile", str(E2E), "--directory", str(work), "--cores", "2", "--show-failed-logs")
+    r = smk("--configfile", str(E2E), "--directory", str(work), "--cores", "2", "--show-failed-logs",
+            env={**os.environ, "PATH": BARE_PATH})  # jobs must find their own genemask (plan.export_own_bin)
     return work, r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_e2e_jobs_find_genemask_without_an_activated_environment(e2e):
+    """The whole shrunk DAG ran from `.venv/bin/snakemake` with a PATH that has no genemask on it."""
+    work, out = e2e
+    assert subprocess.run(["bash", "-c", "command -v genemask"], env={"PATH": BARE_PATH}).returncode != 0
+    assert "exit status 127" not in out and "command not found" not in out
+    assert (work / "results" / "report" / "report.html").is_file()
 
 
 @pytest.mark.slow

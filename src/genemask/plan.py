@@ -35,6 +35,19 @@ def export_root() -> None:
     os.environ["GENEMASK_ROOT"] = str(ROOT)
 
 
+def export_own_bin() -> None:
+    """Put this interpreter's bin folder first on the jobs' PATH, so that a snakemake started by
+    absolute path from an environment that is not activated (`.venv/bin/snakemake ...`, a cron job,
+    a SLURM job script) runs its own `genemask`, not none (exit 127) or another install's."""
+    import os
+    import sys
+
+    own = os.path.dirname(sys.executable)  # not resolved: a venv's bin holds a link to the interpreter
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != own:
+        os.environ["PATH"] = own + (os.pathsep + path if path else "")
+
+
 def check_checkout(workflow_dir: str | Path) -> None:
     """The workflow in `workflow_dir` and the imported package must come from one checkout: the
     package finds the schema, the catalogues (config/) and the model configurations (resources/)

@@ -20,6 +20,7 @@ try:
 except plan.GeneMaskError as e:  # one line naming the config file and key, no traceback
     sys.exit(f"genemask: error: {e}")
 plan.export_root()  # GENEMASK_ROOT, for envs/genemask.post-deploy.sh (--sdm conda)
+plan.export_own_bin()  # jobs find this environment's `genemask` without an activated environment
 RESULTS = "results"
 ENV = "../../envs/genemask.yaml"
 CHUNKS = plan.chunks(CFG)
