@@ -18,6 +18,7 @@ from genemask.cli import main
 from genemask.util import GeneMaskError
 
 SEEDS = list(range(6))
+MARGINS = {"accuracy": 0.02, "mcc": 0.04}  # the schema's report.equivalence_margin defaults
 # accuracy by (task, shot, scheme): one value per seed (known numbers, so means/sds/tests are checkable)
 ACC = {
     ("Prom-core", 10, "dnabert"): [0.61, 0.64, 0.60, 0.66, 0.63, 0.62],
@@ -390,18 +391,21 @@ def test_verdict_planted_effect_and_identical_scheme(planted):
     assert g.conclusion == "genemask better than dnabert" and g.headline
     assert (g.won, g.lost, g.tied, g.n_cells, g.n_pairs) == (8, 0, 0, 8, 8 * 12)
     assert g.verdict.startswith("genemask vs dnabert at 2000 steps: +0.09") and g.verdict.endswith(
-        "over 8 cells, 8 won, 0 lost, 0 tied: genemask better than dnabert.")
+        "at +-0.020: genemask better than dnabert.")
     # the verdict sentence is made from the row's numbers by the documented rules
     assert g.verdict == (f"genemask vs dnabert at 2000 steps: {g.mean_diff:+.3f} accuracy [95% CI {g.ci_low:+.3f}, "
-                         f"{g.ci_high:+.3f}] over 8 cells, 8 won, 0 lost, 0 tied: genemask better than dnabert.")
+                         f"{g.ci_high:+.3f}] over 8 cells, 8 won, 0 lost, 0 tied; MDE {g.mde:.3f}, TOST p "
+                         f"{g.p_tost:.3g} at +-{g.margin:.3f}: genemask better than dnabert.")
+    # MDE from the design's own SE: 3 pretraining seeds, df 2
+    assert g.df == 2 and g.mde == pytest.approx((stats.t.ppf(0.975, 2) + stats.t.ppf(0.8, 2)) * g.se)
     # pinned: fixed data seed and bootstrap seed give this exact sentence
     assert g.verdict == ("genemask vs dnabert at 2000 steps: +0.099 accuracy [95% CI +0.095, +0.103] over 8 cells, "
-                         "8 won, 0 lost, 0 tied: genemask better than dnabert.")
+                         "8 won, 0 lost, 0 tied; MDE 0.009, TOST p 1 at +-0.020: genemask better than dnabert.")
     r = _verdict_row(v, "random", "dnabert", 2000)
     assert r.verdict == ("random vs dnabert at 2000 steps: -0.001 accuracy [95% CI -0.005, +0.003] over 8 cells, "
-                         "0 won, 0 lost, 8 tied: no difference beyond noise.")
-    assert r.ci_low < 0 < r.ci_high and r.conclusion == "no difference beyond noise" and r.lost == 0
-    assert r.verdict.endswith(": no difference beyond noise.")
+                         "0 won, 0 lost, 8 tied; MDE 0.008, TOST p 0.00326 at +-0.020: equivalent within +-0.020.")
+    assert r.ci_low < 0 < r.ci_high and r.conclusion == "equivalent within +-0.020" and r.lost == 0
+    assert r.p_tost < 0.05 and r.mde < r.margin
     assert _verdict_row(v, "genemask", "none", 1000).conclusion == "genemask better than none"
     assert _verdict_row(v, "none", "dnabert", 1000, "mcc").conclusion == "none worse than dnabert"
     # against the external baseline: paired on the fine-tuning seed only, every pretraining seed kept
@@ -526,13 +530,14 @@ def test_pairing_matters(tmp_path):
     for name, df in (("paired", runs), ("shuffled", shuffled)):
         t = st.paired_tests(df, ["dnabert"], ["accuracy"])
         t = t[t.scheme == "genemask"]
-        v = st.verdicts(df, t, ["dnabert"], metrics=("accuracy",), n_boot=1000)
+        v = st.verdicts(df, t, ["dnabert"], MARGINS, metrics=("accuracy",), n_boot=1000)
         res[name] = (t, v.iloc[0])
     tp, vp = res["paired"]
     ts, vs = res["shuffled"]
     assert (tp.p_ttest < 0.01).all() and (ts.p_ttest > 0.01).all()
     assert (ts.sd_diff.to_numpy() > 3 * tp.sd_diff.to_numpy()).all()
-    assert vp.conclusion == "genemask better than dnabert" and vs.conclusion == "no difference beyond noise"
+    assert vp.conclusion == "genemask better than dnabert" and vs.conclusion.startswith("inconclusive")
+    assert vs.mde > 3 * vp.mde  # shuffling the pairs throws the design's power away
     assert vs.ci_high - vs.ci_low > 3 * (vp.ci_high - vp.ci_low)
 
 
@@ -557,7 +562,7 @@ def test_few_pretraining_seeds_flagged_or_untested(tmp_path):
     r = t[t.scheme == "genemask"]
     assert (r.test_level == "finetune_seed").all() and (r.n_units == 4).all() and r.p_ttest.notna().all()
     assert r.note.str.contains("one pretraining seed").all()
-    v = st.verdicts(runs, t, ["dnabert"], metrics=("accuracy",), n_boot=200)
+    v = st.verdicts(runs, t, ["dnabert"], MARGINS, metrics=("accuracy",), n_boot=200)
     g = v[v.scheme == "genemask"].iloc[0]
     assert g.single_pretrain_seed and "(one pretraining seed: the CI covers fine-tuning noise only)." in g.verdict
     # one run per cell: no CI is trusted, the sentence says so
@@ -565,7 +570,7 @@ def test_few_pretraining_seeds_flagged_or_untested(tmp_path):
                                         cells=DESIGN_CELLS[:2]))
     t = st.paired_tests(runs, ["dnabert"], ["accuracy"])
     assert t.p_ttest.isna().all() and t.note.str.contains("1 finetune seed unit").all()
-    v = st.verdicts(runs, t, ["dnabert"], metrics=("accuracy",), n_boot=100)
+    v = st.verdicts(runs, t, ["dnabert"], MARGINS, metrics=("accuracy",), n_boot=100)
     assert v.iloc[0].verdict == ("genemask vs dnabert at 500 steps: accuracy from 2 pair(s) over 2 cell(s): "
                                  "too few runs to judge.")
 

@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     import argparse
 
     from .defaults import default as D  # the config schema's defaults, so a command alone runs as the pipeline
+    from .defaults import defaults as D_ALL  # the defaults of a mapping's keys
     from .defaults import node as D_NODE  # a key's schema (enum choices)
 
     ap = argparse.ArgumentParser(prog="genemask", description=__doc__.splitlines()[0])
@@ -184,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="settings without data, listed as 'missing' in the report (columns task, shot, reason)")
     p.add_argument("--include", nargs="*", default=[], metavar="FILE",
                    help="extra PNG/TSV files to embed in report.html (e.g. loss.png, motifs.tsv)")
+    p.add_argument("--equivalence-margin", nargs="+", default=[], metavar="METRIC=MARGIN",
+                   help="TOST margin of a verdict metric (default: the schema's report.equivalence_margin: "
+                        + ", ".join(f"{k}={v}" for k, v in D_ALL("report.equivalence_margin").items()) + ")")
 
     # ---- report figures and motifs (figures.py, motifs.py) -- owned by the report engineer ------
     p = _p(sub, "plot-loss", "plot pretraining loss curves (train and validation loss vs step) of several runs")
@@ -433,7 +437,8 @@ def dispatch(args: argparse.Namespace):
     if c == "aggregate":
         from .report import aggregate_cli
 
-        return aggregate_cli(args.metrics, args.outdir, expected=args.missing, include=args.include)
+        return aggregate_cli(args.metrics, args.outdir, expected=args.missing, include=args.include,
+                             margins=args.equivalence_margin)
     # ---- report figures and motifs (figures.py, motifs.py) -----------------------------------
     if c == "plot-loss":
         from .figures import plot_loss

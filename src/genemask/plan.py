@@ -325,6 +325,11 @@ def shot_source(cfg: dict, task: str, shot: int) -> str | None:
     return shots.get(str(shot), shots.get(shot))
 
 
+def equivalence_margins(cfg: dict) -> dict[str, float]:
+    """report.equivalence_margin with the schema's default for every metric it leaves out."""
+    return {**D.defaults("report.equivalence_margin"), **(cfg["report"].get("equivalence_margin") or {})}
+
+
 def pretrain_seeds(cfg: dict) -> list[int]:
     """Pretraining replicates: pretrain.seeds, else the one seed of pretrain.settings (default 42)."""
     return list(cfg["pretrain"].get("seeds") or [pretrain_setting(cfg, "seed")])

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -207,16 +208,33 @@ def summary_html(outdir: str | Path, include: Sequence[str | Path] = (), title: 
 # ---------------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------------
+def parse_margins(items: Sequence[str]) -> dict[str, float]:
+    """METRIC=MARGIN items over the schema's report.equivalence_margin defaults; one line on a fault."""
+    from .defaults import check, defaults
+
+    out = defaults("report.equivalence_margin")
+    for item in items:
+        metric, sep, value = item.partition("=")
+        try:
+            out[metric] = float(value) if sep else math.nan
+        except ValueError:
+            out[metric] = value
+    check(out, "report.equivalence_margin", "--equivalence-margin")
+    return out
+
+
 def aggregate_cli(metrics_jsons: Sequence[str | Path], outdir: str | Path, expected: str | Path | None = None,
-                  include: Sequence[str | Path] = (), baseline: str = BASELINE, *, n_boot: int = stats.N_BOOT,
-                  boot_seed: int = stats.BOOT_SEED) -> int:
+                  include: Sequence[str | Path] = (), baseline: str = BASELINE, *, margins: Sequence[str] = (),
+                  n_boot: int = stats.N_BOOT, boot_seed: int = stats.BOOT_SEED) -> int:
     """`genemask aggregate`: validate every input first, then write all outputs (see module doc).
 
     `expected`: optional TSV of settings expected but without data (columns task, shot, reason).
     `include`: extra PNG/TSV files to embed in report.html (e.g. loss.png, motifs.tsv).
+    `margins`: METRIC=MARGIN items, the verdict's TOST margins (others: the schema's defaults).
     `n_boot`, `boot_seed`: replicates and seed of the verdict's hierarchical bootstrap.
     """
     outdir = Path(outdir)
+    margin = parse_margins(margins)
     runs = load_runs(metrics_jsons)
     missing = load_missing(expected)
     for p in map(Path, include):
@@ -226,7 +244,7 @@ def aggregate_cli(metrics_jsons: Sequence[str | Path], outdir: str | Path, expec
     refs = references(runs, baseline)
     tests = stats.paired_tests(runs, refs, METRICS)
     variance = stats.variance_table(runs)
-    verdict = ordered_verdict(stats.verdicts(runs, tests, refs, n_boot=n_boot, boot_seed=boot_seed), refs)
+    verdict = ordered_verdict(stats.verdicts(runs, tests, refs, margin, n_boot=n_boot, boot_seed=boot_seed), refs)
     verdict_md = stats.verdict_markdown(verdict, primary=(baseline, "none"))
     md = summary_markdown(summary, tests, verdict, baseline)
     png = plot_accuracy_vs_shots(summary)

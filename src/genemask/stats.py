@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from . import power
 from .util import GeneMaskError
 
 STEP_NA = -1  # internal key for "pretraining step not recorded" (the only step)
@@ -39,7 +40,7 @@ TTEST_MIN_UNITS = 3
 PRETRAIN_TTEST_MIN_UNITS = 2
 # below 6 units the exact two-sided Wilcoxon signed-rank p-value can never reach 0.05
 WILCOXON_MIN_UNITS = 6
-ALPHA = 0.05
+ALPHA = power.ALPHA  # two-sided level of every test and CI
 N_BOOT = 2000
 BOOT_SEED = 0
 
@@ -422,27 +423,48 @@ def verdict_sentence(row: Mapping) -> str:
       <baseline>[ at <step> steps]: <metric> from <n> pair(s) over <c> cell(s): too few runs to judge.";
     * 95% CI lower bound > 0: "<scheme> better than <baseline>";
     * 95% CI upper bound < 0: "<scheme> worse than <baseline>";
-    * otherwise: "no difference beyond noise".
+    * TOST p < alpha at the metric's margin (and >= 2 pretraining seeds where a side is pretrained):
+      "equivalent within +-<margin>";
+    * otherwise: "inconclusive: a difference smaller than <MDE> could not have been detected".
     Prefix: "<scheme> vs <baseline>[ at <step> steps]: <diff> <metric> [95% CI lo, hi] over <n> cells,
-    <won> won, <lost> lost, <tied> tied[, <u> untested]"; suffix " (one pretraining seed: the CI
-    covers fine-tuning noise only)" when no cell had two pretraining seeds and a side was pretrained.
+    <won> won, <lost> lost, <tied> tied[, <u> untested]; MDE <mde>, TOST p <p> at +-<margin>"; suffix
+    " (one pretraining seed: the CI covers fine-tuning noise only)" when no cell had two pretraining
+    seeds and a side was pretrained.
     """
     step = STEP_NA if pd.isna(row["pretrain_step"]) else int(row["pretrain_step"])
     head = f"{row['scheme']} vs {row['baseline']}{step_text(step)}: "
     if row["conclusion"] == "too few runs to judge":
         return head + f"{row['metric']} from {row['n_pairs']} pair(s) over {row['n_cells']} cell(s): too few runs to judge."
     untested = f", {row['n_untested']} untested" if row["n_untested"] else ""
+    p_tost = "n/a" if pd.isna(row["p_tost"]) else f"{row['p_tost']:.3g}"
     s = (f"{head}{row['mean_diff']:+.3f} {row['metric']} [95% CI {row['ci_low']:+.3f}, {row['ci_high']:+.3f}] "
          f"over {row['n_cells']} cell{'s' if row['n_cells'] != 1 else ''}, {row['won']} won, {row['lost']} lost, "
-         f"{row['tied']} tied{untested}: {row['conclusion']}")
+         f"{row['tied']} tied{untested}; MDE {_num(row['mde'])}, TOST p {p_tost} at +-{row['margin']:.3f}: "
+         f"{row['conclusion']}")
     if row["single_pretrain_seed"]:
         s += " (one pretraining seed: the CI covers fine-tuning noise only)"
     return s + "."
 
 
+def _num(x: float) -> str:
+    return "not estimable" if pd.isna(x) else f"{x:.3f}"
+
+
+def conclusion(x: str, ref: str, lo: float, hi: float, p_tost: float, mde: float, margin: float,
+               can_be_equivalent: bool, alpha: float = ALPHA) -> str:
+    """One of the four words (see verdict_sentence), from the numbers."""
+    if lo > 0:
+        return f"{x} better than {ref}"
+    if hi < 0:
+        return f"{x} worse than {ref}"
+    if can_be_equivalent and p_tost < alpha:
+        return f"equivalent within +-{margin:.3f}"
+    return f"inconclusive: a difference smaller than {_num(mde)} could not have been detected"
+
+
 VERDICT_COLUMNS = ["scheme", "baseline", "pretrain_step", "metric", "headline", "n_cells", "n_pairs",
-                   "max_pretrain_seeds", "mean_diff", "ci_low", "ci_high", "won", "lost", "tied", "n_untested",
-                   "single_pretrain_seed", "conclusion", "verdict"]
+                   "max_pretrain_seeds", "mean_diff", "ci_low", "ci_high", "se", "df", "mde", "margin", "p_tost",
+                   "won", "lost", "tied", "n_untested", "single_pretrain_seed", "conclusion", "verdict"]
 
 
 def headline_step(runs: pd.DataFrame) -> int:
@@ -454,7 +476,7 @@ def headline_step(runs: pd.DataFrame) -> int:
     return max(common) if common else STEP_NA
 
 
-def verdicts(runs: pd.DataFrame, tests: pd.DataFrame, references: Sequence[str],
+def verdicts(runs: pd.DataFrame, tests: pd.DataFrame, references: Sequence[str], margins: Mapping[str, float],
              metrics: Sequence[str] = VERDICT_METRICS, n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED,
              alpha: float = ALPHA) -> pd.DataFrame:
     """One row per comparison (scheme, baseline, step) x metric: over all task x shot cells with pairs,
@@ -462,7 +484,8 @@ def verdicts(runs: pd.DataFrame, tests: pd.DataFrame, references: Sequence[str],
     `hierarchical_bootstrap` (`n_boot` replicates; generator seeded with (boot_seed, crc32 of the
     comparison), so every row is reproducible and independent of which other schemes are present),
     cells won (p_holm < alpha and mean_diff > 0), lost (p_holm < alpha and mean_diff < 0), tied (the
-    other tested cells) and untested (p NaN), and the sentence of `verdict_sentence`.
+    other tested cells) and untested (p NaN), the design's SE, df and MDE (power.design_se, power.mde)
+    and TOST p at `margins[metric]` (power.tost_p), and the sentence of `verdict_sentence`.
     `headline` marks, per (scheme, baseline, metric), the row at `headline_step` (else its largest step).
     """
     df = design(runs)
@@ -491,17 +514,19 @@ def verdicts(runs: pd.DataFrame, tests: pd.DataFrame, references: Sequence[str],
             won, lost = int((sig & (sel["mean_diff"] > 0)).sum()), int((sig & (sel["mean_diff"] < 0)).sum())
             n_pairs = int(sum(len(d) for d in diffs))
             max_ps = max(d["group"].nunique() if (d["group"] != SEED_NA).any() else 0 for d in diffs)
+            se, df_ = power.design_se([(d["group"].to_numpy(), d["d"].to_numpy()) for d in diffs],
+                                      pretrain_level=pretrained_design)
+            mde, margin = power.mde(se, df_, alpha), float(margins[m])
+            p_tost = power.tost_p(est, se, df_, margin)
             if n_pairs < TTEST_MIN_UNITS or max(len(d) for d in diffs) < 2:
                 concl = "too few runs to judge"
-            elif lo > 0:
-                concl = f"{x} better than {ref}"
-            elif hi < 0:
-                concl = f"{x} worse than {ref}"
             else:
-                concl = "no difference beyond noise"
+                concl = conclusion(x, ref, lo, hi, p_tost, mde, margin,
+                                   can_be_equivalent=not pretrained_design or max_ps >= 2, alpha=alpha)
             rows.append({"scheme": x, "baseline": ref, "pretrain_step": _out_step(step), "metric": m,
                          "headline": False, "n_cells": len(diffs), "n_pairs": n_pairs, "max_pretrain_seeds": max_ps,
-                         "mean_diff": est, "ci_low": lo, "ci_high": hi, "won": won, "lost": lost,
+                         "mean_diff": est, "ci_low": lo, "ci_high": hi, "se": se, "df": df_, "mde": mde,
+                         "margin": margin, "p_tost": p_tost, "won": won, "lost": lost,
                          "tied": int(tested.sum()) - won - lost, "n_untested": int((~tested).sum()),
                          "single_pretrain_seed": bool(pretrained_design and max_ps < 2), "conclusion": concl,
                          "_step": step})
@@ -533,6 +558,10 @@ def verdict_markdown(verdict: pd.DataFrame, primary: Sequence[str] = ("dnabert",
               "over pretraining seeds of the mean over fine-tuning seeds of paired differences); 95% CI from a "
               "hierarchical bootstrap (pretraining seeds, then fine-tuning seeds within them). won/lost: cells "
               f"with Holm-adjusted p < {ALPHA} (per-cell t-test on pretraining-seed means) and a positive/negative "
-              "difference; tied: the other tested cells. Better/worse when the CI excludes 0, else no difference "
-              "beyond noise.", ""]
+              "difference; tied: the other tested cells. Better/worse when the CI excludes 0; equivalent when the "
+              f"two one-sided t-tests (TOST, alpha {ALPHA}) put the difference inside +-margin "
+              "(report.equivalence_margin), which needs >= 2 pretraining seeds; else inconclusive. MDE: the "
+              f"smallest difference this design detects with {power.POWER:.0%} power at two-sided alpha {ALPHA} "
+              "((t(1-alpha/2) + t(power)) x SE, SE = sd of the pretraining-seed means / sqrt(seeds), df = seeds - 1; "
+              "one pretraining seed: the fine-tuning-level SE).", ""]
     return "\n".join(lines)

@@ -179,6 +179,7 @@ rule aggregate:
         runtime=10,
     params:
         outdir=lambda wc, output: os.path.dirname(output.runs),
+        margins=[f"{m}={v}" for m, v in plan.equivalence_margins(CFG).items()],
     shell:
         "genemask aggregate {input.metrics:q} --missing {input.missing:q} --include {input.extra:q} "
-        "--outdir {params.outdir:q} 2> {log:q}"
+        "--equivalence-margin {params.margins:q} --outdir {params.outdir:q} 2> {log:q}"
