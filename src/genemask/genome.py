@@ -232,15 +232,18 @@ for _c in b"ACGTNacgtn":
 MIN_ACGTN_FRACTION = 0.5  # a DNA record is mostly A/C/G/T/N; ambiguity codes are rare in any assembly
 
 
-def check_alphabet(path, name: str, seq: bytes, first_line: int | None = None, strict: bool = True) -> None:
-    """GeneMaskError naming the file, the record and the bad letters unless `seq` is DNA: with
+def check_alphabet(path, name: str, seq: bytes, first_line: int | None = None, strict: bool = True,
+                   what: str = "contig") -> None:
+    """The one alphabet check of every sequence input (FASTA records, sequence-table rows; `what`
+    names the record in messages). GeneMaskError naming the file, the record and the bad letters
+    unless `seq` is DNA: with
     `strict` (indexing) IUPAC nucleotide codes only, either case; always at least
     MIN_ACGTN_FRACTION A/C/G/T/N, and no more U than T (RNA). Without `strict` (reading a region or
     a FASTA to count) other letters such as '-' are gaps, as the counters document."""
     arr = np.frombuffer(seq, dtype=np.uint8)
     if not arr.size:
         return
-    where = f"{path}: contig {name!r}" + (f" (from line {first_line})" if first_line else "")
+    where = f"{path}: {what} {name!r}" + (f" (from line {first_line})" if first_line else "")
     hist = np.bincount(arr, minlength=256)
     n_u, n_t = int(hist[ord("U")] + hist[ord("u")]), int(hist[ord("T")] + hist[ord("t")])
     if n_u and n_u >= n_t:
