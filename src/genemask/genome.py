@@ -16,10 +16,10 @@ from .util import GeneMaskError, Progress, atomic_output, write_failure
 # A region is CHR, CHR:START-END or {CHR}:START-END (samtools' forms). Contig names may contain ':'
 # and '-' (GRCh38 has HLA-A*01:01:01:01), so coordinates are parsed from the right and a name that is
 # itself a contig of the file is taken whole; braces make any region unambiguous.
-_COORDS = re.compile(r"^(?P<chrom>.+):(?P<start>[\d,]+)-(?P<end>[\d,]+)$")
-_BRACED = re.compile(r"^\{(?P<chrom>[^{}]+)\}(?::(?P<start>[\d,]+)-(?P<end>[\d,]+))?$")
+_COORDS = re.compile(r"(?P<chrom>.+):(?P<start>[\d,]+)-(?P<end>[\d,]+)")  # fullmatch
+_BRACED = re.compile(r"\{(?P<chrom>[^{}]+)\}(?::(?P<start>[\d,]+)-(?P<end>[\d,]+))?")  # fullmatch
 # SAM's reference-name grammar (SAMv1 section 1.2.1): what a contig name may be.
-CONTIG_NAME = re.compile(r"^[0-9A-Za-z!#$%&+./:;?@^_|~-][0-9A-Za-z!#$%&*+./:;=?@^_|~-]*$")
+CONTIG_NAME = re.compile(r"[0-9A-Za-z!#$%&+./:;?@^_|~-][0-9A-Za-z!#$%&*+./:;=?@^_|~-]*")  # always fullmatch
 
 
 def format_region(chrom: str, start: int, end: int) -> str:
@@ -35,11 +35,11 @@ def parse_region(region: str, references=None) -> tuple[str, int | None, int | N
     region = region.strip()
     if not region:
         raise GeneMaskError("region '': expected CHR, CHR:START-END or {CHR}:START-END")
-    m = _BRACED.match(region)
+    m = _BRACED.fullmatch(region)
     if m is None:
         if references is not None and region in references:
             return region, None, None
-        m = _COORDS.match(region)
+        m = _COORDS.fullmatch(region)
     if m is None:
         return region, None, None
     if m["start"] is None:
