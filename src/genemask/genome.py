@@ -65,6 +65,7 @@ def read_sequences(path: str | Path, region=None) -> Iterator[tuple[str, bytes]]
     if not path.exists():
         raise GeneMaskError(f"{path}: file not found")
     if region is None:
+        verbosity = pysam.set_verbosity(0)  # htslib's "[E::inflate_gzip_block]" lines: the error below says it
         try:
             with pysam.FastxFile(str(path)) as fh:
                 for rec in fh:
@@ -74,7 +75,9 @@ def read_sequences(path: str | Path, region=None) -> Iterator[tuple[str, bytes]]
         except (OSError, ValueError) as e:
             if isinstance(e, GeneMaskError):
                 raise
-            raise GeneMaskError(f"{path}: cannot read as FASTA ({e})") from None
+            raise GeneMaskError(f"{path}: cannot read as FASTA ({_gzip_fault(path) or e})") from None
+        finally:
+            pysam.set_verbosity(verbosity)
         return
     try:
         fa = pysam.FastaFile(str(path))
@@ -91,6 +94,20 @@ def read_sequences(path: str | Path, region=None) -> Iterator[tuple[str, bytes]]
         seq = fa.fetch(reference=chrom, start=start, end=end).encode("ascii")
         check_alphabet(path, chrom, seq, strict=False)
         yield chrom, seq
+
+
+def _gzip_fault(path: Path) -> str | None:
+    """What is wrong with a gzip file's stream (streamed, 1 MiB at a time), or None (intact, not gzip)."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(2) != b"\x1f\x8b":
+                return None
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+    except (OSError, EOFError, zlib.error) as e:
+        return f"truncated or corrupt gzip: {e}"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------

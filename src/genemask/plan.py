@@ -102,6 +102,10 @@ def resolve(config: dict, where: str = "config") -> dict:
             raise GeneMaskError(f"{where}: key 'finetune.tasks': task name {t!r} must be letters, digits, '_' or '-' "
                                 f"(it names result folders)")
         task = cfg["tasks"][t]
+        max_test = cfg["finetune"].get("max_test", 0)
+        if 0 < max_test < task["num_labels"]:
+            raise GeneMaskError(f"{where}: key 'finetune.max_test': {max_test} test rows cannot keep each of the "
+                                f"{task['num_labels']} classes of task {t!r} (use >= {task['num_labels']}, or 0 = all)")
         if is_local(cfg, t):
             _local_files(task, f"{where}: key 'tasks.{t}")
             continue
@@ -223,6 +227,16 @@ def task_data_args(cfg: dict, task: str, shot: int) -> list[str]:
     if is_local(cfg, task):
         args += ["--draw", str(shot), "--draw-seed", str(t["draw_seed"]), "--label-names"]
     return args
+
+
+TASK_DATA_MEM_PER_MB = 10  # task-data peaks at about 8x its input (every row held as Python strings + frames)
+
+
+def task_data_mem_mb(cfg: dict, input_mb: float) -> int:
+    """[MB] the task_data rule reserves: finetune.task_data_mem_mb, or more for large input files."""
+    import math
+
+    return max(int(cfg["finetune"]["task_data_mem_mb"]), math.ceil(TASK_DATA_MEM_PER_MB * input_mb) + 200)
 
 
 TASK_NAME = re.compile(r"[A-Za-z0-9_-]+")  # the workflow's {task} wildcard (common.smk); always fullmatch

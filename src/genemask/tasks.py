@@ -17,7 +17,8 @@ and a stats JSON. Order of operations:
    (Prom-300: the GUE proxy test minus rows that are in the Prom-300 training files);
 2. the training rows whose sequence occurs in that test set (leakage) are dropped and counted;
 3. the test set is subsampled, stratified by label with the given seed, to `max_test` rows
-   (0 = keep all); the selected rows keep their original order.
+   (0 = keep all), every class kept (a `max_test` below the number of classes is refused); the
+   selected rows keep their original order.
 Leakage is checked against the whole (post-exclusion) test set, not the subsample, so the training
 set of a shot does not depend on `max_test`.
 
@@ -158,12 +159,17 @@ def _task_rows(path, rows, si, li, num_labels, k, label_names):
 
 
 def stratified_subsample(labels: list[int] | np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Indices (sorted) of `n` rows drawn without replacement, class shares kept (largest remainder)."""
+    """Indices (sorted) of `n` rows drawn without replacement, class shares kept (largest remainder)
+    and every class kept: a class whose share rounds to 0 rows gets 1, taken from the largest
+    classes. n smaller than the number of classes -> GeneMaskError (one class would go unscored)."""
     labels = np.asarray(labels)
     if n <= 0 or n >= len(labels):
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
+    if n < len(classes):
+        raise GeneMaskError(f"--max-test: {n} test rows cannot keep each of the {len(classes)} classes "
+                            f"{', '.join(map(str, classes))}; use at least {len(classes)} (or 0 = all)")
     exact = counts * n / len(labels)
     take = np.floor(exact).astype(int)
     rest = n - take.sum()
@@ -172,6 +178,9 @@ def stratified_subsample(labels: list[int] | np.ndarray, n: int, seed: int) -> n
         order = np.lexsort((rng.random(len(classes)), -(exact - take)))
         for j in order[:rest]:
             take[j] += 1
+    for j in np.flatnonzero(take == 0):  # every class keeps a row, paid by the largest class
+        take[j] = 1
+        take[np.argmax(take)] -= 1
     picked = [rng.choice(np.flatnonzero(labels == c), size=t, replace=False) for c, t in zip(classes, take)]
     return np.sort(np.concatenate(picked))
 
