@@ -166,8 +166,6 @@ def check_regular_file(path, what: str) -> Path:
     path = Path(path)
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise GeneMaskError(f"{path}: {what} not found") from None
     except OSError as e:
         raise GeneMaskError(f"{path}: cannot read {what} ({e.strerror})") from None
     if not stat.S_ISREG(mode):
