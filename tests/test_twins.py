@@ -130,6 +130,14 @@ def test_gzip_bomb_refused_in_bounded_memory(tmp_path, content):
     assert not out.exists()
 
 
+def test_binary_table_refused_with_its_line(tmp_path, capsys):
+    _, test = _task_files(tmp_path, [0, 1] * 5)
+    bad = tmp_path / "train.tsv"
+    bad.write_bytes(b"sequence\tlabel\nACGTACGT\t0\nAC\0GT\x00\x01\t1\n")
+    assert _task_data(tmp_path, bad, test) == 2
+    assert f"{bad}:3: binary data (NUL bytes), not a text task file" in _error_line(capsys, "task-data")
+
+
 def test_task_data_refuses_dev_zero(tmp_path, capsys):
     _, test = _task_files(tmp_path, [0, 1] * 5)
     assert _task_data(tmp_path, "/dev/zero", test) == 2

@@ -22,7 +22,9 @@ Inputs: FASTA (`.fa .fasta .fna .fas`, plain or `.gz`; read with `genome.iter_fa
 a malformed file is a one-line error; ids = record names) or a table (`.tsv .csv`, plain or `.gz`;
 header with a `sequence` (or `seq`) column, optionally an `id` (or `name`) column, other columns
 ignored; sequences raw bp or space-separated k-mers as in the task files; ids = the id column or the
-data row number, 1-based). Every sequence is held in memory.
+data row number, 1-based; read by `util.table_rows`, the one table reader: CSV quoting, gzip
+streamed). Both kinds pass the one alphabet check, `genome.check_alphabet` (IUPAC DNA letters; RNA
+and protein refused), and must be regular files. Every sequence is held in memory.
 
 Windows: a sequence of L bp has n = L - k + 1 k-mer tokens; the model takes W = max_position_embeddings
 - 2 of them at a time. A sequence with n <= W is one window (exactly the tokens fine-tuning uses).

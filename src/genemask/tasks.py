@@ -1,9 +1,11 @@
 """Few-shot task files (spec section 7): read, validate, clean, de-leak and subsample.
 
 Input formats accepted by `read_task_file`:
-- TSV or CSV (chosen by the extension `.tsv`/`.csv`, otherwise sniffed from the header line);
+- TSV or CSV (chosen by the extension `.tsv`/`.csv`, a trailing `.gz` ignored, otherwise sniffed from
+  the header line), plain or gzip, a regular file; read by `util.table_rows`, the one table reader;
 - a header of exactly two columns, `sequence` (or `seq`) and `label`, in either order;
-- fields may be wrapped in double quotes (the GeneMask few-shot training files quote every field);
+- fields may be quoted as in CSV, a quoted field may hold the delimiter (the GeneMask few-shot
+  training files quote every field);
 - the sequence is either space-separated overlapping k-mers (GeneMask's 6-mer format; converted back
   to raw bp) or raw bp (GUE proxy / recovered Cohn-enh CSVs); it is upper-cased; only A, C, G, T, N
   are accepted (N k-mers become [UNK]); with `k`, sequences shorter than k bp are refused;
