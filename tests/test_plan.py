@@ -48,7 +48,8 @@ SECTIONS_TODAY = {  # plan.DEFAULTS, and the rules' .get(key, default) for the r
     "corpus": {"k": 6, "max_bp": 511, "min_bp": 6, "valid_fraction": 0.1, "seed": 42},
     "report": {"motifs_top": 50, "motif_method": "tomtom"},
     "pretrain": {"gpus": 0, "threads": 2, "runtime_min": 60, "mem_mb": 8000},
-    "finetune": {"worker": True, "max_test": 0, "save": "none", "gpus": 0, "runtime_min": 60, "mem_mb": 4000},
+    "finetune": {"worker": True, "max_test": 0, "save": "none", "gpus": 0, "runtime_min": 60, "mem_mb": 4000,
+                 "task_data_mem_mb": 1000},
 }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import stats
+from .plan import TASK_NAME
 from .util import GeneMaskError, read_tsv
 
 METRICS = ("accuracy", "macro_f1", "mcc", "auroc")
@@ -23,6 +24,7 @@ REQUIRED_KEYS = ID_KEYS + ("n_train", "n_test") + METRICS + ("train_seconds", "e
 OPTIONAL_KEYS = ("num_labels", "epochs", "batch_size", "lr")
 # the pretraining design (docs/contracts.md): int or null; absent = the single default seed / the only step
 DESIGN_KEYS = ("pretrain_seed", "pretrain_step")
+MAX_INT = 2**53  # integer keys beyond it (e.g. shot 99999999999999999999) overflow int64 tables
 BASELINE = "dnabert"
 SCHEME_ORDER = ("none", "dnabert", "genemask", "curriculum", "cm_step", "cm_gems", "global_pmi", "random",
                 "reference")
@@ -59,17 +61,26 @@ def load_run(path: str | Path) -> dict:
     for k in ("task", "scheme"):
         if not isinstance(rec[k], str) or not rec[k]:
             raise GeneMaskError(f"{path}: '{k}' must be a non-empty string, got {rec[k]!r}")
+    if not TASK_NAME.fullmatch(rec["task"]):  # it names the steps plot and result folders
+        raise GeneMaskError(f"{path}: 'task' {rec['task']!r} must be letters, digits, '_' or '-' (as in the config)")
+    if "$" in rec["scheme"] or not rec["scheme"].isprintable():  # '$...$' is math to the figures' labels
+        raise GeneMaskError(f"{path}: 'scheme' {rec['scheme']!r} has a '$' or a control character")
     for k in ("shot", "seed", "n_train", "n_test"):
         v = rec[k]
-        if not (_is_number(v) and float(v).is_integer()):
+        if not (_is_number(v) and math.isfinite(v) and float(v).is_integer()):
             raise GeneMaskError(f"{path}: '{k}' must be an integer, got {v!r}")
+        low = 1 if k == "shot" else 0
+        if not low <= v <= MAX_INT:
+            raise GeneMaskError(f"{path}: '{k}' = {v} is outside [{low}, 2^53]")
         rec[k] = int(v)
     for k in METRICS + ("train_seconds", "eval_seconds") + OPTIONAL_KEYS:
         v = rec.get(k)
-        if v is None:
+        if v is None:  # not computed (e.g. auroc with one class in the test set)
             rec[k] = math.nan
         elif not _is_number(v):
             raise GeneMaskError(f"{path}: '{k}' must be a number or null, got {v!r}")
+        elif not math.isfinite(v):  # JSON NaN/Infinity: counted in n but not in the mean otherwise
+            raise GeneMaskError(f"{path}: '{k}' = {v} is not a finite number (null marks a value not computed)")
     for k in METRICS:
         v = rec[k]
         if not math.isnan(v) and not -1.0 <= v <= 1.0:
@@ -78,7 +89,7 @@ def load_run(path: str | Path) -> dict:
         v = rec.get(k)
         if v is None:
             rec[k] = math.nan
-        elif not (_is_number(v) and float(v).is_integer() and v >= 0):
+        elif not (_is_number(v) and math.isfinite(v) and float(v).is_integer() and 0 <= v <= MAX_INT):
             raise GeneMaskError(f"{path}: '{k}' must be a non-negative integer or null, got {v!r}")
     out = {k: rec[k] for k in REQUIRED_KEYS + OPTIONAL_KEYS + DESIGN_KEYS}
     out["source"] = str(path)
@@ -119,9 +130,12 @@ def load_missing(path: str | Path | None) -> pd.DataFrame:
     if df.empty:
         return empty
     shots = pd.to_numeric(df["shot"], errors="coerce")
-    if shots.isna().any() or not (shots % 1 == 0).all():
-        bad = df["shot"][shots.isna() | (shots % 1 != 0)].iloc[0]
-        raise GeneMaskError(f"{path}: shot {bad!r} is not an integer")
+    bad = shots.isna() | (shots % 1 != 0) | (shots < 1) | (shots > MAX_INT)
+    if bad.any():
+        raise GeneMaskError(f"{path}: shot {df['shot'][bad].iloc[0]!r} is not an integer in [1, 2^53]")
+    task = df["task"][~df["task"].map(lambda t: bool(TASK_NAME.fullmatch(t)))]
+    if len(task):
+        raise GeneMaskError(f"{path}: task {task.iloc[0]!r} must be letters, digits, '_' or '-' (as in the config)")
     out = pd.DataFrame({"task": df["task"], "shot": shots.astype("int64"), "reason": df["reason"]})
     return out.drop_duplicates(["task", "shot"]).reset_index(drop=True)
 

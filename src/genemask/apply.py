@@ -22,7 +22,9 @@ Inputs: FASTA (`.fa .fasta .fna .fas`, plain or `.gz`; read with `genome.iter_fa
 a malformed file is a one-line error; ids = record names) or a table (`.tsv .csv`, plain or `.gz`;
 header with a `sequence` (or `seq`) column, optionally an `id` (or `name`) column, other columns
 ignored; sequences raw bp or space-separated k-mers as in the task files; ids = the id column or the
-data row number, 1-based). Every sequence is held in memory.
+data row number, 1-based; read by `util.table_rows`, the one table reader: CSV quoting, gzip
+streamed). Both kinds pass the one alphabet check, `genome.check_alphabet` (IUPAC DNA letters; RNA
+and protein refused), and must be regular files. Every sequence is held in memory.
 
 Windows: a sequence of L bp has n = L - k + 1 k-mer tokens; the model takes W = max_position_embeddings
 - 2 of them at a time. A sequence with n <= W is one window (exactly the tokens fine-tuning uses).
@@ -37,27 +39,24 @@ joined (k-mers across a boundary are never gathered).
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from .finetune import _set_threads, load_classifier, model_k, verify_weights, weights_sha256
+from .finetune import load_classifier, model_k, set_threads, verify_weights, weights_sha256
 from .kmers import N_SPECIAL, PAD, kmers_to_seq, seq_to_ids, vocab_size
-from .tasks import SEQ_NAMES, _short, _unquote, table_header
+from .tasks import SEQ_NAMES
 from .training import padded_rows
-from .util import CLASSIFIER, GeneMaskError, Progress, atomic_output
+from .util import CLASSIFIER, GeneMaskError, Progress, atomic_output, check_regular_file, shorten, table_rows
 
 FASTA_EXT = (".fa", ".fasta", ".fna", ".fas")
 TABLE_EXT = (".tsv", ".csv")
 ID_NAMES = ("id", "name")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-_BP = re.compile(r"[A-Za-z]+")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,8 +122,7 @@ def read_input(path: str | os.PathLike) -> tuple[list[str], list[bytes]]:
     """(ids, sequences as bytes) of a FASTA or a sequence table (see the module docstring)."""
     path = Path(path)
     kind = input_kind(path)
-    if not path.is_file():
-        raise GeneMaskError(f"{path}: file not found")
+    check_regular_file(path, "input")
     if kind == "fasta":
         from .genome import iter_fasta_validated
 
@@ -137,43 +135,42 @@ def read_input(path: str | os.PathLike) -> tuple[list[str], list[bytes]]:
 
 
 def _read_table(path: Path) -> tuple[list[str], list[bytes]]:
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.name.lower().endswith(".gz") else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise GeneMaskError(f"{path}: cannot read the sequence table ({e})") from None
-    inner = Path(path.name[:-3]) if path.name.lower().endswith(".gz") else path
-    lines, first, delim, names = table_header(path, raw, "a header with a 'sequence' column", named_as=inner)
-    si = next((i for i, c in enumerate(names) if c in SEQ_NAMES), None)
-    if si is None:
-        raise GeneMaskError(f"{path}:{first + 1}: header columns {names} have no 'sequence' (or 'seq') column")
-    ii = next((i for i, c in enumerate(names) if c in ID_NAMES), None)
+    from .genome import check_alphabet
+
     ids: list[str] = []
     seqs: list[bytes] = []
     seen: set[str] = set()
-    for i in range(first + 1, len(lines)):
-        ln = lines[i]
-        if not ln.strip():
-            continue
-        fields = ln.split(delim)
-        if len(fields) != len(names):
-            raise GeneMaskError(f"{path}:{i + 1}: {len(fields)} field(s), the header has {len(names)}")
-        seq = _unquote(fields[si])
-        if " " in seq:
+    with table_rows(path, "sequence table", "a header with a 'sequence' column") as rows:
+        names, first = rows.names, rows.header_line
+        si = next((i for i, c in enumerate(names) if c in SEQ_NAMES), None)
+        if si is None:
+            raise GeneMaskError(f"{path}:{first}: header columns {names} have no 'sequence' (or 'seq') column")
+        ii = next((i for i, c in enumerate(names) if c in ID_NAMES), None)
+        for line, fields in rows:
+            if len(fields) != len(names):
+                raise GeneMaskError(f"{path}:{line}: {len(fields)} field(s), the header has {len(names)}")
+            seq = fields[si]
+            if " " in seq:
+                try:
+                    seq = kmers_to_seq(seq.split())
+                except ValueError as e:
+                    raise GeneMaskError(f"{path}:{line}: k-mers do not overlap: {e}") from None
+            rid = fields[ii] if ii is not None else str(len(ids) + 1)
+            if not rid or rid in seen:
+                raise GeneMaskError(f"{path}:{line}: " + (f"duplicate id {rid!r}" if rid else "empty id"))
+            if not seq:
+                raise GeneMaskError(f"{path}:{line}: empty sequence")
             try:
-                seq = kmers_to_seq(seq.split())
-            except ValueError as e:
-                raise GeneMaskError(f"{path}:{i + 1}: k-mers do not overlap: {e}") from None
-        if not _BP.fullmatch(seq):
-            what = "empty sequence" if not seq else f"sequence {_short(seq)} has a character that is not a base letter"
-            raise GeneMaskError(f"{path}:{i + 1}: {what}")
-        rid = _unquote(fields[ii]) if ii is not None else str(len(ids) + 1)
-        if not rid or rid in seen:
-            raise GeneMaskError(f"{path}:{i + 1}: " + (f"duplicate id {rid!r}" if rid else "empty id"))
-        seen.add(rid)
-        ids.append(rid)
-        seqs.append(seq.encode("ascii"))
+                raw = seq.encode("ascii")
+            except UnicodeEncodeError:
+                raise GeneMaskError(f"{path}:{line}: sequence {shorten(seq)} has a character that is not a base "
+                                    f"letter") from None
+            check_alphabet(path, rid, raw, line, what="record")  # the FASTA path's check
+            seen.add(rid)
+            ids.append(rid)
+            seqs.append(raw)
     if not seqs:
-        raise GeneMaskError(f"{path}:{first + 1}: a header but no data rows")
+        raise GeneMaskError(f"{path}:{first}: a header but no data rows")
     return ids, seqs
 
 
@@ -404,7 +401,7 @@ def _threads(fn, *args, **kw):
     import torch
 
     prev = torch.get_num_threads()
-    _set_threads()
+    set_threads()
     try:
         return fn(*args, **kw)
     finally:

@@ -75,12 +75,29 @@ def _strict_integer(checker, x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def anchored(pattern: str) -> str:
+    """A schema `pattern` as Python must search it: a final `$` means the end of the string, as in
+    JSON Schema's ECMA-262 regexes (Python's `$` also matches before a trailing newline, so 'abc\\n'
+    would pass '^[a-z]+$' and become a path with a line break)."""
+    return pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith(r"\$") else pattern
+
+
+def _pattern(validator, pattern, instance, schema):
+    import re
+
+    from jsonschema.exceptions import ValidationError
+
+    if validator.is_type(instance, "string") and not re.search(anchored(pattern), instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
 @functools.lru_cache(maxsize=1)
 def validator_class():
     import jsonschema
 
     base = jsonschema.Draft202012Validator
-    return jsonschema.validators.extend(base, type_checker=base.TYPE_CHECKER.redefine("integer", _strict_integer))
+    return jsonschema.validators.extend(base, validators={"pattern": _pattern},
+                                        type_checker=base.TYPE_CHECKER.redefine("integer", _strict_integer))
 
 
 def short_message(e) -> str:

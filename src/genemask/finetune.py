@@ -276,7 +276,7 @@ def compute_metrics(y_true, prob, num_labels: int) -> dict[str, float | None]:
 # ---------------------------------------------------------------------------------------------
 # training / evaluation
 # ---------------------------------------------------------------------------------------------
-def _set_threads() -> int:
+def set_threads() -> int:
     import torch
 
     env = os.environ.get("GENEMASK_THREADS")
@@ -414,7 +414,7 @@ def finetune_cli(model: str, train: str, test: str, task: str, shot: int, seed: 
 def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regime, output, save_model=None) -> dict:
     import torch
 
-    threads = _set_threads()
+    threads = set_threads()
     device = _device(st["device"])
     tr = read_task_file(train, num_labels)
     te = read_task_file(test, num_labels)

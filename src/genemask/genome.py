@@ -16,10 +16,10 @@ from .util import GeneMaskError, Progress, atomic_output, write_failure
 # A region is CHR, CHR:START-END or {CHR}:START-END (samtools' forms). Contig names may contain ':'
 # and '-' (GRCh38 has HLA-A*01:01:01:01), so coordinates are parsed from the right and a name that is
 # itself a contig of the file is taken whole; braces make any region unambiguous.
-_COORDS = re.compile(r"^(?P<chrom>.+):(?P<start>[\d,]+)-(?P<end>[\d,]+)$")
-_BRACED = re.compile(r"^\{(?P<chrom>[^{}]+)\}(?::(?P<start>[\d,]+)-(?P<end>[\d,]+))?$")
+_COORDS = re.compile(r"(?P<chrom>.+):(?P<start>[\d,]+)-(?P<end>[\d,]+)")  # fullmatch
+_BRACED = re.compile(r"\{(?P<chrom>[^{}]+)\}(?::(?P<start>[\d,]+)-(?P<end>[\d,]+))?")  # fullmatch
 # SAM's reference-name grammar (SAMv1 section 1.2.1): what a contig name may be.
-CONTIG_NAME = re.compile(r"^[0-9A-Za-z!#$%&+./:;?@^_|~-][0-9A-Za-z!#$%&*+./:;=?@^_|~-]*$")
+CONTIG_NAME = re.compile(r"[0-9A-Za-z!#$%&+./:;?@^_|~-][0-9A-Za-z!#$%&*+./:;=?@^_|~-]*")  # always fullmatch
 
 
 def format_region(chrom: str, start: int, end: int) -> str:
@@ -35,11 +35,11 @@ def parse_region(region: str, references=None) -> tuple[str, int | None, int | N
     region = region.strip()
     if not region:
         raise GeneMaskError("region '': expected CHR, CHR:START-END or {CHR}:START-END")
-    m = _BRACED.match(region)
+    m = _BRACED.fullmatch(region)
     if m is None:
         if references is not None and region in references:
             return region, None, None
-        m = _COORDS.match(region)
+        m = _COORDS.fullmatch(region)
     if m is None:
         return region, None, None
     if m["start"] is None:
@@ -65,6 +65,7 @@ def read_sequences(path: str | Path, region=None) -> Iterator[tuple[str, bytes]]
     if not path.exists():
         raise GeneMaskError(f"{path}: file not found")
     if region is None:
+        verbosity = pysam.set_verbosity(0)  # htslib's "[E::inflate_gzip_block]" lines: the error below says it
         try:
             with pysam.FastxFile(str(path)) as fh:
                 for rec in fh:
@@ -74,7 +75,9 @@ def read_sequences(path: str | Path, region=None) -> Iterator[tuple[str, bytes]]
         except (OSError, ValueError) as e:
             if isinstance(e, GeneMaskError):
                 raise
-            raise GeneMaskError(f"{path}: cannot read as FASTA ({e})") from None
+            raise GeneMaskError(f"{path}: cannot read as FASTA ({_gzip_fault(path) or e})") from None
+        finally:
+            pysam.set_verbosity(verbosity)
         return
     try:
         fa = pysam.FastaFile(str(path))
@@ -91,6 +94,20 @@ def read_sequences(path: str | Path, region=None) -> Iterator[tuple[str, bytes]]
         seq = fa.fetch(reference=chrom, start=start, end=end).encode("ascii")
         check_alphabet(path, chrom, seq, strict=False)
         yield chrom, seq
+
+
+def _gzip_fault(path: Path) -> str | None:
+    """What is wrong with a gzip file's stream (streamed, 1 MiB at a time), or None (intact, not gzip)."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(2) != b"\x1f\x8b":
+                return None
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+    except (OSError, EOFError, zlib.error) as e:
+        return f"truncated or corrupt gzip: {e}"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,15 +249,18 @@ for _c in b"ACGTNacgtn":
 MIN_ACGTN_FRACTION = 0.5  # a DNA record is mostly A/C/G/T/N; ambiguity codes are rare in any assembly
 
 
-def check_alphabet(path, name: str, seq: bytes, first_line: int | None = None, strict: bool = True) -> None:
-    """GeneMaskError naming the file, the record and the bad letters unless `seq` is DNA: with
+def check_alphabet(path, name: str, seq: bytes, first_line: int | None = None, strict: bool = True,
+                   what: str = "contig") -> None:
+    """The one alphabet check of every sequence input (FASTA records, sequence-table rows; `what`
+    names the record in messages). GeneMaskError naming the file, the record and the bad letters
+    unless `seq` is DNA: with
     `strict` (indexing) IUPAC nucleotide codes only, either case; always at least
     MIN_ACGTN_FRACTION A/C/G/T/N, and no more U than T (RNA). Without `strict` (reading a region or
     a FASTA to count) other letters such as '-' are gaps, as the counters document."""
     arr = np.frombuffer(seq, dtype=np.uint8)
     if not arr.size:
         return
-    where = f"{path}: contig {name!r}" + (f" (from line {first_line})" if first_line else "")
+    where = f"{path}: {what} {name!r}" + (f" (from line {first_line})" if first_line else "")
     hist = np.bincount(arr, minlength=256)
     n_u, n_t = int(hist[ord("U")] + hist[ord("u")]), int(hist[ord("T")] + hist[ord("t")])
     if n_u and n_u >= n_t:

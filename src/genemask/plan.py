@@ -135,10 +135,14 @@ def resolve(config: dict, where: str = "config") -> dict:
     for t in cfg["finetune"]["tasks"]:
         if t not in cfg["tasks"]:
             raise GeneMaskError(f"{where}: key 'finetune.tasks': unknown task {t!r} (known: {', '.join(cfg['tasks'])})")
-        if not TASK_NAME.match(t):
+        if not TASK_NAME.fullmatch(t):
             raise GeneMaskError(f"{where}: key 'finetune.tasks': task name {t!r} must be letters, digits, '_' or '-' "
                                 f"(it names result folders)")
         task = cfg["tasks"][t]
+        max_test = cfg["finetune"].get("max_test", 0)
+        if 0 < max_test < task["num_labels"]:
+            raise GeneMaskError(f"{where}: key 'finetune.max_test': {max_test} test rows cannot keep each of the "
+                                f"{task['num_labels']} classes of task {t!r} (use >= {task['num_labels']}, or 0 = all)")
         if is_local(cfg, t):
             _local_files(task, f"{where}: key 'tasks.{t}")
             continue
@@ -262,8 +266,18 @@ def task_data_args(cfg: dict, task: str, shot: int) -> list[str]:
     return args
 
 
-TASK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # the workflow's {task} wildcard (common.smk)
-MODEL_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+TASK_DATA_MEM_PER_MB = 10  # task-data peaks at about 8x its input (every row held as Python strings + frames)
+
+
+def task_data_mem_mb(cfg: dict, input_mb: float) -> int:
+    """[MB] the task_data rule reserves: finetune.task_data_mem_mb, or more for large input files."""
+    import math
+
+    return max(int(cfg["finetune"]["task_data_mem_mb"]), math.ceil(TASK_DATA_MEM_PER_MB * input_mb) + 200)
+
+
+TASK_NAME = re.compile(r"[A-Za-z0-9_-]+")  # the workflow's {task} wildcard (common.smk); always fullmatch
+MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
 def _check_names(cfg: dict, where: str) -> None:
@@ -280,10 +294,10 @@ def _check_names(cfg: dict, where: str) -> None:
             check_url(src["checksums"]["url"], f"{key}.checksums.url'")
             check_relative_path(src["checksums"]["path"], f"{key}.checksums.path'", "the mirror folder")
     for contig in cfg["genome"]["contigs"]:
-        if not CONTIG_NAME.match(str(contig)):
+        if not CONTIG_NAME.fullmatch(str(contig)):
             raise GeneMaskError(f"{where}: key 'genome.contigs': {str(contig)!r} is not a legal contig name "
                                 f"(SAM: no whitespace, quotes, brackets or commas, not starting with '*' or '=')")
-    if not MODEL_NAME.match(cfg["pretrain"]["model"]):
+    if not MODEL_NAME.fullmatch(cfg["pretrain"]["model"]):
         raise GeneMaskError(f"{where}: key 'pretrain.model': {cfg['pretrain']['model']!r} must be a file name "
                             f"stem of resources/models/ (letters, digits, '_', '-', '.')")
 

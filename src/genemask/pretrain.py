@@ -155,6 +155,10 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     """
     s = settings or load_settings(None)
     output = Path(output)
+    late = [int(t) for t in save_steps if not 0 <= int(t) <= int(s["steps"])]
+    if late:  # a checkpoint the run never reaches would be missing without a word
+        raise GeneMaskError(f"--save-steps: step(s) {', '.join(map(str, late))} outside the run's 0..{int(s['steps'])} "
+                            f"(settings.steps)")
 
     # ---- distributed setup (torchrun sets WORLD_SIZE/RANK/LOCAL_RANK) -------------------------
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -195,7 +199,7 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     n_rank_bins = 4**k + 2
     state = {"step": 0, "log": [], "masked_rank_counts": np.zeros(n_rank_bins, np.int64),
              "all_rank_counts": np.zeros(n_rank_bins, np.int64), "tokens_seen": 0}
-    targets = sorted({int(t) for t in save_steps if 0 <= int(t) <= steps} | {steps})
+    targets = sorted({int(t) for t in save_steps} | {steps})
     fp, fp_blob = fingerprint(scheme, s, model_config, ranking_path, corpus_dirs)
     ckpt_dir = output.with_name(output.name + ".ckpt") / fp
     kept = checkpoints(ckpt_dir)

@@ -116,11 +116,12 @@ def summary_html(outdir: str | Path, include: Sequence[str | Path] = (), title: 
     summary = pd.read_csv(outdir / "summary.tsv", sep="\t", keep_default_na=False, na_values=["NaN"])
     pseeds = sorted(runs["pretrain_seed"].dropna().astype(int).unique()) if "pretrain_seed" in runs else []
     psteps = sorted(runs["pretrain_step"].dropna().astype(int).unique()) if "pretrain_step" in runs else []
-    parts.append(f"<p class='note'>{len(runs)} fine-tuning runs: {runs['task'].nunique()} task(s), "
-                 f"{runs['scheme'].nunique()} scheme(s) ({', '.join(ordered(runs['scheme'], SCHEME_ORDER))}), "
-                 f"fine-tuning seeds {', '.join(str(s) for s in sorted(runs['seed'].unique()))}; "
-                 f"pretraining seeds {', '.join(map(str, pseeds)) or 'not recorded (one)'}; "
-                 f"pretraining steps {', '.join(map(str, psteps)) or 'not recorded (one)'}.</p>")
+    parts.append("<p class='note'>" + html.escape(
+        f"{len(runs)} fine-tuning runs: {runs['task'].nunique()} task(s), "
+        f"{runs['scheme'].nunique()} scheme(s) ({', '.join(map(str, ordered(runs['scheme'], SCHEME_ORDER)))}), "
+        f"fine-tuning seeds {', '.join(str(s) for s in sorted(runs['seed'].unique()))}; "
+        f"pretraining seeds {', '.join(map(str, pseeds)) or 'not recorded (one)'}; "
+        f"pretraining steps {', '.join(map(str, psteps)) or 'not recorded (one)'}.") + "</p>")
     if (outdir / "verdict.tsv").exists():
         verdict = pd.read_csv(outdir / "verdict.tsv", sep="\t", keep_default_na=False, na_values=["NaN"])
         parts.append("<h2>Verdict</h2>")
@@ -169,7 +170,7 @@ def summary_html(outdir: str | Path, include: Sequence[str | Path] = (), title: 
     if (outdir / "tests.tsv").exists():
         tests = pd.read_csv(outdir / "tests.tsv", sep="\t", keep_default_na=False, na_values=["NaN"])
         if tests.empty:
-            parts.append(f"<p class='note'>No tests: no {BASELINE}, none or baseline runs to pair with.</p>")
+            parts.append(f"<p class='note'>No tests: no {html.escape(BASELINE)}, none or baseline runs to pair with.</p>")
         else:
             parts.append("<p class='note'>Difference scheme minus reference (baseline column), paired on "
                          "pretraining seed and fine-tuning seed (fine-tuning seed only against an external "

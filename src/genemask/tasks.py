@@ -1,9 +1,11 @@
 """Few-shot task files (spec section 7): read, validate, clean, de-leak and subsample.
 
 Input formats accepted by `read_task_file`:
-- TSV or CSV (chosen by the extension `.tsv`/`.csv`, otherwise sniffed from the header line);
+- TSV or CSV (chosen by the extension `.tsv`/`.csv`, a trailing `.gz` ignored, otherwise sniffed from
+  the header line), plain or gzip, a regular file; read by `util.table_rows`, the one table reader;
 - a header of exactly two columns, `sequence` (or `seq`) and `label`, in either order;
-- fields may be wrapped in double quotes (the GeneMask few-shot training files quote every field);
+- fields may be quoted as in CSV, a quoted field may hold the delimiter (the GeneMask few-shot
+  training files quote every field);
 - the sequence is either space-separated overlapping k-mers (GeneMask's 6-mer format; converted back
   to raw bp) or raw bp (GUE proxy / recovered Cohn-enh CSVs); it is upper-cased; only A, C, G, T, N
   are accepted (N k-mers become [UNK]); with `k`, sequences shorter than k bp are refused;
@@ -17,7 +19,8 @@ and a stats JSON. Order of operations:
    (Prom-300: the GUE proxy test minus rows that are in the Prom-300 training files);
 2. the training rows whose sequence occurs in that test set (leakage) are dropped and counted;
 3. the test set is subsampled, stratified by label with the given seed, to `max_test` rows
-   (0 = keep all); the selected rows keep their original order.
+   (0 = keep all), every class kept (a `max_test` below the number of classes is refused); the
+   selected rows keep their original order.
 Leakage is checked against the whole (post-exclusion) test set, not the subsample, so the training
 set of a shot does not depend on `max_test`.
 
@@ -44,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from .kmers import kmers_to_seq
-from .util import GeneMaskError, atomic_output
+from .util import GeneMaskError, atomic_output, shorten, table_rows
 
 SEQ_NAMES = ("sequence", "seq")
 LABEL_NAMES = ("label",)
@@ -76,49 +79,6 @@ class TaskData:
         return {str(k): v for k, v in sorted(Counter(self.labels).items())}
 
 
-def _short(s: str, n: int = 40) -> str:
-    s = s.replace("\n", " ").replace("\r", " ")
-    return repr(s if len(s) <= n else s[:n] + "...")
-
-
-def _unquote(field: str) -> str:
-    f = field.strip()
-    if len(f) >= 2 and f[0] == '"' and f[-1] == '"':
-        f = f[1:-1].replace('""', '"').strip()
-    return f
-
-
-def _delimiter(path: Path, header: str) -> str:
-    suffix = path.suffix.lower()
-    if suffix == ".tsv":
-        return "\t"
-    if suffix == ".csv":
-        return ","
-    if "\t" in header:
-        return "\t"
-    if "," in header:
-        return ","
-    raise GeneMaskError(f"{path}:1: cannot tell TSV from CSV: the header {_short(header)} has neither a tab "
-                        f"nor a comma (expected two columns: sequence, label)")
-
-
-def table_header(path: Path, raw: bytes, expected: str, named_as: Path | None = None):
-    """(lines, index of the header line, delimiter, lower-case unquoted column names) of a text table;
-    not UTF-8 -> FILE:LINE, no header -> FILE:1 naming `expected`. `named_as`: the name whose
-    extension picks the delimiter (default `path`; a .gz file's inner name)."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise GeneMaskError(f"{path}:{line}: not UTF-8/ASCII text") from None
-    lines = text.splitlines()
-    first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
-    if first is None:
-        raise GeneMaskError(f"{path}:1: empty file (expected {expected})")
-    delim = _delimiter(named_as or path, lines[first])
-    return lines, first, delim, [_unquote(f).lower() for f in lines[first].split(delim)]
-
-
 def read_task_file(path: str | Path, num_labels: int | None = None, k: int | None = None,
                    label_names: bool = False) -> TaskData:
     """Read one task file (see module docstring); every fault -> GeneMaskError `FILE:LINE: fault`.
@@ -126,38 +86,40 @@ def read_task_file(path: str | Path, num_labels: int | None = None, k: int | Non
     `k`: refuse sequences shorter than k bp. `label_names`: accept label names (every label of the
     file a name; mapped to integers by `prepare_task_data`) besides integers."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise GeneMaskError(f"{path}: cannot read task file ({e.strerror})") from None
-    lines, first, delim, names = table_header(path, raw, "a header 'sequence<TAB>label' and data rows")
-    hline = first + 1
-    if len(names) != 2:
-        raise GeneMaskError(f"{path}:{hline}: header has {len(names)} column(s) {names}; expected exactly two: "
-                            f"sequence (or seq) and label")
-    if names[0] in SEQ_NAMES and names[1] in LABEL_NAMES:
-        si, li = 0, 1
-    elif names[1] in SEQ_NAMES and names[0] in LABEL_NAMES:
-        si, li = 1, 0
-    else:
-        raise GeneMaskError(f"{path}:{hline}: header columns {names}; expected sequence (or seq) and label")
+    with table_rows(path, "task file", "a header 'sequence<TAB>label' and data rows") as rows:
+        names, hline = rows.names, rows.header_line
+        if len(names) != 2:
+            raise GeneMaskError(f"{path}:{hline}: header has {len(names)} column(s) {names}; expected exactly two: "
+                                f"sequence (or seq) and label")
+        if names[0] in SEQ_NAMES and names[1] in LABEL_NAMES:
+            si, li = 0, 1
+        elif names[1] in SEQ_NAMES and names[0] in LABEL_NAMES:
+            si, li = 1, 0
+        else:
+            raise GeneMaskError(f"{path}:{hline}: header columns {names}; expected sequence (or seq) and label")
+        seqs, labels, linenos, int_line, name_line, kmer_rows = _task_rows(path, rows, si, li, num_labels, k,
+                                                                            label_names)
+    if not seqs:
+        raise GeneMaskError(f"{path}:{hline}: empty file: a header but no data rows")
+    if name_line and int_line:
+        raise GeneMaskError(f"{path}:{max(name_line, int_line)}: labels mix integers (line {int_line}) and names "
+                            f"(line {name_line}); use one or the other")
+    return TaskData(path, seqs, labels, kmer_format=kmer_rows > 0, lines=linenos, named=name_line is not None)
 
+
+def _task_rows(path, rows, si, li, num_labels, k, label_names):
+    """The rows of a task file, checked one by one (see read_task_file)."""
     seqs: list[str] = []
     labels: list = []
     linenos: list[int] = []
     int_line = name_line = None  # first line with an integer label / a label name
     kmer_rows = 0
     k_seen: int | None = None
-    for i in range(first + 1, len(lines)):
-        ln = lines[i]
-        if not ln.strip():
-            continue
-        lineno = i + 1
-        fields = ln.split(delim)
+    for lineno, fields in rows:
         if len(fields) != 2:
             what = "missing column" if len(fields) < 2 else "extra column"
             raise GeneMaskError(f"{path}:{lineno}: {what}: {len(fields)} field(s), expected 2 (sequence, label)")
-        seq, lab = _unquote(fields[si]), _unquote(fields[li])
+        seq, lab = fields[si], fields[li]
         if _INT.fullmatch(lab):
             label = int(lab)
             if num_labels is not None and not 0 <= label < num_labels:
@@ -167,7 +129,7 @@ def read_task_file(path: str | Path, num_labels: int | None = None, k: int | Non
             label = lab
             name_line = name_line or lineno
         else:
-            raise GeneMaskError(f"{path}:{lineno}: label {_short(lab)} is not an integer")
+            raise GeneMaskError(f"{path}:{lineno}: label {shorten(lab)} is not an integer")
         if not seq:
             raise GeneMaskError(f"{path}:{lineno}: empty sequence")
         if " " in seq:
@@ -179,7 +141,7 @@ def read_task_file(path: str | Path, num_labels: int | None = None, k: int | Non
                 raise GeneMaskError(f"{path}:{lineno}: {kk}-mers where earlier rows have {k_seen}-mers")
             if not all(_BP.fullmatch(t) for t in toks):
                 bad = next(t for t in toks if not _BP.fullmatch(t))
-                raise GeneMaskError(f"{path}:{lineno}: k-mer {_short(bad)} has a character that is not a base letter")
+                raise GeneMaskError(f"{path}:{lineno}: k-mer {shorten(bad)} has a character that is not a base letter")
             try:
                 seq = kmers_to_seq(toks)
             except ValueError as e:
@@ -195,21 +157,21 @@ def read_task_file(path: str | Path, num_labels: int | None = None, k: int | Non
         seqs.append(seq)
         labels.append(label)
         linenos.append(lineno)
-    if not seqs:
-        raise GeneMaskError(f"{path}:{hline}: empty file: a header but no data rows")
-    if name_line and int_line:
-        raise GeneMaskError(f"{path}:{max(name_line, int_line)}: labels mix integers (line {int_line}) and names "
-                            f"(line {name_line}); use one or the other")
-    return TaskData(path, seqs, labels, kmer_format=kmer_rows > 0, lines=linenos, named=name_line is not None)
+    return seqs, labels, linenos, int_line, name_line, kmer_rows
 
 
 def stratified_subsample(labels: list[int] | np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Indices (sorted) of `n` rows drawn without replacement, class shares kept (largest remainder)."""
+    """Indices (sorted) of `n` rows drawn without replacement, class shares kept (largest remainder)
+    and every class kept: a class whose share rounds to 0 rows gets 1, taken from the largest
+    classes. n smaller than the number of classes -> GeneMaskError (one class would go unscored)."""
     labels = np.asarray(labels)
     if n <= 0 or n >= len(labels):
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
+    if n < len(classes):
+        raise GeneMaskError(f"--max-test: {n} test rows cannot keep each of the {len(classes)} classes "
+                            f"{', '.join(map(str, classes))}; use at least {len(classes)} (or 0 = all)")
     exact = counts * n / len(labels)
     take = np.floor(exact).astype(int)
     rest = n - take.sum()
@@ -218,6 +180,9 @@ def stratified_subsample(labels: list[int] | np.ndarray, n: int, seed: int) -> n
         order = np.lexsort((rng.random(len(classes)), -(exact - take)))
         for j in order[:rest]:
             take[j] += 1
+    for j in np.flatnonzero(take == 0):  # every class keeps a row, paid by the largest class
+        take[j] = 1
+        take[np.argmax(take)] -= 1
     picked = [rng.choice(np.flatnonzero(labels == c), size=t, replace=False) for c, t in zip(classes, take)]
     return np.sort(np.concatenate(picked))
 
@@ -261,7 +226,7 @@ def _conflicts(df, path, on_conflict: str):
         seq = df["seq"].to_numpy()[bad.argmax()]
         rows = df[df["seq"] == seq]
         raise GeneMaskError(f"{path}: conflicting labels for one sequence: lines {', '.join(map(str, rows['line']))} "
-                            f"have labels {', '.join(map(str, rows['label']))} (sequence {_short(seq)}); "
+                            f"have labels {', '.join(map(str, rows['label']))} (sequence {shorten(seq)}); "
                             f"tasks.<name>.on_conflict: drop removes such rows")
     return df[~bad], int(bad.sum())
 
@@ -278,7 +243,7 @@ def _label_map(tr: TaskData, te: TaskData, num_labels: int) -> dict[str, int] | 
         raise GeneMaskError(f"{tr.path}: {len(mapping)} label names {sorted(mapping)} but num_labels is {num_labels}")
     unknown = next((i for i, lab in enumerate(te.labels) if lab not in mapping), None)
     if unknown is not None:
-        raise GeneMaskError(f"{te.path}:{te.lines[unknown]}: label {_short(te.labels[unknown])} does not occur in "
+        raise GeneMaskError(f"{te.path}:{te.lines[unknown]}: label {shorten(te.labels[unknown])} does not occur in "
                             f"{tr.path} (its labels: {sorted(mapping)})")
     return mapping
 
@@ -323,7 +288,7 @@ def prepare_task_data(task: str, train: str, test: str, exclude: list[str] | Non
     cross = cross[cross["label"] != cross["label_test"]]
     if len(cross) and on_conflict == "error":
         r = cross.iloc[0]
-        raise GeneMaskError(f"{train}:{r['line']}: sequence {_short(r['seq'])} has label {r['label']} here but label "
+        raise GeneMaskError(f"{train}:{r['line']}: sequence {shorten(r['seq'])} has label {r['label']} here but label "
                             f"{r['label_test']} in {test}:{r['line_test']}; tasks.<name>.on_conflict: drop removes it")
     leak = trf["seq"].isin(test_set).to_numpy()
     trf = trf[~leak]

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import csv
 import fcntl
+import gzip
 import os
 import random
 import shutil
 import stat
 import sys
 import time
+import zlib
 from pathlib import Path
 
 
@@ -270,20 +273,150 @@ def read_settings(settings, what: str) -> tuple[dict, str]:
     return user, src
 
 
+# ---------------------------------------------------------------------------------------------
+# Tables: one reader for every TSV/CSV input (task files, sequence tables, logs, missing shots).
+# ---------------------------------------------------------------------------------------------
+MAX_LINE_BYTES = 1 << 26  # 64 MiB: a longer line (a gzip bomb of one "line", a binary file) is refused
+
+
+def shorten(s: str, n: int = 40) -> str:
+    """repr of `s` on one line, cut to n characters (for messages)."""
+    s = s.replace("\n", " ").replace("\r", " ")
+    return repr(s if len(s) <= n else s[:n] + "...")
+
+
+def check_regular_file(path, what: str) -> Path:
+    """`path` if it is a regular file (a symlink to one is fine); a FIFO, device, socket or folder
+    -> one-line GeneMaskError (reading /dev/zero or a FIFO would never end or block)."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise GeneMaskError(f"{path}: cannot read {what} ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a regular file")
+        raise GeneMaskError(f"{path}: {what} must be a regular file, got {kind}")
+    return path
+
+
+@contextlib.contextmanager
+def open_table(path, what: str):
+    """A binary stream of a regular file, gunzipped while read when it starts with the gzip magic
+    (never inflated whole); gzip faults while reading -> one-line GeneMaskError naming the file."""
+    path = check_regular_file(path, what)
+    try:
+        with open(path, "rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            yield fh
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise GeneMaskError(f"{path}: truncated or corrupt gzip {what} ({e})") from None
+    except OSError as e:
+        raise GeneMaskError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+
+
+def table_delimiter(path, header: str, named_as=None) -> str:
+    """Tab for .tsv, comma for .csv (a trailing .gz ignored; `named_as` names the file instead),
+    else sniffed from the header line."""
+    name = Path(named_as or path).name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    if name.endswith(".tsv"):
+        return "\t"
+    if name.endswith(".csv"):
+        return ","
+    if "\t" in header:
+        return "\t"
+    if "," in header:
+        return ","
+    raise GeneMaskError(f"{path}:1: cannot tell TSV from CSV: the header {shorten(header)} has neither a tab "
+                        f"nor a comma")
+
+
+class TableRows:
+    """Rows of a text table read by `table_rows`: `header_line` (1-based), `names` (lower-case column
+    names), `delimiter`, and iteration over (line, stripped fields) of the non-blank data rows; `line`
+    is the file line where the row ends (a quoted field may span lines)."""
+
+    def __init__(self, path: Path, stream, what: str, expected: str, named_as=None):
+        self.path, self.what, self._stream = path, what, stream
+        self._line = 0
+        self._lines = self._text_lines()
+        header = next((ln for ln in self._lines if ln.strip()), None)
+        if header is None:
+            raise GeneMaskError(f"{path}:1: empty file (expected {expected})")
+        self.header_line = self._line
+        self.delimiter = table_delimiter(path, header, named_as)
+        if csv.field_size_limit() < MAX_LINE_BYTES:  # default 128 KiB: a long sequence is one field
+            csv.field_size_limit(MAX_LINE_BYTES)
+        self._reader = csv.reader(self._chain(header), delimiter=self.delimiter, quotechar='"',
+                                  skipinitialspace=True, strict=False)
+        self.names = [f.strip().lower() for f in self._next_row()]
+
+    def _chain(self, first: str):
+        yield first
+        yield from self._lines
+
+    def _text_lines(self):
+        readline = self._stream.readline
+        while True:
+            raw = readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            self._line += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise GeneMaskError(f"{self.path}:{self._line}: line longer than {MAX_LINE_BYTES >> 20} MiB; "
+                                    f"not a {self.what}")
+            if b"\0" in raw:
+                raise GeneMaskError(f"{self.path}:{self._line}: binary data (NUL bytes), not a text {self.what}")
+            try:
+                yield raw.decode("utf-8-sig" if self._line == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise GeneMaskError(f"{self.path}:{self._line}: not UTF-8/ASCII text") from None
+
+    def _next_row(self):
+        try:
+            return next(self._reader)
+        except csv.Error as e:
+            raise GeneMaskError(f"{self.path}:{self._line}: not a readable {self.what} ({e})") from None
+
+    def __iter__(self):
+        while True:
+            try:
+                row = self._next_row()
+            except StopIteration:
+                return
+            fields = [f.strip() for f in row]
+            if any(fields):
+                yield self._line, fields
+
+
+@contextlib.contextmanager
+def table_rows(path, what: str, expected: str, named_as=None):
+    """The one reader of TSV/CSV inputs: a regular file only, plain or gzip (streamed, line length
+    bounded by MAX_LINE_BYTES), UTF-8, CSV quoting (RFC 4180 double quotes, also in TSV); yields a
+    `TableRows`. `expected` names the layout in the message for an empty file; every fault is a
+    one-line GeneMaskError `FILE:LINE: ...`."""
+    with open_table(path, what) as fh:
+        yield TableRows(Path(path), fh, what, expected, named_as)
+
+
 def read_tsv(path, what: str, columns=(), expected: str = "", **read_csv_kwargs):
     """A TSV with a header as a DataFrame; every fault -> one-line GeneMaskError naming the file.
 
     what: the table's name in messages ("training log"); columns: required column names;
-    expected: the layout named in the messages (default: the required columns).
+    expected: the layout named in the messages (default: the required columns). Opened by
+    `open_table` (regular files only; gzip streamed), parsed by pandas with the same quoting.
     """
     import pandas as pd
 
     path = Path(path)
     expected = expected or " ".join(columns)
     try:
-        df = pd.read_csv(path, sep="\t", **read_csv_kwargs)
-    except OSError as e:
-        raise GeneMaskError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+        with open_table(path, what) as fh:
+            df = pd.read_csv(fh, sep="\t", quotechar='"', **read_csv_kwargs)
     except pd.errors.EmptyDataError:
         raise GeneMaskError(f"{path}: empty file; expected a {what} with the header '{expected}'") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:

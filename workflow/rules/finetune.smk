@@ -24,7 +24,7 @@ rule task_data:
         ENV
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=lambda wc, input: plan.task_data_mem_mb(CFG, input.size_mb),
         runtime=10,
     params:
         num_labels=lambda wc: CFG["tasks"][wc.task]["num_labels"],
