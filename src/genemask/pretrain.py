@@ -169,12 +169,12 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     master = rank == 0
 
     # ---- data, model, masking -----------------------------------------------------------------
-    train = Corpus(corpus_dirs, "train")
-    valid = Corpus(corpus_dirs, "valid")
+    model, k = build_model(model_config, s["seed"])
+    train = Corpus(corpus_dirs, "train", k)  # verified (corpus.open_split), with the sha256 of each .bin
+    valid = Corpus(corpus_dirs, "valid", k)
     steps = int(s["steps"])
     if steps > 0 and len(train) == 0:
         raise GeneMaskError(f"corpus {corpus_dirs[0]}...: no training pieces")
-    model, k = build_model(model_config, s["seed"])
     model.to(device)
     ranking = None
     if ranking_path:
@@ -196,7 +196,7 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     state = {"step": 0, "log": [], "masked_rank_counts": np.zeros(n_rank_bins, np.int64),
              "all_rank_counts": np.zeros(n_rank_bins, np.int64), "tokens_seen": 0}
     targets = sorted({int(t) for t in save_steps if 0 <= int(t) <= steps} | {steps})
-    fp, fp_blob = fingerprint(scheme, s, model_config, ranking_path, corpus_dirs)
+    fp, fp_blob = fingerprint(scheme, s, model_config, ranking_path, corpus_dirs, {**train.sha256, **valid.sha256})
     ckpt_dir = output.with_name(output.name + ".ckpt") / fp
     kept = checkpoints(ckpt_dir)
     if master:
@@ -353,13 +353,18 @@ class _StopSignals:
             signal.signal(sig, old)
 
 
-def fingerprint(scheme: str, settings: dict, model_config: dict, ranking_path, corpus_dirs) -> tuple[str, dict]:
-    """(16 hex digits, the hashed record) of everything that determines a run's arithmetic (see `pretrain`)."""
+def fingerprint(scheme: str, settings: dict, model_config: dict, ranking_path, corpus_dirs,
+                known: dict[str, str] | None = None) -> tuple[str, dict]:
+    """(16 hex digits, the hashed record) of everything that determines a run's arithmetic (see `pretrain`).
+
+    The corpus enters by content: the sha256 of every file of each folder (`known`: {path: sha256}
+    already computed, e.g. `Corpus.sha256` from the verifying pass, so no .bin is read twice)."""
     inert = {"threads", "log_every", "checkpoint_every", "keep_checkpoints"}
+    known = known or {}
     corpus = []
     for d in corpus_dirs:
         d = Path(d)
-        corpus.append([(f.name, f.stat().st_size, sha256_file(f) if f.suffix in (".npy", ".json") else None)
+        corpus.append([(f.name, f.stat().st_size, known.get(str(f)) or sha256_file(f))
                        for f in sorted(d.iterdir()) if f.is_file()])
     blob = {"scheme": scheme, "settings": {k: v for k, v in settings.items() if k not in inert},
             "model_config": model_config, "ranking_sha256": sha256_file(ranking_path), "corpus": corpus}

@@ -1,0 +1,158 @@
+"""Every intermediate file is verified where it is read (issue 20, point 3): a corpus (token ids,
+offsets, meta.json), an NPMI ranking table, a model folder (weights named by genemask.json's sha256)
+and a task's stats.json. Each fault is one line naming the file and the fault, exit status 2, and
+no output is left. Every case writes a real file with the pipeline's own writer, damages it the way a
+hostile tester did, and runs the real command through `genemask.cli.main`."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from genemask.cli import main
+from genemask.corpus import build_corpus
+from genemask.kmers import MASK, N_SPECIAL, vocab_size
+
+pytestmark = pytest.mark.hostile
+
+TINY = {"k": 6, "num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32,
+        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 512}
+
+
+def _one_line(capsys, rc, *words):
+    """rc is 2 and stderr's last line is the one error line holding every word; returns it."""
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    errors = [ln for ln in err if ": error: " in ln]
+    assert rc == 2 and len(errors) == 1 and errors[0] == err[-1], err
+    for w in words:
+        assert w in errors[0], errors[0]
+    return errors[0]
+
+
+# ---- corpus (corpus.open_split, read by pretraining) ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def corpus(hg38_slice, tmp_path_factory):
+    d = tmp_path_factory.mktemp("verify")
+    build_corpus(hg38_slice, d / "c", region="chr2:1-60000", seed=1)
+    (d / "tiny.json").write_text(json.dumps(TINY))
+    return d
+
+
+def _pretrain(d, corpus_dir, out, *sets):
+    argv = ["pretrain", "--corpus", str(corpus_dir), "--model-config", str(d / "tiny.json"), "--scheme", "random",
+            "-o", str(out), "--set", "threads=1", "--set", "warmup_steps=1", "--set", "eval_every=1000",
+            "--set", "eval_batches=1", "--set", "batch_size=2", "--set", "grad_accum=1"]
+    for s in sets:
+        argv += ["--set", s]
+    return main(argv)
+
+
+def _ids(path):
+    return np.fromfile(path, dtype=np.uint16)
+
+
+def _offsets(folder, split):
+    return np.load(folder / f"{split}.idx.npy")
+
+
+def _damage(c, fault):
+    """Damage corpus folder c; returns (the file the message must name, a word of the fault)."""
+    train, idx_path = c / "train.bin", c / "train.idx.npy"
+    ids, idx = _ids(train), _offsets(c, "train")
+    if fault == "beyond_vocab":
+        ids[len(ids) // 2] = vocab_size(6)
+        ids.tofile(train)
+        return train, "beyond the vocabulary"
+    if fault == "zero_run":  # a zero-filled block (lost write): a run of [PAD]
+        ids[1000:1400] = 0
+        ids.tofile(train)
+        return train, "[PAD]"
+    if fault == "special_inside":
+        ids[idx[3] + 2] = MASK
+        ids.tofile(train)
+        return train, "[MASK]"
+    if fault == "valid_zero_filled":
+        v = c / "valid.bin"
+        (v).write_bytes(bytes(v.stat().st_size))
+        return v, "[PAD]"
+    if fault == "shuffled":  # every id a k-mer, same size, but no longer a sequence
+        np.random.default_rng(0).permutation(ids).tofile(train)
+        return train, "not overlapping"
+    if fault == "offsets_not_monotonic":
+        idx[[2, 3]] = idx[[3, 2]]
+        np.save(idx_path, idx)
+        return idx_path, "not increasing"
+    if fault == "offsets_not_at_zero":
+        idx[0] = 1
+        np.save(idx_path, idx)
+        return idx_path, "start at 0"
+    if fault == "offsets_short_of_file":
+        np.save(idx_path, idx[:-1])
+        return train, "offsets end at"
+    if fault == "odd_bytes":
+        train.write_bytes(train.read_bytes() + b"\x01")
+        return train, "uint16"
+    if fault == "offsets_pickle":
+        np.save(idx_path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        return idx_path, "not a corpus offsets file"
+    if fault == "meta_not_mapping":
+        (c / "meta.json").write_text("[1, 2]\n")
+        return c / "meta.json", "JSON object"
+    if fault == "meta_wrong_k":
+        meta = json.loads((c / "meta.json").read_text())
+        (c / "meta.json").write_text(json.dumps({**meta, "k": 5}))
+        return c / "meta.json", "k=6"
+    if fault == "meta_counts":
+        meta = json.loads((c / "meta.json").read_text())
+        (c / "meta.json").write_text(json.dumps({**meta, "train_tokens": meta["train_tokens"] + 7}))
+        return c / "meta.json", "tokens"
+    raise AssertionError(fault)
+
+
+CORPUS_FAULTS = ["beyond_vocab", "zero_run", "special_inside", "valid_zero_filled", "shuffled",
+                 "offsets_not_monotonic", "offsets_not_at_zero", "offsets_short_of_file", "odd_bytes",
+                 "offsets_pickle", "meta_not_mapping", "meta_wrong_k", "meta_counts"]
+
+
+@pytest.mark.parametrize("fault", CORPUS_FAULTS)
+def test_damaged_corpus_refused_in_one_line(corpus, tmp_path, capsys, fault):
+    """Pretraining on a damaged corpus: exit 2, one line naming the damaged file and the fault, no run folder
+    and no checkpoint folder."""
+    c = tmp_path / "c"
+    shutil.copytree(corpus / "c", c)
+    named, word = _damage(c, fault)
+    out = tmp_path / "run"
+    rc = _pretrain(corpus, c, out, "steps=2")
+    line = _one_line(capsys, rc, str(named), word)
+    assert "Traceback" not in line
+    assert not out.exists() and not (tmp_path / "run.ckpt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_rewritten_corpus_of_same_size_never_resumes_a_stale_checkpoint(corpus, tmp_path, capsys):
+    """The checkpoint fingerprint covers the corpus content: train.bin rewritten with other valid ids of the
+    same size (every base complemented: still overlapping k-mers, same offsets and meta.json) is another
+    fingerprint, so the rerun starts from step 0 and says why."""
+    c = tmp_path / "c"
+    shutil.copytree(corpus / "c", c)
+    out = tmp_path / "run"
+    assert _pretrain(corpus, c, out, "steps=4", "checkpoint_every=2") == 0
+    shutil.rmtree(out)
+    assert _pretrain(corpus, c, out, "steps=4", "checkpoint_every=2") == 0  # unchanged: resumed
+    assert "resumed from" in capsys.readouterr().err
+    shutil.rmtree(out)
+    train = c / "train.bin"
+    ids = _ids(train)
+    complement = int("01" * 6, 2)  # A0<->T1, C2<->G3 on every base digit
+    new = (((ids.astype(np.int64) - N_SPECIAL) ^ complement) + N_SPECIAL).astype(np.uint16)
+    assert len(new) == len(ids) and (new != ids).any()
+    new.tofile(train)
+    assert _pretrain(corpus, c, out, "steps=4", "checkpoint_every=2") == 0
+    err = capsys.readouterr().err
+    assert "resumed from" not in err and "training from step 0" in err, err
+    said = [ln for ln in err.splitlines() if "not resuming" in ln]
+    assert len(said) == 1 and "corpus" in said[0], err
+    assert len(list((tmp_path / "run.ckpt").iterdir())) == 2
