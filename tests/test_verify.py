@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +157,95 @@ def test_rewritten_corpus_of_same_size_never_resumes_a_stale_checkpoint(corpus, 
     said = [ln for ln in err.splitlines() if "not resuming" in ln]
     assert len(said) == 1 and "corpus" in said[0], err
     assert len(list((tmp_path / "run.ckpt").iterdir())) == 2
+
+
+# ---- NPMI ranking tables (npmi.load_ranking, read by pretraining, masking, mask-stats, motifs) ---------
+
+@pytest.fixture(scope="module")
+def npmi_tsv(hg38_slice, tmp_path_factory):
+    """Our npmi.tsv, made by the pipeline's own commands (ngrams, then npmi) from the hg38 slice."""
+    d = tmp_path_factory.mktemp("npmi")
+    assert main(["ngrams", str(hg38_slice), "--region", "chr2:1-300000", "--max-order", "6",
+                 "-o", str(d / "counts.npz")]) == 0
+    assert main(["npmi", str(d / "counts.npz"), "--min-count", "1", "-o", str(d / "npmi.tsv")]) == 0
+    return d / "npmi.tsv"
+
+
+def _damage_ranking(p: Path, fault: str) -> str:
+    """Damage the ranking table p (ours, or Data-A's CSV for data_a_*); returns a word of the fault."""
+    text = p.read_text()
+    head, *rows = text.splitlines()
+    sep = "\t" if "\t" in head else ","
+    cols = head.split(sep)
+    rank_col = cols.index("rank" if sep == "\t" else "norm_pmi_rank_rel")
+    six = [i for i, r in enumerate(rows) if len(r.split(sep)[0].strip('"')) == 6]
+    j = six[len(six) // 2]
+
+    def set_field(col, value):
+        f = rows[j].split(sep)
+        f[col] = value
+        rows[j] = sep.join(f)
+
+    word = {"missing_rank_column": "lacks column(s) rank", "nan_rank": "is not an integer",
+            "non_numeric_rank": "is not an integer", "negative_rank": "is not an integer",
+            "fractional_rank": "is not an integer", "duplicate_kmer": "listed twice",
+            "wrong_length": "is not a 6-mer", "non_acgt": "other than ACGT",
+            "data_a_missing_ngram": "lacks column(s) ngram", "data_a_empty_rank": "is not an integer"}.get(fault)
+    if fault == "binary":
+        p.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 64)
+        return "binary"
+    if fault in ("missing_rank_column", "data_a_missing_ngram"):
+        drop = rank_col if fault == "missing_rank_column" else cols.index("ngram")
+        lines = [sep.join(f for i, f in enumerate(ln.split(sep)) if i != drop) for ln in [head, *rows]]
+        p.write_text("\n".join(lines) + "\n")
+        return word
+    if fault == "nan_rank":
+        set_field(rank_col, "nan")
+    elif fault == "non_numeric_rank":
+        set_field(rank_col, "first")
+    elif fault == "negative_rank":
+        set_field(rank_col, "-3")
+    elif fault == "fractional_rank":
+        set_field(rank_col, "2.5")
+    elif fault == "data_a_empty_rank":
+        set_field(rank_col, "")
+    elif fault == "duplicate_kmer":
+        rows.append(rows[j])
+    elif fault == "wrong_length":
+        set_field(0, "ACGTA")  # the row's order column still says 6
+    elif fault == "non_acgt":
+        set_field(0, "ACGTNA")
+    else:
+        raise AssertionError(fault)
+    p.write_text("\n".join([head, *rows]) + "\n")
+    return word
+
+
+RANKING_FAULTS = ["missing_rank_column", "nan_rank", "non_numeric_rank", "negative_rank", "fractional_rank",
+                  "duplicate_kmer", "wrong_length", "non_acgt", "binary", "data_a_missing_ngram",
+                  "data_a_empty_rank"]
+
+
+@pytest.mark.parametrize("fault", RANKING_FAULTS)
+def test_damaged_ranking_table_refused_in_one_line(corpus, npmi_tsv, data_a, tmp_path, capsys, fault):
+    """Pretraining with --ranking on a damaged table (ours or Data-A's): exit 2, one line naming the table and
+    the fault, no run folder, no checkpoint folder."""
+    src = data_a if fault.startswith("data_a") else npmi_tsv
+    table = tmp_path / src.name
+    shutil.copyfile(src, table)
+    word = _damage_ranking(table, fault)
+    out = tmp_path / "run"
+    rc = main(["pretrain", "--corpus", str(corpus / "c"), "--model-config", str(corpus / "tiny.json"),
+               "--scheme", "genemask", "--ranking", str(table), "-o", str(out), "--set", "steps=2",
+               "--set", "threads=1", "--set", "batch_size=2"])
+    _one_line(capsys, rc, str(table), word)
+    assert not out.exists() and not (tmp_path / "run.ckpt").exists()
+
+
+@pytest.mark.parametrize("which", ["ours", "data_a"])
+def test_intact_ranking_tables_still_read(npmi_tsv, data_a, which):
+    """The control: the undamaged tables load (ranks 1..4**k, absent k-mers 4**k + 1)."""
+    from genemask.npmi import load_ranking
+
+    r = load_ranking(npmi_tsv if which == "ours" else data_a, 6)
+    assert r.shape == (4096,) and r.min() == 1 and r.max() <= 4097
