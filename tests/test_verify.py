@@ -249,3 +249,109 @@ def test_intact_ranking_tables_still_read(npmi_tsv, data_a, which):
 
     r = load_ranking(npmi_tsv if which == "ours" else data_a, 6)
     assert r.shape == (4096,) and r.min() == 1 and r.max() <= 4097
+
+
+# ---- model folders (finetune.verify_weights, run by every loader: finetune, predict, embed) ----------
+
+@pytest.fixture(scope="module")
+def model_folder(corpus, tmp_path_factory):
+    """A real pretrained model folder (run/step1/, genemask.json with weights_sha256) and a FASTA to embed."""
+    d = tmp_path_factory.mktemp("models")
+    assert _pretrain(corpus, corpus / "c", d / "run", "steps=1") == 0
+    assert _pretrain(corpus, corpus / "c", d / "other", "steps=1", "seed=7") == 0
+    (d / "in.fa").write_text(">a\nACGTACGTTAGCATCGATCGATCGGATCGATCGTAGCTAG\n>b\nGGGCCCATATATCGCGATTAGACAGATTTAC\n")
+    return d
+
+
+def _damage_model(m: Path, other: Path, fault: str) -> tuple[Path, str]:
+    """Damage model folder m (other: another real folder); returns (the path the line names, a word)."""
+    import torch
+    from safetensors.torch import load_file
+
+    w = m / "model.safetensors"
+    extra = {"extra_pytorch_bin": "pytorch_model.bin", "extra_h5": "tf_model.h5", "extra_msgpack": "flax_model.msgpack",
+             "extra_pt": "model.pt", "extra_pth": "weights.pth", "extra_shard": "model-00002-of-00002.safetensors",
+             "sharded_index": "model.safetensors.index.json"}
+    if fault in extra:
+        if fault == "extra_pytorch_bin":
+            torch.save(load_file(other / "model.safetensors"), m / extra[fault])
+        else:
+            (m / extra[fault]).write_bytes((other / "model.safetensors").read_bytes())
+        return m, extra[fault]
+    if fault == "bin_instead":  # the safetensors file replaced by a pickle: sha256 check skipped before
+        torch.save(load_file(w), m / "pytorch_model.bin")
+        w.unlink()
+        return m, "pytorch_model.bin"
+    if fault == "swapped_weights":
+        shutil.copyfile(other / "model.safetensors", w)
+        return w, "damaged weights"
+    if fault == "bad_sha_field":
+        meta = json.loads((m / "genemask.json").read_text())
+        (m / "genemask.json").write_text(json.dumps({**meta, "weights_sha256": "deadbeef"}))
+        return m / "genemask.json", "64 lower-case hex"
+    if fault == "meta_not_mapping":
+        (m / "genemask.json").write_text('"k=6"\n')
+        return m / "genemask.json", "JSON object"
+    raise AssertionError(fault)
+
+
+MODEL_FAULTS = ["extra_pytorch_bin", "bin_instead", "extra_h5", "extra_msgpack", "extra_pt", "extra_pth",
+                "extra_shard", "sharded_index", "swapped_weights", "bad_sha_field", "meta_not_mapping"]
+
+
+@pytest.mark.parametrize("fault", MODEL_FAULTS)
+def test_model_folder_with_unchecked_weights_refused_by_embed(model_folder, tmp_path, capsys, fault):
+    """`embed` on a model folder whose weights are not exactly the sha256-recorded model.safetensors: exit 2,
+    one line naming the folder (or file) and the fault, no output."""
+    m = tmp_path / "m"
+    shutil.copytree(model_folder / "run" / "step1", m)
+    named, word = _damage_model(m, model_folder / "other" / "step1", fault)
+    out = tmp_path / "e.npy"
+    rc = main(["embed", "--model", str(m), str(model_folder / "in.fa"), "-o", str(out)])
+    _one_line(capsys, rc, f"{named}:", word)
+    assert not out.exists() and not (tmp_path / "e.ids.txt").exists()
+
+
+@pytest.mark.parametrize("fault", ["extra_pytorch_bin", "bin_instead", "swapped_weights"])
+def test_model_folder_with_unchecked_weights_refused_by_finetune(model_folder, fewshot, tmp_path, capsys, fault):
+    """The fine-tuning loader goes through the same check."""
+    m = tmp_path / "m"
+    shutil.copytree(model_folder / "run" / "step1", m)
+    named, word = _damage_model(m, model_folder / "other" / "step1", fault)
+    out = tmp_path / "r.json"
+    data = fewshot / "Prom-core"
+    rc = main(["finetune", "--model", str(m), "--train", str(data / "10" / "train.tsv"), "--test",
+               str(data / "test.tsv"), "--task", "Prom-core", "--shot", "10", "--seed", "1", "--scheme", "x",
+               "--num-labels", "2", "--settings", '{"epochs": 1}', "-o", str(out), "--save-model", str(tmp_path / "s")])
+    _one_line(capsys, rc, f"{named}:", word)
+    assert not out.exists() and not (tmp_path / "s").exists()
+
+
+def test_intact_model_folder_embeds(model_folder, tmp_path):
+    """The control: the pipeline's own folder passes."""
+    assert main(["embed", "--model", str(model_folder / "run" / "step1"), str(model_folder / "in.fa"),
+                 "-o", str(tmp_path / "e.npy")]) == 0
+    assert np.load(tmp_path / "e.npy").shape[0] == 2
+
+
+def test_baseline_with_pickle_weights_becomes_one_checked_safetensors(model_folder, tmp_path, capsys):
+    """A DNABERT-style source holding pytorch_model.bin (and a tf_model.h5) besides config and vocab: the
+    prepared baseline holds only model.safetensors (converted from the plain tensors), its sha256 recorded,
+    and it embeds; the source's other weights files are not copied."""
+    import torch
+    from safetensors.torch import load_file
+
+    src = tmp_path / "dnabert"
+    shutil.copytree(model_folder / "run" / "step1", src)
+    state = load_file(src / "model.safetensors")
+    torch.save(state, src / "pytorch_model.bin")
+    (src / "model.safetensors").unlink()
+    (src / "genemask.json").unlink()
+    (src / "tf_model.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    out = tmp_path / "base"
+    assert main(["baseline", "--name", "dnabert6", "--model", str(src), "-o", str(out)]) == 0
+    weights = sorted(p.name for p in out.iterdir() if p.suffix in (".bin", ".h5", ".safetensors"))
+    assert weights == ["model.safetensors"]
+    got = load_file(out / "model.safetensors")
+    assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
+    assert main(["embed", "--model", str(out), str(model_folder / "in.fa"), "-o", str(tmp_path / "e.npy")]) == 0
