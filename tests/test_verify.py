@@ -355,3 +355,75 @@ def test_baseline_with_pickle_weights_becomes_one_checked_safetensors(model_fold
     got = load_file(out / "model.safetensors")
     assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
     assert main(["embed", "--model", str(out), str(model_folder / "in.fa"), "-o", str(tmp_path / "e.npy")]) == 0
+
+
+# ---- side files: a task's stats.json (tasks.read_stats, read by finetune --save-model) ----------------
+
+@pytest.fixture(scope="module")
+def task_dir(fewshot, tmp_path_factory):
+    """train.tsv / test.tsv / stats.json made by the pipeline's task-data command (Prom-core, 10-shot)."""
+    d = tmp_path_factory.mktemp("task")
+    data = fewshot / "Prom-core"
+    assert main(["task-data", "--task", "Prom-core", "--train", str(data / "10" / "train.tsv"), "--test",
+                 str(data / "test.tsv"), "--num-labels", "2", "--max-test", "20", "--out-train", str(d / "train.tsv"),
+                 "--out-test", str(d / "test.tsv"), "--out-stats", str(d / "stats.json")]) == 0
+    return d
+
+
+def _damage_stats(stats: dict, fault: str):
+    if fault == "not_mapping":
+        return [stats]
+    if fault == "missing_key":
+        return {k: v for k, v in stats.items() if k != "num_labels"}
+    if fault == "label_names_list":
+        return {**stats, "label_names": ["neg", "pos"]}
+    if fault == "label_ids_out_of_range":
+        return {**stats, "label_names": {"neg": 0, "pos": 7}}
+    if fault == "num_labels_differs":
+        return {**stats, "num_labels": 3}
+    if fault == "negative_rows":
+        return {**stats, "train_rows": -1}
+    if fault == "float_rows":
+        return {**stats, "test_rows": float("inf")}
+    if fault == "counts_disagree":
+        return {**stats, "train_label_counts": {"0": 1, "1": 1}}
+    raise AssertionError(fault)
+
+
+STATS_FAULTS = {"not_mapping": "JSON object", "missing_key": "lack key(s) num_labels",
+                "label_names_list": "label_names", "label_ids_out_of_range": "label_names",
+                "num_labels_differs": "num_labels 3", "negative_rows": "train_rows",
+                "float_rows": "test_rows", "counts_disagree": "train_label_counts"}
+
+
+@pytest.mark.parametrize("fault", sorted(STATS_FAULTS))
+def test_damaged_task_stats_refused_before_fine_tuning(model_folder, task_dir, tmp_path, capsys, fault):
+    """finetune --save-model reads the label names from the task's stats.json: a damaged one is one line naming
+    it and the key, exit 2, before any training, and neither the metrics JSON nor the model folder is left."""
+    d = tmp_path / "task"
+    shutil.copytree(task_dir, d)
+    stats = json.loads((d / "stats.json").read_text())
+    (d / "stats.json").write_text(json.dumps(_damage_stats(stats, fault)))
+    out = tmp_path / "r.json"
+    rc = main(["finetune", "--model", str(model_folder / "run" / "step1"), "--train", str(d / "train.tsv"),
+               "--test", str(d / "test.tsv"), "--task", "Prom-core", "--shot", "10", "--seed", "1", "--scheme", "x",
+               "--num-labels", "2", "--settings", '{"epochs": 1}', "-o", str(out), "--save-model", str(tmp_path / "s")])
+    line = _one_line(capsys, rc, f"{d / 'stats.json'}:", STATS_FAULTS[fault])
+    assert "epoch" not in capsys.readouterr().err, line
+    assert not out.exists() and not (tmp_path / "s").exists()
+
+
+def test_intact_task_stats_name_the_saved_classifier_labels(model_folder, task_dir, tmp_path):
+    """The control: intact stats.json passes; with label names ({name: class id}, as task-data --label-names
+    writes them) the saved classifier's labels are the names in class-id order, not in the file's key order."""
+    d = tmp_path / "task"
+    shutil.copytree(task_dir, d)
+    stats = json.loads((d / "stats.json").read_text())
+    assert stats["label_names"] is None
+    (d / "stats.json").write_text(json.dumps({**stats, "label_names": {"promoter": 1, "background": 0}}))
+    out = tmp_path / "r.json"
+    assert main(["finetune", "--model", str(model_folder / "run" / "step1"), "--train", str(d / "train.tsv"),
+                 "--test", str(d / "test.tsv"), "--task", "Prom-core", "--shot", "10", "--seed", "1", "--scheme", "x",
+                 "--num-labels", "2", "--settings", '{"epochs": 1}', "-o", str(out),
+                 "--save-model", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "genemask.json").read_text())["labels"] == ["background", "promoter"]

@@ -56,7 +56,7 @@ import numpy as np
 from .defaults import check as check_settings
 from .defaults import defaults as config_defaults
 from .kmers import N_SPECIAL, seq_to_ids, vocab_size
-from .tasks import read_task_file
+from .tasks import read_stats, read_task_file
 from .training import linear_schedule, padded_rows, param_groups
 from .util import GeneMaskError, atomic_output, read_settings
 
@@ -443,6 +443,10 @@ def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regi
     te = read_task_file(test, num_labels)
     k = model_k(model)
     meta = model_meta(model)
+    names = None  # label names of a saved classifier: task-data's stats.json beside its train.tsv, if any
+    stats = Path(train).with_name("stats.json")
+    if save_model and stats.is_file():
+        names = read_stats(stats, int(num_labels))["labels"]  # validated before any training
 
     torch.manual_seed(seed)
     clf = load_classifier(model, num_labels, st["hidden_dropout"])
@@ -482,11 +486,9 @@ def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regi
     if save_model:  # a Hugging Face folder that AutoModelForSequenceClassification loads (apply.py)
         from .apply import save_classifier
 
-        stats = Path(train).with_name("stats.json")
-        names = json.loads(stats.read_text()).get("label_names") if stats.is_file() else None
         save_classifier(clf.cpu(), save_model, {
             "task": task, "shot": int(shot), "seed": int(seed), "scheme": scheme, "source_model": str(model),
-            "metrics": metrics, "labels": [str(x) for x in names] if names else None})
+            "metrics": metrics, "labels": names})
         result["saved_model"] = str(save_model)
     with atomic_output(output) as tmp:
         tmp.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
