@@ -427,3 +427,64 @@ def test_intact_task_stats_name_the_saved_classifier_labels(model_folder, task_d
                  "--num-labels", "2", "--settings", '{"epochs": 1}', "-o", str(out),
                  "--save-model", str(tmp_path / "s")]) == 0
     assert json.loads((tmp_path / "s" / "genemask.json").read_text())["labels"] == ["background", "promoter"]
+
+
+# ---- other side files: the model configuration, a baseline's config.json, a run's genemask.json -------
+
+@pytest.mark.parametrize("fault, word", [("not_mapping", "JSON object"), ("k7", "key k must be one of")])
+def test_bad_model_configuration_refused_in_one_line(corpus, tmp_path, capsys, fault, word):
+    mc = tmp_path / "model.json"
+    mc.write_text(json.dumps([TINY]) if fault == "not_mapping" else json.dumps({**TINY, "k": 7}))
+    out = tmp_path / "run"
+    rc = main(["pretrain", "--corpus", str(corpus / "c"), "--model-config", str(mc), "--scheme", "random",
+               "-o", str(out), "--set", "steps=1"])
+    _one_line(capsys, rc, f"{mc}:", word)
+    assert not out.exists() and not (tmp_path / "run.ckpt").exists()
+
+
+@pytest.mark.parametrize("fault, word", [("not_mapping", "JSON object"), ("vocab_size_text", "vocab_size must be")])
+def test_baseline_with_bad_config_json_refused_in_one_line(model_folder, tmp_path, capsys, fault, word):
+    src = tmp_path / "src"
+    shutil.copytree(model_folder / "run" / "step1", src)
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps([cfg]) if fault == "not_mapping"
+                                     else json.dumps({**cfg, "vocab_size": "4101"}))
+    out = tmp_path / "base"
+    rc = main(["baseline", "--name", "b", "--model", str(src), "-o", str(out)])
+    _one_line(capsys, rc, f"{src / 'config.json'}:", word)
+    assert not out.exists()
+
+
+def _study_report(d: Path) -> Path:
+    r = d / "report"
+    r.mkdir()
+    (r / "verdict.md").write_text("- nothing to say\n")
+    (r / "summary.md").write_text("| x |\n")
+    (r / "tests.tsv").write_text("task\tscheme\tbaseline\tmetric\tpretrain_step\tmean_diff\tp_holm\n")
+    (r / "variance.tsv").write_text("task\tscheme\n")
+    (d / "study.yaml").write_text("pretrain: {model: tiny, schemes: [cm_gems], seeds: [0], settings: {steps: 1}}\n")
+    return r
+
+
+@pytest.mark.parametrize("fault, word", [("intact", None), ("not_mapping", "JSON object"),
+                                         ("switch_step_text", "switch_step"), ("switch_past_steps", "switch_step"),
+                                         ("no_steps", "lacks key(s) steps")])
+def test_study_doc_validates_run_metadata(model_folder, tmp_path, capsys, fault, word):
+    """study-doc reads each cm_gems run's genemask.json (its switch step): validated on read."""
+    report = _study_report(tmp_path)
+    run = tmp_path / "models" / "cm_gems" / "seed0"
+    run.parent.mkdir(parents=True)
+    shutil.copytree(model_folder / "run", run)
+    meta = json.loads((run / "genemask.json").read_text())
+    bad = {"intact": meta, "not_mapping": [meta], "switch_step_text": {**meta, "switch_step": "soon"},
+           "switch_past_steps": {**meta, "switch_step": meta["steps"] + 5},
+           "no_steps": {k: v for k, v in meta.items() if k != "steps"}}[fault]
+    (run / "genemask.json").write_text(json.dumps(bad))
+    out = tmp_path / "docs" / "study.md"
+    rc = main(["study-doc", "--report", str(report), "--config", str(tmp_path / "study.yaml"), "--command", "x",
+               "--models", str(tmp_path / "models"), "-o", str(out)])
+    if word is None:
+        assert rc == 0 and "seed0: None" in out.read_text()
+        return
+    _one_line(capsys, rc, f"{run / 'genemask.json'}:", word)
+    assert not out.exists() and not (tmp_path / "docs" / "study").exists()

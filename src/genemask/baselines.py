@@ -51,8 +51,10 @@ def check_vocabulary(folder: Path) -> int:
         raise GeneMaskError(f"{folder}: not a model folder (no config.json)")
     try:
         cfg = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GeneMaskError(f"{cfg_path}: cannot read ({e})") from None
+    if not isinstance(cfg, dict):
+        raise GeneMaskError(f"{cfg_path}: must be a JSON object, got {type(cfg).__name__}")
     vocab_file = folder / "vocab.txt"
     vocab = vocab_file.read_text().split("\n") if vocab_file.is_file() else None
     if vocab is not None:
@@ -79,6 +81,8 @@ def check_vocabulary(folder: Path) -> int:
         raise GeneMaskError(f"{vocab_file}: vocabulary differs from the {k}-mer vocabulary at id {i} "
                             f"({got!r}, expected {want[i] if i < len(want) else '(end)'!r}; "
                             f"{len(vocab)} tokens, expected {len(want)})")
+    if not isinstance(cfg.get("vocab_size", 0), int) or isinstance(cfg.get("vocab_size"), bool):
+        raise GeneMaskError(f"{cfg_path}: vocab_size must be an integer, got {cfg.get('vocab_size')!r}")
     if int(cfg.get("vocab_size", 0)) < vocab_size(k):
         raise GeneMaskError(f"{cfg_path}: vocab_size {cfg.get('vocab_size')} is smaller than the {k}-mer "
                             f"vocabulary ({vocab_size(k)})")

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from .corpus import Corpus
 from .defaults import check as check_settings
 from .defaults import defaults as config_defaults
-from .kmers import PAD, SEP, vocab_size
+from .kmers import PAD, SEP, SUPPORTED_K, vocab_size
 from .masking import make_masker, rank_table
 from .training import linear_schedule, padded_rows, param_groups
 from .util import GeneMaskError, Progress, atomic_output, read_settings
@@ -492,6 +492,33 @@ def write_run_files(folder: Path, meta: dict, state: dict) -> None:
             fh.write(f"{r}\t{mr[r]}\t{ar[r]}\n")
 
 
+def read_run_meta(path: str | Path) -> dict:
+    """A run folder's genemask.json (written by `write_run_files`), validated on read: an object with
+    scheme (a string), steps (an integer >= 0) and switch_step (null or an integer in [0, steps]);
+    any fault -> one line naming the file and the key."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except OSError as e:
+        raise GeneMaskError(f"{path}: cannot read run metadata ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GeneMaskError(f"{path}: run metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise GeneMaskError(f"{path}: run metadata must be a JSON object, got {type(meta).__name__}")
+    missing = [key for key in ("scheme", "steps", "switch_step") if key not in meta]
+    if missing:
+        raise GeneMaskError(f"{path}: run metadata lacks key(s) {', '.join(missing)}")
+    if not isinstance(meta["scheme"], str) or not meta["scheme"]:
+        raise GeneMaskError(f"{path}: run metadata key scheme must be a non-empty string, got {meta['scheme']!r}")
+    steps, sw = meta["steps"], meta["switch_step"]
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise GeneMaskError(f"{path}: run metadata key steps must be an integer >= 0, got {steps!r}")
+    if sw is not None and (not isinstance(sw, int) or isinstance(sw, bool) or not 0 <= sw <= steps):
+        raise GeneMaskError(f"{path}: run metadata key switch_step must be null or an integer in [0, {steps}], "
+                            f"got {sw!r}")
+    return meta
+
+
 def _fmt(v) -> str:
     if v == "" or v is None:
         return ""
@@ -503,7 +530,11 @@ def _fmt(v) -> str:
 def pretrain_cli(corpus, model_config, scheme, output, ranking=None, settings=None, overrides=(), save_steps=()):
     try:
         mc = json.loads(Path(model_config).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GeneMaskError(f"{model_config}: cannot read model configuration ({e})") from None
+    if not isinstance(mc, dict):
+        raise GeneMaskError(f"{model_config}: model configuration must be a JSON object, got {type(mc).__name__}")
+    if mc.get("k", 6) not in SUPPORTED_K or isinstance(mc.get("k"), bool):
+        raise GeneMaskError(f"{model_config}: model configuration key k must be one of {SUPPORTED_K}, got {mc.get('k')!r}")
     s = load_settings(settings, overrides)
     pretrain(corpus, mc, scheme, output, ranking_path=ranking, settings=s, save_steps=save_steps or ())
