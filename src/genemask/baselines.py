@@ -51,8 +51,10 @@ def check_vocabulary(folder: Path) -> int:
         raise GeneMaskError(f"{folder}: not a model folder (no config.json)")
     try:
         cfg = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GeneMaskError(f"{cfg_path}: cannot read ({e})") from None
+    if not isinstance(cfg, dict):
+        raise GeneMaskError(f"{cfg_path}: must be a JSON object, got {type(cfg).__name__}")
     vocab_file = folder / "vocab.txt"
     vocab = vocab_file.read_text().split("\n") if vocab_file.is_file() else None
     if vocab is not None:
@@ -79,6 +81,8 @@ def check_vocabulary(folder: Path) -> int:
         raise GeneMaskError(f"{vocab_file}: vocabulary differs from the {k}-mer vocabulary at id {i} "
                             f"({got!r}, expected {want[i] if i < len(want) else '(end)'!r}; "
                             f"{len(vocab)} tokens, expected {len(want)})")
+    if not isinstance(cfg.get("vocab_size", 0), int) or isinstance(cfg.get("vocab_size"), bool):
+        raise GeneMaskError(f"{cfg_path}: vocab_size must be an integer, got {cfg.get('vocab_size')!r}")
     if int(cfg.get("vocab_size", 0)) < vocab_size(k):
         raise GeneMaskError(f"{cfg_path}: vocab_size {cfg.get('vocab_size')} is smaller than the {k}-mer "
                             f"vocabulary ({vocab_size(k)})")
@@ -86,17 +90,42 @@ def check_vocabulary(folder: Path) -> int:
 
 
 def prepare_baseline(name: str, spec: str, output: str | os.PathLike, revision: str | None = None) -> dict:
-    """Resolve, check and copy a baseline model into `output` (with genemask.json); returns its meta."""
+    """Resolve, check and copy a baseline model into `output` (with genemask.json); returns its meta.
+
+    The copy holds one weights file, model.safetensors, with its sha256 in genemask.json (what
+    `finetune.verify_weights` accepts): the source's model.safetensors, else its single
+    pytorch_model.bin converted (read with torch.load(weights_only=True): tensors only, no code).
+    The source's other weights files (tf_model.h5, flax_model.msgpack, ...) are not copied."""
+    from .finetune import WEIGHT_SUFFIXES, WEIGHTS, verify_weights, weights_sha256
+
     src = resolve(spec, revision)
     k = check_vocabulary(src)
     meta = {"baseline": name, "source": spec, "revision": revision, "resolved": str(src), "k": k}
     with atomic_output(output, is_dir=True, kind=BASELINE_MODEL) as tmp:
         for f in src.iterdir():
-            if f.is_file() and f.name != "genemask.json" and not f.name.startswith("."):
+            if (f.is_file() and f.name != "genemask.json" and not f.name.startswith(".")
+                    and not f.name.lower().endswith(WEIGHT_SUFFIXES)):
                 shutil.copy2(f, tmp / f.name)
-        if (tmp / "model.safetensors").is_file():
-            from .finetune import weights_sha256
-
-            meta["weights_sha256"] = weights_sha256(tmp)
+        if (src / WEIGHTS).is_file():
+            shutil.copy2(src / WEIGHTS, tmp / WEIGHTS)
+        elif (src / "pytorch_model.bin").is_file():
+            _bin_to_safetensors(src / "pytorch_model.bin", tmp / WEIGHTS)
+        else:
+            raise GeneMaskError(f"{src}: no {WEIGHTS} or pytorch_model.bin (sharded or other formats are not read)")
+        meta["weights_sha256"] = weights_sha256(tmp)
         (tmp / "genemask.json").write_text(json.dumps(meta, indent=1) + "\n")
+        verify_weights(tmp)
     return meta
+
+
+def _bin_to_safetensors(src: Path, dst: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    try:
+        state = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling refused or a damaged file
+        raise GeneMaskError(f"{src}: cannot read the weights as plain tensors ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise GeneMaskError(f"{src}: not a state dict of tensors")
+    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(dst), metadata={"format": "pt"})

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .genome import acgt_segments, read_sequences
-from .kmers import N_SPECIAL, encode, kmer_index
+from .kmers import N_SPECIAL, SPECIAL_TOKENS, SUPPORTED_K, encode, kmer_index, vocab_size
 from .util import CORPUS, GeneMaskError, atomic_output
 
 
@@ -108,24 +108,118 @@ def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + offs
 
 
-class Corpus:
-    """Memory-mapped view over one split of several corpus folders: piece i -> token ids."""
+VERIFY_BLOCK = 1 << 22  # tokens per block of the one verifying pass over a .bin (8 MiB)
 
-    def __init__(self, folders: list[str | Path], split: str):
+
+def read_meta(folder: str | Path) -> dict:
+    """A corpus folder's `meta.json`, validated: a mapping with k in SUPPORTED_K and non-negative
+    integer `<split>_pieces` / `<split>_tokens` for both splits; any fault -> one line naming it."""
+    path = Path(folder) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except OSError as e:
+        raise GeneMaskError(f"{path}: cannot read corpus metadata ({e.strerror or e}); not a corpus folder?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GeneMaskError(f"{path}: corpus metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise GeneMaskError(f"{path}: corpus metadata must be a JSON object, got {type(meta).__name__}")
+    if meta.get("k") not in SUPPORTED_K or isinstance(meta.get("k"), bool):
+        raise GeneMaskError(f"{path}: corpus metadata key k must be one of {SUPPORTED_K}, got {meta.get('k')!r}")
+    for key in ("train_pieces", "train_tokens", "valid_pieces", "valid_tokens"):
+        v = meta.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise GeneMaskError(f"{path}: corpus metadata key {key} must be a non-negative integer, got {v!r}")
+    return meta
+
+
+def open_split(folder: str | Path, split: str, k: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(offsets, memory-mapped token ids, sha256 of `<split>.bin`) of one split of a corpus folder,
+    verified against what `build_corpus` writes; any fault -> one line naming the file and the fault.
+
+    Offsets: a 1-D integer array starting at 0, strictly increasing (no empty piece), ending at the
+    .bin's length in tokens, as many pieces and tokens as meta.json says. Tokens: every id a k-mer
+    (N_SPECIAL .. vocab_size(k)-1: a [PAD] run from zero-filling or a special token inside a piece
+    is refused), and neighbours within a piece overlapping k-mers (k-1 shared bases), as cut from a
+    real sequence. `k`: the k the caller needs (the model's); must equal meta.json's. One vectorised
+    pass over the tokens in blocks of VERIFY_BLOCK, which also computes the sha256.
+    """
+    folder = Path(folder)
+    meta = read_meta(folder)
+    if k is not None and meta["k"] != k:
+        raise GeneMaskError(f"{folder / 'meta.json'}: a corpus of {meta['k']}-mers, but the model uses k={k}")
+    k = meta["k"]
+    idx_path, bin_path = folder / f"{split}.idx.npy", folder / f"{split}.bin"
+    try:
+        idx = np.load(idx_path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise GeneMaskError(f"{idx_path}: not a corpus offsets file ({str(e)[:120]})") from None
+    if idx.ndim != 1 or idx.dtype.kind not in "iu" or idx.size == 0:
+        raise GeneMaskError(f"{idx_path}: offsets must be a non-empty 1-D integer array, got {idx.dtype} {idx.shape}")
+    idx = idx.astype(np.int64)
+    if idx[0] != 0:
+        raise GeneMaskError(f"{idx_path}: offsets must start at 0, got {idx[0]}")
+    step = np.diff(idx)
+    if (step <= 0).any():
+        i = int(np.flatnonzero(step <= 0)[0])
+        raise GeneMaskError(f"{idx_path}: offsets not increasing at piece {i} ({idx[i]} -> {idx[i + 1]})")
+    try:
+        size = bin_path.stat().st_size
+    except OSError as e:
+        raise GeneMaskError(f"{bin_path}: cannot read corpus tokens ({e.strerror or e})") from None
+    if size % 2:
+        raise GeneMaskError(f"{bin_path}: {size} bytes, not a whole number of uint16 token ids (truncated?)")
+    n = size // 2
+    if n != idx[-1]:
+        raise GeneMaskError(f"{bin_path}: {n} tokens but the offsets end at {idx[-1]} (truncated?)")
+    if meta[f"{split}_pieces"] != idx.size - 1 or meta[f"{split}_tokens"] != n:
+        raise GeneMaskError(f"{folder / 'meta.json'}: says {meta[f'{split}_pieces']} {split} pieces / "
+                            f"{meta[f'{split}_tokens']} tokens, the files hold {idx.size - 1} / {n}")
+    toks = np.memmap(bin_path, dtype=np.uint16, mode="r") if n else np.empty(0, np.uint16)
+    h = hashlib.sha256()
+    lo_ok, hi_ok, low_mask = N_SPECIAL, vocab_size(k) - 1, 4 ** (k - 1) - 1
+    for s in range(0, n, VERIFY_BLOCK):
+        e = min(s + VERIFY_BLOCK, n)
+        block = np.asarray(toks[s:e])
+        h.update(memoryview(block).cast("B"))
+        if block.min() < lo_ok or block.max() > hi_ok:
+            j = s + int(np.flatnonzero((block < lo_ok) | (block > hi_ok))[0])
+            v = int(toks[j])
+            what = SPECIAL_TOKENS[v] if v < N_SPECIAL else "beyond the vocabulary"
+            raise GeneMaskError(f"{bin_path}: token {j} (piece {int(np.searchsorted(idx, j, 'right')) - 1}) is id "
+                                f"{v} ({what}); a {k}-mer corpus holds only ids {lo_ok}..{hi_ok} "
+                                f"(zero-filled, damaged or not a {k}-mer corpus)")
+        # neighbours (j, j+1) with j in [s, e) inside one piece share k-1 bases
+        a = np.asarray(toks[s : min(e + 1, n)]).astype(np.int64) - N_SPECIAL
+        bad = (a[:-1] & low_mask) != (a[1:] >> 2)
+        starts = idx[np.searchsorted(idx, s + 1) : np.searchsorted(idx, s + len(bad), "right")]
+        bad[starts - s - 1] = False  # j+1 begins a new piece
+        if bad.any():
+            j = s + int(np.flatnonzero(bad)[0])
+            raise GeneMaskError(f"{bin_path}: tokens {j} and {j + 1} (piece {int(np.searchsorted(idx, j, 'right')) - 1}) "
+                                f"are not overlapping {k}-mers: not ids cut from a sequence (damaged or rewritten?)")
+    return idx, toks, h.hexdigest()
+
+
+class Corpus:
+    """Memory-mapped view over one split of several corpus folders: piece i -> token ids.
+
+    Every folder is verified when opened (`open_split`); `sha256` maps each `<split>.bin` read to its
+    sha256 (the content half of pretraining's checkpoint fingerprint). `k`: the k-mer size the caller
+    needs; every folder must be a corpus of it (default: whatever the first folder holds)."""
+
+    def __init__(self, folders: list[str | Path], split: str, k: int | None = None):
         self.tokens, starts, ends, self.owner = [], [], [], []
+        self.sha256: dict[str, str] = {}
         for j, f in enumerate(folders):
             f = Path(f)
-            try:
-                idx = np.load(f / f"{split}.idx.npy")
-                toks = np.memmap(f / f"{split}.bin", dtype=np.uint16, mode="r") if idx[-1] > 0 else np.empty(0, np.uint16)
-            except (OSError, ValueError) as e:
-                raise GeneMaskError(f"{f}: not a corpus folder or damaged ({e})") from None
-            if len(toks) != idx[-1]:
-                raise GeneMaskError(f"{f}/{split}.bin: {len(toks)} tokens but the index says {idx[-1]} (truncated?)")
+            idx, toks, digest = open_split(f, split, k)
+            k = read_meta(f)["k"] if k is None else k
+            self.sha256[str(f / f"{split}.bin")] = digest
             self.tokens.append(toks)
             starts.append(idx[:-1])
             ends.append(idx[1:])
             self.owner.append(np.full(len(idx) - 1, j, dtype=np.int32))
+        self.k = k
         self.starts = np.concatenate(starts) if starts else np.empty(0, np.int64)
         self.ends = np.concatenate(ends) if ends else np.empty(0, np.int64)
         self.owner = np.concatenate(self.owner) if self.owner else np.empty(0, np.int32)

@@ -56,7 +56,7 @@ import numpy as np
 from .defaults import check as check_settings
 from .defaults import defaults as config_defaults
 from .kmers import N_SPECIAL, seq_to_ids, vocab_size
-from .tasks import read_task_file
+from .tasks import read_stats, read_task_file
 from .training import linear_schedule, padded_rows, param_groups
 from .util import GeneMaskError, atomic_output, read_settings
 
@@ -99,18 +99,24 @@ def select_regime(settings: dict, shot: int) -> dict:
 # model and data
 # ---------------------------------------------------------------------------------------------
 def model_meta(folder: str | Path) -> dict:
-    """A model folder's `genemask.json` ({} when absent)."""
+    """A model folder's `genemask.json` ({} when absent); a file that is not a JSON object -> one line."""
     p = Path(folder) / "genemask.json"
     if not p.exists():
         return {}
     try:
         meta = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GeneMaskError(f"{p}: cannot read model metadata ({e})") from None
-    return meta if isinstance(meta, dict) else {}
+    if not isinstance(meta, dict):
+        raise GeneMaskError(f"{p}: model metadata must be a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 WEIGHTS = "model.safetensors"
+# Any of these in a model folder is a weights file (or the index of sharded ones) that Hugging Face
+# could load instead of, or besides, WEIGHTS: only WEIGHTS, whose sha256 genemask.json records, is.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".pkl", ".pickle",
+                   ".gguf", ".onnx", ".index.json")
 
 
 def weights_sha256(folder: str | Path) -> str:
@@ -120,14 +126,31 @@ def weights_sha256(folder: str | Path) -> str:
 
 
 def verify_weights(folder: str | Path) -> None:
-    """A model folder whose genemask.json records `weights_sha256` must still have those weights:
-    flipped bytes in model.safetensors load without complaint and would score as a real model."""
+    """The one check of a model folder's weights, run by every loader (fine-tuning, predict, embed):
+    exactly one weights file, WEIGHTS, and when genemask.json records `weights_sha256` (every folder
+    the pipeline writes does) those very bytes. Another weights file besides or instead of it
+    (pytorch_model.bin, *.pt, *.h5, sharded *.safetensors, ...) would be loaded unchecked by Hugging
+    Face; flipped bytes in WEIGHTS load without complaint and would score as a real model."""
+    folder = Path(folder)
+    try:
+        names = sorted(f.name for f in folder.iterdir() if f.is_file() or f.is_symlink())
+    except OSError as e:
+        raise GeneMaskError(f"{folder}: cannot list the model folder ({e.strerror or e})") from None
+    others = [n for n in names if n != WEIGHTS and n.lower().endswith(WEIGHT_SUFFIXES)]
+    if others:
+        raise GeneMaskError(f"{folder}: holds weights file(s) {', '.join(others)} besides {WEIGHTS}; only "
+                            f"{WEIGHTS} (its sha256 in genemask.json) is loaded: remove them or rebuild the folder")
+    if WEIGHTS not in names or not (folder / WEIGHTS).is_file():
+        raise GeneMaskError(f"{folder}: no {WEIGHTS} (the model folder's weights)")
     want = model_meta(folder).get("weights_sha256")
-    if want and (Path(folder) / WEIGHTS).is_file():
-        got = weights_sha256(folder)
-        if got != want:
-            raise GeneMaskError(f"{Path(folder) / WEIGHTS}: damaged weights (sha256 {got[:12]}..., "
-                                f"genemask.json records {want[:12]}...); rebuild the model folder")
+    if want is None:
+        return
+    if not (isinstance(want, str) and len(want) == 64 and all(c in "0123456789abcdef" for c in want)):
+        raise GeneMaskError(f"{folder / 'genemask.json'}: weights_sha256 must be 64 lower-case hex digits, got {want!r}")
+    got = weights_sha256(folder)
+    if got != want:
+        raise GeneMaskError(f"{folder / WEIGHTS}: damaged weights (sha256 {got[:12]}..., "
+                            f"genemask.json records {want[:12]}...); rebuild the model folder")
 
 
 def model_k(folder: str | Path) -> int:
@@ -420,6 +443,10 @@ def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regi
     te = read_task_file(test, num_labels)
     k = model_k(model)
     meta = model_meta(model)
+    names = None  # label names of a saved classifier: task-data's stats.json beside its train.tsv, if any
+    stats = Path(train).with_name("stats.json")
+    if save_model and stats.is_file():
+        names = read_stats(stats, int(num_labels))["labels"]  # validated before any training
 
     torch.manual_seed(seed)
     clf = load_classifier(model, num_labels, st["hidden_dropout"])
@@ -459,11 +486,9 @@ def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regi
     if save_model:  # a Hugging Face folder that AutoModelForSequenceClassification loads (apply.py)
         from .apply import save_classifier
 
-        stats = Path(train).with_name("stats.json")
-        names = json.loads(stats.read_text()).get("label_names") if stats.is_file() else None
         save_classifier(clf.cpu(), save_model, {
             "task": task, "shot": int(shot), "seed": int(seed), "scheme": scheme, "source_model": str(model),
-            "metrics": metrics, "labels": [str(x) for x in names] if names else None})
+            "metrics": metrics, "labels": names})
         result["saved_model"] = str(save_model)
     with atomic_output(output) as tmp:
         tmp.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")

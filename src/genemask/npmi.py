@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .kmers import kmer_to_index
-from .util import GeneMaskError
+from .util import GeneMaskError, require_columns
 
 
 def load_ranking(path: str | Path, k: int = 6) -> np.ndarray:
@@ -15,32 +15,70 @@ def load_ranking(path: str | Path, k: int = 6) -> np.ndarray:
 
     Reads our NPMI table (`ngram order count naive_pmi dp_pmi npmi rank`, rows of order k) or the
     authors' Data-A CSV (column `norm_pmi_rank_rel`). k-mers absent from the table (under min_count)
-    get the worst rank, 4**k + 1.
+    get the worst rank, 4**k + 1. The one reader of ranking tables, so the one place they are
+    verified: a text file with the columns, every k-mer of length k in ACGT and listed once, every
+    rank an integer in [1, 4**k]; any fault -> one line naming the file, the line and the fault.
     """
     path = Path(path)
     try:
-        head = path.open().readline()
+        with path.open("rb") as fh:
+            head_bytes = fh.read(1 << 16)
     except OSError as e:
         raise GeneMaskError(f"{path}: cannot read ranking table ({e.strerror})") from None
+    try:
+        if b"\0" in head_bytes:
+            raise UnicodeDecodeError("utf-8", head_bytes, 0, 1, "NUL byte")
+        head = head_bytes.decode("utf-8", errors="strict" if len(head_bytes) < 1 << 16 else "ignore")
+    except UnicodeDecodeError:
+        raise GeneMaskError(f"{path}: not a text ranking table (binary content)") from None
+    head = head.split("\n", 1)[0]
     if "norm_pmi_rank_rel" in head:
-        df = pd.read_csv(path, usecols=["ngram", "norm_pmi_rank_rel"])
-        df = df.rename(columns={"norm_pmi_rank_rel": "rank"})
-    elif head.rstrip("\n").split("\t")[:2] == ["ngram", "order"]:
-        df = pd.read_csv(path, sep="\t", usecols=["ngram", "order", "rank"])
-        df = df[df["order"] == k]
+        kind, sep, need = "Data-A ranking CSV", ",", ("ngram", "norm_pmi_rank_rel")
+    elif head.rstrip("\r").split("\t")[:2] == ["ngram", "order"]:
+        kind, sep, need = "NPMI table", "\t", ("ngram", "order", "rank")
     else:
         raise GeneMaskError(f"{path}: not an NPMI table (expected our TSV header 'ngram order ...' "
                             f"or Data-A's 'norm_pmi_rank_rel' column)")
-    ngrams = df["ngram"].astype(str).str.strip('"').str.upper().to_numpy()
+    try:
+        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise GeneMaskError(f"{path}: not a readable {kind} ({str(e).strip().splitlines()[-1][:160]})") from None
+    require_columns(df, path, kind, need, " ".join(COLUMNS) if sep == "\t" else "ngram ... norm_pmi_rank_rel")
+    line = df.index.to_numpy() + 2  # file line of each row (header = line 1)
+    if sep == "\t":
+        order = pd.to_numeric(df["order"].str.strip(), errors="coerce")
+        if order.isna().any():
+            i = int(np.flatnonzero(order.isna().to_numpy())[0])
+            raise GeneMaskError(f"{path}: line {line[i]}: order {df['order'].iat[i]!r} is not a number")
+        keep = (order == k).to_numpy()
+        df, line = df[keep], line[keep]
+        rank_text = df["rank"]
+    else:
+        rank_text = df["norm_pmi_rank_rel"]
+    ngrams = df["ngram"].str.strip().str.strip('"').str.upper()
     if len(ngrams) == 0:
         raise GeneMaskError(f"{path}: no {k}-mers in the ranking table")
-    if any(len(s) != k for s in ngrams):
-        raise GeneMaskError(f"{path}: ranking table holds n-grams that are not {k}-mers")
+    wrong = (ngrams.str.len() != k).to_numpy()
+    if wrong.any():
+        i = int(np.flatnonzero(wrong)[0])
+        raise GeneMaskError(f"{path}: line {line[i]}: n-gram {ngrams.iat[i]!r} is not a {k}-mer")
     idx = kmer_to_index(list(ngrams), k)
     if (idx < 0).any():
-        raise GeneMaskError(f"{path}: ranking table holds a k-mer with a non-ACGT letter")
+        i = int(np.flatnonzero(idx < 0)[0])
+        raise GeneMaskError(f"{path}: line {line[i]}: k-mer {ngrams.iat[i]!r} has a letter other than ACGT")
+    dup = pd.Series(idx).duplicated().to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        first = int(line[np.flatnonzero(idx == idx[i])[0]])
+        raise GeneMaskError(f"{path}: line {line[i]}: k-mer {ngrams.iat[i]} listed twice (first on line {first})")
+    rank = pd.to_numeric(rank_text.str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(rank) | (rank != np.round(rank)) | (rank < 1) | (rank > 4**k)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise GeneMaskError(f"{path}: line {line[i]}: rank {rank_text.iat[i]!r} of {ngrams.iat[i]} is not an "
+                            f"integer in [1, {4**k}]")
     ranks = np.full(4**k, 4**k + 1, dtype=np.int64)
-    ranks[idx] = df["rank"].to_numpy(dtype=np.int64)
+    ranks[idx] = rank.astype(np.int64)
     return ranks
 
 

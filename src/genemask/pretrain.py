@@ -28,7 +28,7 @@ import torch.distributed as dist
 from .corpus import Corpus
 from .defaults import check as check_settings
 from .defaults import defaults as config_defaults
-from .kmers import PAD, SEP, vocab_size
+from .kmers import PAD, SEP, SUPPORTED_K, vocab_size
 from .masking import make_masker, rank_table
 from .training import linear_schedule, padded_rows, param_groups
 from .util import PRETRAINING_RUN, GeneMaskError, Progress, atomic_output, output_lock, read_settings
@@ -173,12 +173,12 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     master = rank == 0
 
     # ---- data, model, masking -----------------------------------------------------------------
-    train = Corpus(corpus_dirs, "train")
-    valid = Corpus(corpus_dirs, "valid")
+    model, k = build_model(model_config, s["seed"])
+    train = Corpus(corpus_dirs, "train", k)  # verified (corpus.open_split), with the sha256 of each .bin
+    valid = Corpus(corpus_dirs, "valid", k)
     steps = int(s["steps"])
     if steps > 0 and len(train) == 0:
         raise GeneMaskError(f"corpus {corpus_dirs[0]}...: no training pieces")
-    model, k = build_model(model_config, s["seed"])
     model.to(device)
     ranking = None
     if ranking_path:
@@ -200,7 +200,7 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     state = {"step": 0, "log": [], "masked_rank_counts": np.zeros(n_rank_bins, np.int64),
              "all_rank_counts": np.zeros(n_rank_bins, np.int64), "tokens_seen": 0}
     targets = sorted({int(t) for t in save_steps} | {steps})
-    fp, fp_blob = fingerprint(scheme, s, model_config, ranking_path, corpus_dirs)
+    fp, fp_blob = fingerprint(scheme, s, model_config, ranking_path, corpus_dirs, {**train.sha256, **valid.sha256})
     ckpt_dir = output.with_name(output.name + ".ckpt") / fp
     kept = checkpoints(ckpt_dir)
     if master:
@@ -357,13 +357,18 @@ class _StopSignals:
             signal.signal(sig, old)
 
 
-def fingerprint(scheme: str, settings: dict, model_config: dict, ranking_path, corpus_dirs) -> tuple[str, dict]:
-    """(16 hex digits, the hashed record) of everything that determines a run's arithmetic (see `pretrain`)."""
+def fingerprint(scheme: str, settings: dict, model_config: dict, ranking_path, corpus_dirs,
+                known: dict[str, str] | None = None) -> tuple[str, dict]:
+    """(16 hex digits, the hashed record) of everything that determines a run's arithmetic (see `pretrain`).
+
+    The corpus enters by content: the sha256 of every file of each folder (`known`: {path: sha256}
+    already computed, e.g. `Corpus.sha256` from the verifying pass, so no .bin is read twice)."""
     inert = {"threads", "log_every", "checkpoint_every", "keep_checkpoints"}
+    known = known or {}
     corpus = []
     for d in corpus_dirs:
         d = Path(d)
-        corpus.append([(f.name, f.stat().st_size, sha256_file(f) if f.suffix in (".npy", ".json") else None)
+        corpus.append([(f.name, f.stat().st_size, known.get(str(f)) or sha256_file(f))
                        for f in sorted(d.iterdir()) if f.is_file()])
     blob = {"scheme": scheme, "settings": {k: v for k, v in settings.items() if k not in inert},
             "model_config": model_config, "ranking_sha256": sha256_file(ranking_path), "corpus": corpus}
@@ -491,6 +496,33 @@ def write_run_files(folder: Path, meta: dict, state: dict) -> None:
             fh.write(f"{r}\t{mr[r]}\t{ar[r]}\n")
 
 
+def read_run_meta(path: str | Path) -> dict:
+    """A run folder's genemask.json (written by `write_run_files`), validated on read: an object with
+    scheme (a string), steps (an integer >= 0) and switch_step (null or an integer in [0, steps]);
+    any fault -> one line naming the file and the key."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except OSError as e:
+        raise GeneMaskError(f"{path}: cannot read run metadata ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GeneMaskError(f"{path}: run metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise GeneMaskError(f"{path}: run metadata must be a JSON object, got {type(meta).__name__}")
+    missing = [key for key in ("scheme", "steps", "switch_step") if key not in meta]
+    if missing:
+        raise GeneMaskError(f"{path}: run metadata lacks key(s) {', '.join(missing)}")
+    if not isinstance(meta["scheme"], str) or not meta["scheme"]:
+        raise GeneMaskError(f"{path}: run metadata key scheme must be a non-empty string, got {meta['scheme']!r}")
+    steps, sw = meta["steps"], meta["switch_step"]
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise GeneMaskError(f"{path}: run metadata key steps must be an integer >= 0, got {steps!r}")
+    if sw is not None and (not isinstance(sw, int) or isinstance(sw, bool) or not 0 <= sw <= steps):
+        raise GeneMaskError(f"{path}: run metadata key switch_step must be null or an integer in [0, {steps}], "
+                            f"got {sw!r}")
+    return meta
+
+
 def _fmt(v) -> str:
     if v == "" or v is None:
         return ""
@@ -502,8 +534,12 @@ def _fmt(v) -> str:
 def pretrain_cli(corpus, model_config, scheme, output, ranking=None, settings=None, overrides=(), save_steps=()):
     try:
         mc = json.loads(Path(model_config).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GeneMaskError(f"{model_config}: cannot read model configuration ({e})") from None
+    if not isinstance(mc, dict):
+        raise GeneMaskError(f"{model_config}: model configuration must be a JSON object, got {type(mc).__name__}")
+    if mc.get("k", 6) not in SUPPORTED_K or isinstance(mc.get("k"), bool):
+        raise GeneMaskError(f"{model_config}: model configuration key k must be one of {SUPPORTED_K}, got {mc.get('k')!r}")
     s = load_settings(settings, overrides)
     with output_lock(output) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():  # one writer
         pretrain(corpus, mc, scheme, output, ranking_path=ranking, settings=s, save_steps=save_steps or ())

@@ -9,7 +9,6 @@ conclusion is drawn from the same runs.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -80,9 +79,11 @@ def study_doc(report: str | Path, config: str | Path, output: str | Path, comman
         "the paper's regimes unless the config says otherwise", "",
     ]
     if models:
+        from .pretrain import read_run_meta  # the run file's writer validates it on read
+
         sw = []
         for meta in sorted(Path(models).glob("cm_gems/seed*/genemask.json")):
-            sw.append(f"{meta.parent.name}: {json.loads(meta.read_text()).get('switch_step')}")
+            sw.append(f"{meta.parent.name}: {read_run_meta(meta)['switch_step']}")
         if sw:
             lines += [f"- cm_gems switch step (null = never switched): {'; '.join(sw)}", ""]
     lines += ["## Sanity bar: pretrained models beat random initialisation", "",

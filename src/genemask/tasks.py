@@ -366,3 +366,54 @@ def prepare_task_data(task: str, train: str, test: str, exclude: list[str] | Non
           f"({stats['test_excluded']} excluded, {test_conflict} conflicting), {stats['train_truncated']} train / "
           f"{stats['test_truncated']} test rows longer than the {window_bp} bp window", file=sys.stderr)
     return stats
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def read_stats(path: str | Path, num_labels: int | None = None) -> dict:
+    """A task's stats JSON (written by `prepare_task_data`), validated on read: an object with the
+    keys below of the right types and ranges; any fault -> one line naming the file and the key.
+    Returns it with `labels`: the label names by class id ("0".."n-1" when the task has none).
+    `num_labels`: the caller's class count, which must equal the file's."""
+    path = Path(path)
+    try:
+        stats = json.loads(path.read_text())
+    except OSError as e:
+        raise GeneMaskError(f"{path}: cannot read task stats ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GeneMaskError(f"{path}: task stats are not valid JSON ({e})") from None
+    if not isinstance(stats, dict):
+        raise GeneMaskError(f"{path}: task stats must be a JSON object, got {type(stats).__name__}")
+    missing = [key for key in ("task", "num_labels", "train_rows", "test_rows", "train_label_counts",
+                               "test_label_counts", "label_names") if key not in stats]
+    if missing:
+        raise GeneMaskError(f"{path}: task stats lack key(s) {', '.join(missing)}")
+    if not isinstance(stats["task"], str) or not stats["task"]:
+        raise GeneMaskError(f"{path}: task stats key task must be a non-empty string, got {stats['task']!r}")
+    n = stats["num_labels"]
+    if not _count(n) or n < 2:
+        raise GeneMaskError(f"{path}: task stats key num_labels must be an integer >= 2, got {n!r}")
+    if num_labels is not None and n != num_labels:
+        raise GeneMaskError(f"{path}: task stats say num_labels {n}, the run uses {num_labels}")
+    for key in ("train_rows", "test_rows"):
+        if not _count(stats[key]):
+            raise GeneMaskError(f"{path}: task stats key {key} must be a non-negative integer, got {stats[key]!r}")
+    for key in ("train_label_counts", "test_label_counts"):
+        counts = stats[key]
+        if not isinstance(counts, dict) or not all(_count(c) for c in counts.values()):
+            raise GeneMaskError(f"{path}: task stats key {key} must map labels to non-negative integers, got {counts!r}")
+        rows = "train_rows" if key.startswith("train") else "test_rows"
+        if sum(counts.values()) != stats[rows]:
+            raise GeneMaskError(f"{path}: task stats key {key} sums to {sum(counts.values())}, {rows} is {stats[rows]}")
+    names = stats["label_names"]
+    if names is None:
+        labels = [str(i) for i in range(n)]
+    else:
+        if (not isinstance(names, dict) or not all(isinstance(x, str) and x for x in names)
+                or sorted(v for v in names.values() if _count(v)) != list(range(n)) or len(names) != n):
+            raise GeneMaskError(f"{path}: task stats key label_names must map {n} distinct names to the class ids "
+                                f"0..{n - 1}, got {names!r}")
+        labels = [name for name, _ in sorted(names.items(), key=lambda kv: kv[1])]
+    return {**stats, "labels": labels}
