@@ -423,7 +423,9 @@ def verdict_sentence(row: Mapping) -> str:
       <baseline>[ at <step> steps]: <metric> from <n> pair(s) over <c> cell(s): too few runs to judge.";
     * 95% CI lower bound > 0: "<scheme> better than <baseline>";
     * 95% CI upper bound < 0: "<scheme> worse than <baseline>";
-    * TOST p < alpha at the metric's margin (and >= 2 pretraining seeds where a side is pretrained):
+    * TOST p < alpha at the metric's margin, a design whose MDE is at most the margin (it could have
+      seen a margin-sized difference), and >= TTEST_MIN_UNITS pretraining seeds where a side is
+      pretrained (with 2 the SE has 1 degree of freedom and is small by luck half the time):
       "equivalent within +-<margin>";
     * otherwise: "inconclusive: a difference smaller than <MDE> could not have been detected".
     Prefix: "<scheme> vs <baseline>[ at <step> steps]: <diff> <metric> [95% CI lo, hi] over <n> cells,
@@ -457,7 +459,7 @@ def conclusion(x: str, ref: str, lo: float, hi: float, p_tost: float, mde: float
         return f"{x} better than {ref}"
     if hi < 0:
         return f"{x} worse than {ref}"
-    if can_be_equivalent and p_tost < alpha:
+    if can_be_equivalent and p_tost < alpha and mde <= margin:
         return f"equivalent within +-{margin:.3f}"
     return f"inconclusive: a difference smaller than {_num(mde)} could not have been detected"
 
@@ -522,7 +524,7 @@ def verdicts(runs: pd.DataFrame, tests: pd.DataFrame, references: Sequence[str],
                 concl = "too few runs to judge"
             else:
                 concl = conclusion(x, ref, lo, hi, p_tost, mde, margin,
-                                   can_be_equivalent=not pretrained_design or max_ps >= 2, alpha=alpha)
+                                   can_be_equivalent=not pretrained_design or max_ps >= TTEST_MIN_UNITS, alpha=alpha)
             rows.append({"scheme": x, "baseline": ref, "pretrain_step": _out_step(step), "metric": m,
                          "headline": False, "n_cells": len(diffs), "n_pairs": n_pairs, "max_pretrain_seeds": max_ps,
                          "mean_diff": est, "ci_low": lo, "ci_high": hi, "se": se, "df": df_, "mde": mde,
@@ -560,7 +562,8 @@ def verdict_markdown(verdict: pd.DataFrame, primary: Sequence[str] = ("dnabert",
               f"with Holm-adjusted p < {ALPHA} (per-cell t-test on pretraining-seed means) and a positive/negative "
               "difference; tied: the other tested cells. Better/worse when the CI excludes 0; equivalent when the "
               f"two one-sided t-tests (TOST, alpha {ALPHA}) put the difference inside +-margin "
-              "(report.equivalence_margin), which needs >= 2 pretraining seeds; else inconclusive. MDE: the "
+              f"(report.equivalence_margin) and the MDE is at most the margin, with >= {TTEST_MIN_UNITS} pretraining "
+              "seeds; else inconclusive. MDE: the "
               f"smallest difference this design detects with {power.POWER:.0%} power at two-sided alpha {ALPHA} "
               "((t(1-alpha/2) + t(power)) x SE, SE = sd of the pretraining-seed means / sqrt(seeds), df = seeds - 1; "
               "one pretraining seed: the fine-tuning-level SE).", ""]
