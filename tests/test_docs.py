@@ -181,7 +181,7 @@ def test_readme_is_a_front_door():
 MEASURED = re.compile(r"\b\d+(?:\.\d+)?\s?(?:[kM]\s?)?(?:tokens/s|steps/s)"      # throughput
                       r"|\b\d+(?:\.\d+)?\s?(?:ms|s|sec|seconds|min|minutes|h|hours|GiB|MiB|GB|MB)\b"  # times, memory
                       r"|\b\d+\.\d+\s?(?:%|x)(?![\w.])"                            # measured shares, ratios
-                      r"|\bmeasured\b[^.\n]{0,20}\d")
+                      r"|\b\d+(?:\.\d+)?\s+measured\b")                                 # "103.0 measured"
 
 
 def measured_numbers(text: str) -> list[str]:
