@@ -49,11 +49,22 @@ lint: $(BIN)/genemask
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(BIN)/snakefmt --check workflow
 
+# The benchmarks (minutes of CPU), then docs/performance.md generated from what they printed
+# (genemask bench-doc: commit, date, machine). Measured numbers live there, not in the README.
+BENCH_OUT := results/bench
+DEMO_FASTA := $(GENEMASK_MIRROR)/genome/hg38_chr2_1-2333275.fa.gz
+MASK_SCHEMES := random dnabert genemask reference global_pmi
+# $(call bench_run,NAME,ARGS): `genemask ARGS`, its output (first line: the command) in $(BENCH_OUT)/NAME.txt
+bench_run = set -o pipefail; { echo "$$ genemask $(2)"; $(BIN)/genemask $(2); } | tee $(BENCH_OUT)/$(1).txt
 bench: $(BIN)/genemask
-	$(BIN)/genemask bench masking
-	$(BIN)/genemask bench ngrams $(GENEMASK_MIRROR)/genome/GRCh37_chrX_1-69999930.hs37chrXtrunc.fa.gz
-	$(BIN)/genemask bench train
-	$(BIN)/genemask bench finetune
+	@mkdir -p $(BENCH_OUT)
+	@$(call bench_run,1-masking,bench masking)
+	@$(call bench_run,2-ngrams,bench ngrams $(GENEMASK_MIRROR)/genome/GRCh37_chrX_1-69999930.hs37chrXtrunc.fa.gz)
+	@$(call bench_run,3-train,bench train)
+	@$(call bench_run,4-finetune,bench finetune)
+	@for s in $(MASK_SCHEMES); do $(call bench_run,5-mask-stats-$$s,mask-stats --scheme $$s $(DEMO_FASTA)) || exit 1; done
+	$(BIN)/genemask bench-doc $(BENCH_OUT)/1-masking.txt $(BENCH_OUT)/2-ngrams.txt $(BENCH_OUT)/3-train.txt \
+	  $(BENCH_OUT)/4-finetune.txt $(foreach s,$(MASK_SCHEMES),$(BENCH_OUT)/5-mask-stats-$(s).txt) -o docs/performance.md
 
 clean:
 	rm -rf results .snakemake

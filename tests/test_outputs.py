@@ -261,11 +261,12 @@ def _argv(command: str, d: Path, out: str) -> list[str]:
         "motifs": ["motifs", "--ranking", tsv, "-o", out],
         "write-missing": ["write-missing", "-o", out],
         "study-doc": ["study-doc", "--config", f, "--command", "make study", "-o", out],
+        "bench-doc": ["bench-doc", f, "-o", out],
     }[command]
 
 
 FILE_COMMANDS = ["fetch", "index", "chunks", "ngrams", "merge", "npmi", "task-data", "finetune", "predict", "embed",
-                 "plot-loss", "plot-mask-ranks", "motifs", "write-missing", "study-doc"]
+                 "plot-loss", "plot-mask-ranks", "motifs", "write-missing", "study-doc", "bench-doc"]
 FOLDER_COMMANDS = ["corpus", "pretrain", "baseline"]
 
 
