@@ -30,7 +30,7 @@ study: $(BIN)/genemask
 	$(BIN)/$(STUDY_CMD) --keep-going && \
 	$(BIN)/genemask timings results/benchmarks > results/report/timings.txt && \
 	$(BIN)/genemask study-doc --config config/study.yaml --command "make study ($(STUDY_CMD))" \
-	  --wall-s $$(( $$(date +%s) - start )) --timings results/report/timings.txt -o docs/study.md && \
+	  --wall-s $$(( $$(date +%s) - start )) --timings results/report/timings.txt -o docs/study.md --readme README.md && \
 	echo "study finished in $$(( $$(date +%s) - start )) s: docs/study.md"
 
 test: $(BIN)/genemask

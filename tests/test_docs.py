@@ -252,3 +252,13 @@ def test_make_bench_writes_the_performance_page():
         assert f"echo \"$ genemask {bench}" in r.stdout, bench
     page = (ROOT / "docs" / "performance.md").read_text()
     assert "`make bench`" in page and "genemask bench-doc" in page
+
+
+def test_readme_quotes_the_generated_study_headline():
+    """The README's study sentence is the first verdict line of docs/study.md, put there by study-doc."""
+    from genemask.studydoc import README_BEGIN, headline_verdict, readme_with_result
+
+    readme, study = (ROOT / "README.md").read_text(), (ROOT / "docs" / "study.md").read_text()
+    assert readme_with_result(readme, study) == readme
+    quoted = readme.partition(README_BEGIN)[2].strip().splitlines()[0]
+    assert quoted == headline_verdict(study) and quoted.startswith("genemask vs dnabert")

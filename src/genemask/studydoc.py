@@ -18,6 +18,27 @@ import yaml
 from .util import GeneMaskError, atomic_output, read_tsv
 
 FIGURES = ("accuracy_vs_shots.png", "pretrain_loss.png", "mask_ranks.png")
+# The README quotes the study's headline verdict line between these markers (written by study-doc).
+README_BEGIN = "<!-- study-result: the first verdict line of docs/study.md, written by genemask study-doc -->"
+README_END = "<!-- /study-result -->"
+
+
+def headline_verdict(study_md: str, where: str = "docs/study.md") -> str:
+    """The first line of the study page's verdict section: the headline comparison as printed."""
+    section = study_md.partition("\n## Verdict")[2].partition("\n## ")[0]
+    for line in section.splitlines():
+        if line.startswith("- "):
+            return line[2:].strip()
+    raise GeneMaskError(f"{where}: no verdict line under '## Verdict'")
+
+
+def readme_with_result(readme: str, study_md: str, where: str = "README.md") -> str:
+    """`readme` with the text between README_BEGIN and README_END replaced by the headline verdict."""
+    head, sep, rest = readme.partition(README_BEGIN)
+    _, sep2, tail = rest.partition(README_END)
+    if not (sep and sep2):
+        raise GeneMaskError(f"{where}: lacks the markers {README_BEGIN} ... {README_END}")
+    return f"{head}{README_BEGIN}\n{headline_verdict(study_md)}\n{README_END}{tail}"
 
 
 def sanity_bar(tests: pd.DataFrame, min_tasks: int = 2, alpha: float = 0.05) -> pd.DataFrame:
@@ -46,8 +67,17 @@ def _cell(v) -> str:
     return str(v)
 
 
+def write_readme_result(readme: str | Path, study_md: str | Path) -> None:
+    """Put docs/study.md's headline verdict line into the README between its markers."""
+    readme = Path(readme)
+    text = readme_with_result(readme.read_text(), Path(study_md).read_text(), str(readme))
+    with atomic_output(readme) as tmp:
+        tmp.write_text(text)
+
+
 def study_doc(report: str | Path, config: str | Path, output: str | Path, command: str, wall_s: float | None,
-              models: str | Path | None = None, timings: str | Path | None = None) -> Path:
+              models: str | Path | None = None, timings: str | Path | None = None,
+              readme: str | Path | None = None) -> Path:
     report, output = Path(report), Path(output)
     for f in ("verdict.md", "summary.md", "tests.tsv", "variance.tsv"):
         if not (report / f).is_file():
@@ -121,4 +151,6 @@ def study_doc(report: str | Path, config: str | Path, output: str | Path, comman
         fig_dir.mkdir(parents=True, exist_ok=True)
         for f in figs:
             shutil.copyfile(report / f, fig_dir / f)
+    if readme:
+        write_readme_result(readme, output)
     return output
