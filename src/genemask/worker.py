@@ -125,6 +125,7 @@ class PrivateFolder:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         uid = os.getuid()
+        os.makedirs(self.path.parent, mode=0o700, exist_ok=True)  # a $GENEMASK_WORKER_DIR not made yet
         base = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             try:
@@ -263,6 +264,9 @@ def run(argv: list[str]) -> int | None:
     with folder:
         try:
             s = _connect_or_start(folder, name)
+        except UnsafeFolder as e:  # replaced after it was checked (only without /proc)
+            _fallback(f"warm worker disabled: {e}")
+            return None
         except OSError as e:
             _fallback(f"warm worker unavailable ({e})")
             return None
