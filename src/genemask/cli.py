@@ -1,7 +1,8 @@
 """The `genemask` command: one thin subcommand per pipeline stage.
 
 Each subcommand parses arguments and calls one function of the package; the logic lives in the
-modules. Errors caused by input or config (GeneMaskError) print as one line and exit with status 2.
+modules. Errors caused by input or config (GeneMaskError) print as one line and exit with status 2;
+Ctrl-C prints `genemask: interrupted` and exits 130.
 Imports are lazy so that `genemask --help` and light commands start fast.
 """
 from __future__ import annotations
@@ -267,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT, no traceback
+        print("genemask: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     from . import worker
 

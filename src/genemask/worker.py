@@ -15,34 +15,63 @@ Use: `GENEMASK_WORKER=1 genemask finetune ...` (the fine-tuning rule sets it fro
 genemask.worker serve SOCKET`, detached); later ones connect to it. Without the variable, or if
 the server cannot be reached, the command runs in its own process as before.
 
-- Socket: `$GENEMASK_WORKER_DIR` (default `$XDG_RUNTIME_DIR`, else the temp dir) /
-  `genemask-<uid>/<key>.sock`, folder mode 0700. The key hashes the interpreter, the package's
-  source files (path, size, mtime), and `SLURM_JOB_ID`: an edited checkout or another venv gets
-  its own server, and two SLURM jobs on one node never share one (a child runs in its server's
-  cgroup, so it must be the caller's job).
+- Socket: `$GENEMASK_WORKER_DIR` (default `$XDG_RUNTIME_DIR` when it is a folder of this user
+  that others cannot write, else the temp dir) / `genemask-<uid>/<key>.sock`. The key hashes the
+  interpreter, the package's source files (path, size, mtime), and `SLURM_JOB_ID`: an edited
+  checkout or another venv gets its own server, and two SLURM jobs on one node never share one (a
+  child runs in its server's cgroup, so it must be the caller's job).
 - Protocol: the client sends its standard-stream descriptors (SCM_RIGHTS) and a JSON request
   {argv, cwd, env}; the server answers one line with the exit status. If the client goes away
-  (Snakemake cancels the job), the server kills the child.
+  (Snakemake cancels the job), the server kills the child; a Ctrl-C of the client is forwarded to
+  the child as SIGINT (the run prints `genemask: interrupted` and exits 130).
 - The server exits after `GENEMASK_WORKER_IDLE` seconds (default 120) without a run.
+
+Safety on a shared node (other local users, faults):
+- The folder `genemask-<uid>` must be a real directory (not a symlink), owned by the user, mode
+  0700; it is opened once without following links and verified on its descriptor (fstat), and
+  everything inside (socket, lock, log) is reached through that descriptor (`dir_fd`, O_NOFOLLOW,
+  the socket through /proc/self/fd/N). The lock file is never truncated. An unsafe folder disables
+  the worker with one line on stderr; the command then runs in its own process.
+- Both ends check the other's uid (SO_PEERCRED): the server refuses other users, the client sends
+  its descriptors and environment only to a server of its own uid.
+- Each connection must deliver its whole request within REQUEST_TIMEOUT_S; requests are read
+  without blocking, so a stalled client delays no other run. A malformed request is refused and the
+  descriptors it carried are closed on every path.
+- A child dies with its server (PR_SET_PDEATHSIG=SIGKILL): a server killed mid-run (OOM killer)
+  never leaves a run that writes its output after its caller failed.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import signal
 import socket
+import stat
 import struct
 import sys
 import time
 from pathlib import Path
+
+from .util import GeneMaskError
 
 ENV_SWITCH = "GENEMASK_WORKER"
 ENV_CHILD = "GENEMASK_WORKER_CHILD"
 COMMANDS = ("finetune",)  # the subcommands that go through the worker
 PRELOAD = ("torch", "transformers", "transformers.models.bert.modeling_bert", "genemask.cli", "genemask.finetune",
            "genemask.tasks")
+REQUEST_TIMEOUT_S = 10.0  # a connection's whole request (header, descriptors, JSON) must arrive by then
+MAX_REQUEST = 1 << 24  # bytes of JSON (argv, cwd, environment)
+N_FDS = 3  # stdin, stdout, stderr
+INTERRUPT = b"\x03"  # client -> server while a run is going: forward SIGINT (Ctrl-C) to the run
 _HEADER = struct.Struct("!I")
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_PR_SET_PDEATHSIG = 1
+
+
+class UnsafeFolder(GeneMaskError):
+    """The worker's folder is not a private folder of this user: the warm worker is not used."""
 
 
 def enabled(command: str) -> bool:
@@ -59,53 +88,155 @@ def _code_key() -> str:
     return h.hexdigest()[:16]
 
 
-def socket_path() -> Path:
-    """The server's socket for this environment and code version (its folder made 0700 if absent)."""
+def base_dir() -> str:
+    """Where the per-user folder lives: $GENEMASK_WORKER_DIR; else the per-user runtime folder
+    $XDG_RUNTIME_DIR when it is a folder of this user that others cannot write (under `su` it may
+    still name another user's); else the shared temp dir."""
+    explicit = os.environ.get("GENEMASK_WORKER_DIR")
+    if explicit:
+        return explicit
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(xdg):
+        try:
+            st = os.stat(xdg)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022:
+            return xdg
     import tempfile
 
-    base = os.environ.get("GENEMASK_WORKER_DIR") or os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    d = Path(base) / f"genemask-{os.getuid()}"
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = d.stat()
-    if st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise OSError(f"{d}: must be owned by uid {os.getuid()} with mode 0700")
-    return d / f"{_code_key()}.sock"
+    return tempfile.gettempdir()
+
+
+def folder_path() -> Path:
+    return Path(base_dir()) / f"genemask-{os.getuid()}"
+
+
+def peer_uid(s: socket.socket) -> int:
+    """The uid of the process at the other end of a connected AF_UNIX socket (SO_PEERCRED)."""
+    return _UCRED.unpack(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))[1]
+
+
+class PrivateFolder:
+    """This user's folder `<base>/genemask-<uid>` (created 0700 if absent), opened once without
+    following links and verified on its descriptor: a real directory, owned by the user, mode
+    0700 (else UnsafeFolder). The names inside are reached only through that descriptor."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        uid = os.getuid()
+        os.makedirs(self.path.parent, mode=0o700, exist_ok=True)  # a $GENEMASK_WORKER_DIR not made yet
+        base = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            try:
+                os.mkdir(self.path.name, 0o700, dir_fd=base)
+            except FileExistsError:
+                pass
+            st = os.stat(self.path.name, dir_fd=base, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                raise UnsafeFolder(f"{self.path} is a symlink, not a private folder")
+            if not stat.S_ISDIR(st.st_mode):
+                raise UnsafeFolder(f"{self.path} is not a folder")
+            try:
+                self.fd = os.open(self.path.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  dir_fd=base)
+            except OSError as e:  # replaced since the lstat
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafeFolder(f"{self.path} is a symlink, not a private folder") from None
+                raise
+        finally:
+            os.close(base)
+        try:
+            fst = os.fstat(self.fd)
+            if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+                raise UnsafeFolder(f"{self.path} was replaced while it was opened")
+            if fst.st_uid != uid:
+                raise UnsafeFolder(f"{self.path} is owned by uid {fst.st_uid}, not a private folder of uid {uid}")
+            if stat.S_IMODE(fst.st_mode) & 0o077:
+                raise UnsafeFolder(f"{self.path} has mode {stat.S_IMODE(fst.st_mode):04o}, not a private folder "
+                                   f"(0700)")
+            self._proc = os.path.isdir(f"/proc/self/fd/{self.fd}")
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def at(self, name: str) -> str:
+        """A path for `name` in this folder that cannot lead elsewhere, for bind/connect: through
+        /proc/self/fd; without /proc, the folder's own path once it is checked to still be it."""
+        if self._proc:
+            return f"/proc/self/fd/{self.fd}/{name}"
+        st, fst = os.lstat(self.path), os.fstat(self.fd)
+        if (st.st_dev, st.st_ino) != (fst.st_dev, fst.st_ino):
+            raise UnsafeFolder(f"{self.path} was replaced after it was checked")
+        return str(self.path / name)
+
+    def open(self, name: str, flags: int, mode: int = 0o600) -> int:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
+
+    def ino(self, name: str) -> int | None:
+        try:
+            return os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            return None
+
+    def unlink(self, name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> PrivateFolder:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+
+def socket_path() -> Path:
+    """The server's socket for this environment and code version (its folder checked as above)."""
+    with PrivateFolder(folder_path()) as f:
+        return f.path / f"{_code_key()}.sock"
 
 
 # ---------------------------------------------------------------------------------------------
 # client
 # ---------------------------------------------------------------------------------------------
-def _connect(path: Path) -> socket.socket | None:
+def _connect(folder: PrivateFolder, name: str) -> socket.socket | None:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        s.connect(str(path))
+        s.connect(folder.at(name))
         return s
     except OSError:
         s.close()
         return None
 
 
-def _start_server(path: Path):
+def _start_server(folder: PrivateFolder, name: str):
     import subprocess
 
-    log = open(path.with_suffix(".log"), "ab")
+    log = folder.open(name.removesuffix(".sock") + ".log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     env = {k: v for k, v in os.environ.items() if k != ENV_SWITCH}
     try:
-        return subprocess.Popen([sys.executable, "-m", "genemask.worker", "serve", str(path)], env=env,
+        return subprocess.Popen([sys.executable, "-m", "genemask.worker", "serve", str(folder.path / name)], env=env,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                                 close_fds=True, cwd="/")
     finally:
-        log.close()
+        os.close(log)
 
 
-def _connect_or_start(path: Path, timeout_s: float = 120.0) -> socket.socket | None:
-    s = _connect(path)
+def _connect_or_start(folder: PrivateFolder, name: str, timeout_s: float = 120.0) -> socket.socket | None:
+    s = _connect(folder, name)
     if s is not None:
         return s
-    proc = _start_server(path)
+    proc = _start_server(folder, name)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        s = _connect(path)
+        s = _connect(folder, name)
         if s is not None:
             return s
         if proc.poll() not in (None, 0):  # 0: another client's server holds the lock; keep polling
@@ -114,19 +245,39 @@ def _connect_or_start(path: Path, timeout_s: float = 120.0) -> socket.socket | N
     return None
 
 
+def _fallback(why: str) -> None:
+    print(f"genemask: {why}; running in this process", file=sys.stderr)
+
+
 def run(argv: list[str]) -> int | None:
-    """Run `genemask ARGV` in a child of the warm server; its exit status, or None if no server."""
+    """Run `genemask ARGV` in a child of the warm server; its exit status, or None (after one line
+    on stderr saying why) when the command must run in this process."""
     try:
-        path = socket_path()
-        s = _connect_or_start(path)
+        folder = PrivateFolder(folder_path())
+    except UnsafeFolder as e:
+        _fallback(f"warm worker disabled: {e}")
+        return None
     except OSError as e:
-        print(f"genemask: warm worker unavailable ({e}); running in this process", file=sys.stderr)
+        _fallback(f"warm worker unavailable ({e})")
         return None
-    if s is None:
-        print(f"genemask: warm worker did not start (see {path.with_suffix('.log')}); running in this process",
-              file=sys.stderr)
-        return None
+    name = f"{_code_key()}.sock"
+    with folder:
+        try:
+            s = _connect_or_start(folder, name)
+        except UnsafeFolder as e:  # replaced after it was checked (only without /proc)
+            _fallback(f"warm worker disabled: {e}")
+            return None
+        except OSError as e:
+            _fallback(f"warm worker unavailable ({e})")
+            return None
+        if s is None:
+            _fallback(f"warm worker did not start (see {folder.path / name.removesuffix('.sock')}.log)")
+            return None
     with s:
+        uid = peer_uid(s)
+        if uid != os.getuid():  # not our server: it gets neither our descriptors nor our environment
+            _fallback(f"warm worker disabled: the server at {folder.path / name} runs as uid {uid}, not {os.getuid()}")
+            return None
         req = json.dumps({"argv": list(argv), "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -134,7 +285,14 @@ def run(argv: list[str]) -> int | None:
         s.sendall(req)
         reply = b""
         while not reply.endswith(b"\n"):
-            chunk = s.recv(64)
+            try:
+                chunk = s.recv(64)
+            except KeyboardInterrupt:  # Ctrl-C: the run gets it (it prints one line and exits 130)
+                try:
+                    s.sendall(INTERRUPT)
+                except OSError:
+                    raise KeyboardInterrupt from None
+                continue
             if not chunk:
                 print("genemask: the warm worker's run ended without an exit status", file=sys.stderr)
                 return 1
@@ -145,27 +303,81 @@ def run(argv: list[str]) -> int | None:
 # ---------------------------------------------------------------------------------------------
 # server
 # ---------------------------------------------------------------------------------------------
-def _recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
-    conn.settimeout(10)
-    head, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
-    if len(head) != _HEADER.size or len(fds) != 3:
-        for fd in fds:
-            os.close(fd)
-        raise OSError("malformed request")
-    (n,) = _HEADER.unpack(head)
-    buf = b""
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk:
-            raise OSError("truncated request")
-        buf += chunk
-    conn.settimeout(None)
-    return json.loads(buf), fds
+class _Pending:
+    """An accepted connection whose request is still arriving: read without blocking as it comes,
+    refused after REQUEST_TIMEOUT_S. It owns the descriptors received so far (close() closes them)."""
+
+    def __init__(self, conn: socket.socket):
+        conn.setblocking(False)
+        self.conn = conn
+        self.deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        self.fds: list[int] = []
+        self.size: int | None = None
+        self.buf = b""
+
+    def feed(self) -> tuple[dict, list[int]] | None:
+        """Take what has arrived; the request and its descriptors once complete (the caller then
+        owns them), else None. ValueError for a malformed one (the descriptors stay here)."""
+        import array
+
+        want = (_HEADER.size if self.size is None else self.size) - len(self.buf)
+        try:
+            data, anc, flags, _ = self.conn.recvmsg(min(want, 1 << 16), socket.CMSG_SPACE(16 * 4))
+        except (BlockingIOError, InterruptedError):
+            return None
+        for level, kind, cdata in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(cdata[:len(cdata) - len(cdata) % fds.itemsize])
+                self.fds.extend(fds)
+        if flags & socket.MSG_CTRUNC or len(self.fds) > N_FDS:
+            raise ValueError(f"{len(self.fds)}{'+' if flags & socket.MSG_CTRUNC else ''} descriptors, not {N_FDS}")
+        if not data:
+            raise ValueError("the client closed before its request was complete")
+        self.buf += data
+        if self.size is None:
+            if len(self.buf) < _HEADER.size:
+                return None
+            (self.size,) = _HEADER.unpack(self.buf)
+            self.buf = b""
+            if not 0 < self.size <= MAX_REQUEST:
+                raise ValueError(f"request size {self.size} out of range")
+            if len(self.fds) != N_FDS:
+                raise ValueError(f"{len(self.fds)} descriptors with the header, not {N_FDS}")
+            return None
+        if len(self.buf) < self.size:
+            return None
+        req = json.loads(self.buf)
+        if not (isinstance(req, dict) and isinstance(req.get("argv"), list)
+                and all(isinstance(a, str) for a in req["argv"]) and isinstance(req.get("cwd"), str)
+                and isinstance(req.get("env"), dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in req["env"].items())):
+            raise ValueError("the request is not {argv: [str], cwd: str, env: {str: str}}")
+        fds, self.fds = self.fds, []
+        return req, fds
+
+    def close(self) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+        self.conn.close()
 
 
 def _default_threads() -> int:
     env = os.environ.get("OMP_NUM_THREADS", "")
     return int(env) if env.isdigit() and int(env) > 0 else max(1, len(os.sched_getaffinity(0)))
+
+
+def _die_with_parent(prctl, parent: int) -> None:
+    """In a forked child: be killed (SIGKILL) when the server dies, so that a run never outlives
+    it (its caller has failed by then); if the server is already gone, leave now."""
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _child(req: dict, fds: list[int]) -> None:
@@ -190,6 +402,9 @@ def _child(req: dict, fds: list[int]) -> None:
         rc = cli.main(req["argv"])
     except SystemExit as e:
         rc = e.code if isinstance(e.code, int) else 1
+    except KeyboardInterrupt:  # Ctrl-C before cli.main could catch it
+        print("genemask: interrupted", file=sys.stderr)
+        rc = 130
     except BaseException:  # noqa: BLE001 - report anything, then leave with status 1
         import traceback
 
@@ -230,6 +445,19 @@ def _warm_up() -> None:
     compute_metrics([0, 1, 2], [[0.2, 0.7, 0.1], [0.3, 0.6, 0.1], [0.1, 0.1, 0.8]], 3)
 
 
+def _log(msg: str) -> None:
+    print(f"genemask worker {os.getpid()}: {msg}", file=sys.stderr, flush=True)
+
+
+def _prctl():
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
 def serve(path: str | Path, idle_s: float | None = None) -> int:
     import fcntl
     import importlib
@@ -237,24 +465,35 @@ def serve(path: str | Path, idle_s: float | None = None) -> int:
 
     path = Path(path)
     idle_s = float(os.environ.get("GENEMASK_WORKER_IDLE", "120")) if idle_s is None else idle_s
-    lock = open(f"{path}.lock", "w")
+    try:
+        folder = PrivateFolder(path.parent)
+    except UnsafeFolder as e:
+        _log(f"not serving: {e}")
+        return 1
+    name = path.name
+    lock = folder.open(f"{name}.lock", os.O_CREAT | os.O_RDWR)  # never truncated: it only carries the flock
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
+        os.close(lock)
+        folder.close()
         return 0  # another server for this key is alive
-    path.unlink(missing_ok=True)
+    folder.unlink(name)
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
-        srv.bind(str(path))
+        srv.bind(folder.at(name))
     finally:
         os.umask(old_umask)
-    ino = os.stat(path).st_ino
+    ino = folder.ino(name)
     srv.listen(64)
-    for name in PRELOAD:
-        importlib.import_module(name)
+    srv.setblocking(False)
+    for mod in PRELOAD:
+        importlib.import_module(mod)
     _warm_up()
-    print(f"genemask worker {os.getpid()} serving {path}", file=sys.stderr, flush=True)
+    prctl = _prctl()
+    me, uid = os.getpid(), os.getuid()
+    print(f"genemask worker {me} serving {path}", file=sys.stderr, flush=True)
 
     sel = selectors.DefaultSelector()
     sel.register(srv, selectors.EVENT_READ)
@@ -266,47 +505,88 @@ def serve(path: str | Path, idle_s: float | None = None) -> int:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     sel.register(wake_r, selectors.EVENT_READ)
     children: dict[int, socket.socket] = {}
+    pending: dict[socket.socket, _Pending] = {}
+
+    def drop(p: _Pending, why: str) -> None:
+        _log(f"bad request ({why})")
+        sel.unregister(p.conn)
+        del pending[p.conn]
+        p.close()
+
     last = time.monotonic()
     try:
-        while children or time.monotonic() - last < idle_s:
-            for key, _ in sel.select(timeout=1.0):
-                if key.fileobj is wake_r:
+        while children or pending or time.monotonic() - last < idle_s:
+            now = time.monotonic()
+            timeout = max(0.0, min([1.0] + [p.deadline - now for p in pending.values()]))
+            for key, _ in sel.select(timeout=timeout):
+                obj = key.fileobj
+                if obj is wake_r:
                     try:
                         while wake_r.recv(256):
                             pass
                     except BlockingIOError:
                         pass
-                elif key.fileobj is srv:
-                    conn, _ = srv.accept()
+                elif obj is srv:
                     try:
-                        req, fds = _recv_request(conn)
-                    except (OSError, ValueError) as e:
-                        print(f"genemask worker: bad request ({e})", file=sys.stderr, flush=True)
+                        conn, _ = srv.accept()
+                    except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                        continue
+                    other = peer_uid(conn)
+                    if other != uid:
+                        _log(f"refused a connection from uid {other}")
                         conn.close()
                         continue
+                    pending[conn] = _Pending(conn)
+                    sel.register(conn, selectors.EVENT_READ, None)
+                elif key.data is None:  # a request arriving
+                    p = pending[obj]
+                    try:
+                        got = p.feed()
+                    except Exception as e:  # noqa: BLE001 - whatever a client sent, refuse it and go on
+                        drop(p, f"{type(e).__name__}: {e}")
+                        continue
+                    if got is None:
+                        continue
+                    req, fds = got
+                    sel.unregister(obj)
+                    del pending[obj]
+                    obj.setblocking(True)
                     pid = os.fork()
                     if pid == 0:
-                        signal.set_wakeup_fd(-1)
-                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                        sel.close()
-                        for c in (srv, conn, wake_r, wake_w, *children.values()):
-                            c.close()
+                        try:
+                            _die_with_parent(prctl, me)
+                            signal.set_wakeup_fd(-1)
+                            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                            sel.close()
+                            for c in (srv, obj, wake_r, wake_w, *children.values()):
+                                c.close()
+                            for q in pending.values():
+                                q.close()
+                            os.close(lock)
+                            folder.close()
+                        except BaseException:  # noqa: BLE001
+                            os._exit(1)
                         _child(req, fds)
                     for fd in fds:
                         os.close(fd)
-                    children[pid] = conn
-                    sel.register(conn, selectors.EVENT_READ, pid)
-                else:  # the client closed its end (cancelled job): stop its run
+                    children[pid] = obj
+                    sel.register(obj, selectors.EVENT_READ, pid)
+                else:  # from the client of a run: Ctrl-C to forward, or gone (cancelled job): stop its run
                     try:
-                        gone = key.fileobj.recv(1) == b""
+                        data = obj.recv(64)
                     except OSError:
-                        gone = True
-                    if gone:
-                        sel.unregister(key.fileobj)
-                        try:
+                        data = b""
+                    try:
+                        if not data:
+                            sel.unregister(obj)
                             os.kill(key.data, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
+                        elif INTERRUPT in data:
+                            os.kill(key.data, signal.SIGINT)
+                    except ProcessLookupError:
+                        pass
+            now = time.monotonic()
+            for p in [p for p in pending.values() if p.deadline <= now]:
+                drop(p, f"no complete request within {REQUEST_TIMEOUT_S:g} s")
             while children:
                 pid, status = os.waitpid(-1, os.WNOHANG)
                 if pid == 0:
@@ -327,17 +607,21 @@ def serve(path: str | Path, idle_s: float | None = None) -> int:
                 conn.close()
                 last = time.monotonic()
     finally:
+        for p in pending.values():
+            p.close()
         try:
-            if os.stat(path).st_ino == ino:  # still ours (not a successor's)
-                path.unlink()
-                path.with_suffix(".log").unlink(missing_ok=True)
-                Path(f"{path}.lock").unlink(missing_ok=True)
+            if ino is not None and folder.ino(name) == ino:  # still ours (not a successor's)
+                folder.unlink(name)
+                folder.unlink(name.removesuffix(".sock") + ".log")
+                folder.unlink(f"{name}.lock")
         except OSError:
             pass
         srv.close()
         signal.set_wakeup_fd(-1)
         wake_r.close()
         wake_w.close()
+        os.close(lock)
+        folder.close()
     return 0
 
 
