@@ -46,7 +46,7 @@ SECTIONS_TODAY = {  # plan.DEFAULTS, and the rules' .get(key, default) for the r
     "ngrams": {"max_order": 10},
     "npmi": {"variant": "paper", "min_count": 101, "ranking": "computed"},
     "corpus": {"k": 6, "max_bp": 511, "min_bp": 6, "valid_fraction": 0.1, "seed": 42},
-    "report": {"motifs_top": 50, "motif_method": "tomtom"},
+    "report": {"motifs_top": 50, "motif_method": "tomtom", "equivalence_margin": {}},  # {}: each metric's default
     "pretrain": {"gpus": 0, "threads": 2, "runtime_min": 60, "mem_mb": 8000},
     "finetune": {"worker": True, "max_test": 0, "save": "none", "gpus": 0, "runtime_min": 60, "mem_mb": 4000,
                  "task_data_mem_mb": 1000},
