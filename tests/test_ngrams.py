@@ -274,8 +274,8 @@ def test_uint32_scratch_folds_before_overflow(monkeypatch, limit):
     rng = np.random.default_rng(11)
     seqs = ["".join(rng.choice(list("ACGTNa"), size=int(rng.integers(0, 200)))) for _ in range(40)]
     ref = add([brute(s, 5) for s in seqs])
-    monkeypatch.setattr(ngrams._Counter, "_LIMIT", limit)
-    c = ngrams._Counter(5)
+    monkeypatch.setattr(ngrams.NgramCounter, "_LIMIT", limit)
+    c = ngrams.NgramCounter(5)
     for s in seqs:
         c.add(s)
     assert_counts_equal(c.counts(), ref)

@@ -13,10 +13,10 @@ PAD, UNK, CLS, SEP, MASK = range(5)
 N_SPECIAL = len(SPECIAL_TOKENS)
 SUPPORTED_K = (3, 4, 5, 6)
 
-_LUT = np.full(256, 255, dtype=np.uint8)
+BASE_CODE = np.full(256, 255, dtype=np.uint8)  # byte -> 0..3 for ACGT (either case), 255 otherwise
 for _i, _c in enumerate(ALPHABET):
-    _LUT[ord(_c)] = _i
-    _LUT[ord(_c.lower())] = _i
+    BASE_CODE[ord(_c)] = _i
+    BASE_CODE[ord(_c.lower())] = _i
 
 
 def vocab_size(k: int) -> int:
@@ -28,7 +28,7 @@ def encode(seq: str | bytes | np.ndarray) -> np.ndarray:
     if isinstance(seq, str):
         seq = seq.encode("ascii", "replace")
     arr = np.frombuffer(seq, dtype=np.uint8) if not isinstance(seq, np.ndarray) else seq.view(np.uint8)
-    return _LUT[arr]
+    return BASE_CODE[arr]
 
 
 def kmer_index(codes: np.ndarray, k: int) -> np.ndarray:

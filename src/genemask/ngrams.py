@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from .kmers import _LUT
+from .kmers import BASE_CODE
 from .util import GeneMaskError, atomic_output
 
 DEFAULT_MAX_ORDER = 10
@@ -132,7 +132,7 @@ def _check_order(max_order: int) -> int:
     return int(max_order)
 
 
-class _Counter:
+class NgramCounter:
     """Accumulates maximal-window counts over several sequences; `counts()` derives all orders.
 
     The hot loop increments a uint32 scratch table (half the cache footprint of uint64: ~20% faster
@@ -166,11 +166,11 @@ class _Counter:
             return
         starts = end - start
         if starts >= self._LIMIT:
-            _count_maximal(buf, _LUT, self.max_order, start, end, self.total, self.off)
+            _count_maximal(buf, BASE_CODE, self.max_order, start, end, self.total, self.off)
             return
         if self.pending + starts > self._LIMIT:
             self._fold()
-        _count_maximal(buf, _LUT, self.max_order, start, end, self.scratch, self.off)
+        _count_maximal(buf, BASE_CODE, self.max_order, start, end, self.scratch, self.off)
         self.pending += starts
 
     def counts(self) -> dict[int, np.ndarray]:
@@ -193,7 +193,7 @@ def count_sequence(seq: bytes | str | np.ndarray, max_order: int = DEFAULT_MAX_O
     Windows may extend past `end` (right context) but never past the sequence. The default counts
     every window of the sequence. Returns {order: uint64 array of 4**order} in k-mer index order.
     """
-    c = _Counter(max_order)
+    c = NgramCounter(max_order)
     c.add(seq, start, end)
     return c.counts()
 
@@ -215,7 +215,7 @@ def count_fasta(fasta: str | Path, region: str | tuple | None = None, max_order:
     """
     from .genome import fai_lengths, parse_region, read_sequences
 
-    counter = _Counter(max_order)
+    counter = NgramCounter(max_order)
     if region is None:
         for _name, seq in read_sequences(fasta):
             counter.add(seq)
