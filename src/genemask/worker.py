@@ -287,6 +287,8 @@ def run(argv: list[str]) -> int | None:
         while not reply.endswith(b"\n"):
             try:
                 chunk = s.recv(64)
+            except ConnectionResetError:  # the server went away before it took the request
+                chunk = b""
             except KeyboardInterrupt:  # Ctrl-C: the run gets it (it prints one line and exits 130)
                 try:
                     s.sendall(INTERRUPT)
@@ -458,10 +460,176 @@ def _prctl():
         return None
 
 
+class _Server:
+    """The server's state and one method per event of its loop (see `serve`)."""
+
+    def __init__(self, folder: PrivateFolder, name: str, lock: int):
+        import selectors
+
+        self.folder, self.name, self.lock = folder, name, lock
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            self.srv.bind(folder.at(name))
+        finally:
+            os.umask(old_umask)
+        self.ino = folder.ino(name)
+        self.srv.listen(64)
+        self.srv.setblocking(False)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.srv, selectors.EVENT_READ)
+        # a child's exit wakes the loop at once: SIGCHLD writes a byte into this pair (no polling)
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.sel.register(self.wake_r, selectors.EVENT_READ)
+        self.children: dict[int, socket.socket] = {}
+        self.pending: dict[socket.socket, _Pending] = {}
+        self.prctl, self.me, self.uid = None, os.getpid(), os.getuid()
+        self.last = time.monotonic()  # the last run's end (serve resets it when it starts serving)
+
+    def busy(self, idle_s: float) -> bool:
+        return bool(self.children or self.pending or time.monotonic() - self.last < idle_s)
+
+    def timeout(self) -> float:
+        now = time.monotonic()
+        return max(0.0, min([1.0] + [p.deadline - now for p in self.pending.values()]))
+
+    def drain_wakeups(self) -> None:
+        try:
+            while self.wake_r.recv(256):
+                pass
+        except BlockingIOError:
+            pass
+
+    def accept(self) -> None:
+        """A new connection: kept as pending only when its peer is this user."""
+        import selectors
+
+        try:
+            conn, _ = self.srv.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        other = peer_uid(conn)
+        if other != self.uid:
+            _log(f"refused a connection from uid {other}")
+            conn.close()
+            return
+        self.pending[conn] = _Pending(conn)
+        self.sel.register(conn, selectors.EVENT_READ, None)
+
+    def drop(self, p: _Pending, why: str) -> None:
+        _log(f"bad request ({why})")
+        self.sel.unregister(p.conn)
+        del self.pending[p.conn]
+        p.close()
+
+    def receive(self, conn: socket.socket) -> None:
+        """Bytes of a pending request; a complete one starts its run, a malformed one is dropped."""
+        p = self.pending[conn]
+        try:
+            got = p.feed()
+        except Exception as e:  # noqa: BLE001 - whatever a client sent, refuse it and go on
+            self.drop(p, f"{type(e).__name__}: {e}")
+            return
+        if got is not None:
+            self.sel.unregister(conn)
+            del self.pending[conn]
+            self.fork_run(conn, *got)
+
+    def fork_run(self, conn: socket.socket, req: dict, fds: list[int]) -> None:
+        """Fork the run's child: it drops every descriptor of the server's, then runs the command."""
+        import selectors
+
+        conn.setblocking(True)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _die_with_parent(self.prctl, self.me)
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                self.sel.close()
+                for c in (self.srv, conn, self.wake_r, self.wake_w, *self.children.values()):
+                    c.close()
+                for q in self.pending.values():
+                    q.close()
+                os.close(self.lock)
+                self.folder.close()
+            except BaseException:  # noqa: BLE001
+                os._exit(1)
+            _child(req, fds)
+        for fd in fds:
+            os.close(fd)
+        self.children[pid] = conn
+        self.sel.register(conn, selectors.EVENT_READ, pid)
+
+    def from_client(self, conn: socket.socket, pid: int) -> None:
+        """The client of a run sent Ctrl-C (forwarded) or went away (a cancelled job: its run is killed)."""
+        try:
+            data = conn.recv(64)
+        except OSError:
+            data = b""
+        try:
+            if not data:
+                self.sel.unregister(conn)
+                os.kill(pid, signal.SIGKILL)
+            elif INTERRUPT in data:
+                os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for p in [p for p in self.pending.values() if p.deadline <= now]:
+            self.drop(p, f"no complete request within {REQUEST_TIMEOUT_S:g} s")
+
+    def reap(self) -> None:
+        """Every finished child: its exit status to its client (128 + signal for a killed one)."""
+        while self.children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            conn = self.children.pop(pid, None)
+            if conn is None:
+                continue
+            rc = os.waitstatus_to_exitcode(status)
+            try:
+                conn.sendall(f"{rc if rc >= 0 else 128 - rc}\n".encode())
+            except OSError:
+                pass
+            if conn.fileno() >= 0:
+                try:
+                    self.sel.unregister(conn)
+                except (KeyError, ValueError):
+                    pass
+            conn.close()
+            self.last = time.monotonic()
+
+    def close(self) -> None:
+        for p in self.pending.values():
+            p.close()
+        try:
+            if self.ino is not None and self.folder.ino(self.name) == self.ino:  # still ours (not a successor's)
+                self.folder.unlink(self.name)
+                self.folder.unlink(self.name.removesuffix(".sock") + ".log")
+                self.folder.unlink(f"{self.name}.lock")
+        except OSError:
+            pass
+        self.srv.close()
+        signal.set_wakeup_fd(-1)
+        self.wake_r.close()
+        self.wake_w.close()
+        os.close(self.lock)
+        self.folder.close()
+
+
 def serve(path: str | Path, idle_s: float | None = None) -> int:
+    """Serve runs on the socket `path` until `idle_s` seconds pass without one (0: another server
+    for this key is alive; 1: its folder is unsafe)."""
     import fcntl
     import importlib
-    import selectors
 
     path = Path(path)
     idle_s = float(os.environ.get("GENEMASK_WORKER_IDLE", "120")) if idle_s is None else idle_s
@@ -470,158 +638,36 @@ def serve(path: str | Path, idle_s: float | None = None) -> int:
     except UnsafeFolder as e:
         _log(f"not serving: {e}")
         return 1
-    name = path.name
-    lock = folder.open(f"{name}.lock", os.O_CREAT | os.O_RDWR)  # never truncated: it only carries the flock
+    lock = folder.open(f"{path.name}.lock", os.O_CREAT | os.O_RDWR)  # never truncated: it only carries the flock
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(lock)
         folder.close()
         return 0  # another server for this key is alive
-    folder.unlink(name)
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
+    folder.unlink(path.name)
+    server = _Server(folder, path.name, lock)
     try:
-        srv.bind(folder.at(name))
+        for mod in PRELOAD:
+            importlib.import_module(mod)
+        _warm_up()
+        server.prctl = _prctl()
+        print(f"genemask worker {server.me} serving {path}", file=sys.stderr, flush=True)
+        server.last = time.monotonic()  # idle from here: the imports and warm-up can outlast idle_s
+        while server.busy(idle_s):
+            for key, _ in server.sel.select(timeout=server.timeout()):
+                if key.fileobj is server.wake_r:
+                    server.drain_wakeups()
+                elif key.fileobj is server.srv:
+                    server.accept()
+                elif key.data is None:
+                    server.receive(key.fileobj)
+                else:
+                    server.from_client(key.fileobj, key.data)
+            server.expire()
+            server.reap()
     finally:
-        os.umask(old_umask)
-    ino = folder.ino(name)
-    srv.listen(64)
-    srv.setblocking(False)
-    for mod in PRELOAD:
-        importlib.import_module(mod)
-    _warm_up()
-    prctl = _prctl()
-    me, uid = os.getpid(), os.getuid()
-    print(f"genemask worker {me} serving {path}", file=sys.stderr, flush=True)
-
-    sel = selectors.DefaultSelector()
-    sel.register(srv, selectors.EVENT_READ)
-    # a child's exit wakes the loop at once: SIGCHLD writes a byte into this pair (no polling)
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    sel.register(wake_r, selectors.EVENT_READ)
-    children: dict[int, socket.socket] = {}
-    pending: dict[socket.socket, _Pending] = {}
-
-    def drop(p: _Pending, why: str) -> None:
-        _log(f"bad request ({why})")
-        sel.unregister(p.conn)
-        del pending[p.conn]
-        p.close()
-
-    last = time.monotonic()
-    try:
-        while children or pending or time.monotonic() - last < idle_s:
-            now = time.monotonic()
-            timeout = max(0.0, min([1.0] + [p.deadline - now for p in pending.values()]))
-            for key, _ in sel.select(timeout=timeout):
-                obj = key.fileobj
-                if obj is wake_r:
-                    try:
-                        while wake_r.recv(256):
-                            pass
-                    except BlockingIOError:
-                        pass
-                elif obj is srv:
-                    try:
-                        conn, _ = srv.accept()
-                    except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                        continue
-                    other = peer_uid(conn)
-                    if other != uid:
-                        _log(f"refused a connection from uid {other}")
-                        conn.close()
-                        continue
-                    pending[conn] = _Pending(conn)
-                    sel.register(conn, selectors.EVENT_READ, None)
-                elif key.data is None:  # a request arriving
-                    p = pending[obj]
-                    try:
-                        got = p.feed()
-                    except Exception as e:  # noqa: BLE001 - whatever a client sent, refuse it and go on
-                        drop(p, f"{type(e).__name__}: {e}")
-                        continue
-                    if got is None:
-                        continue
-                    req, fds = got
-                    sel.unregister(obj)
-                    del pending[obj]
-                    obj.setblocking(True)
-                    pid = os.fork()
-                    if pid == 0:
-                        try:
-                            _die_with_parent(prctl, me)
-                            signal.set_wakeup_fd(-1)
-                            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                            sel.close()
-                            for c in (srv, obj, wake_r, wake_w, *children.values()):
-                                c.close()
-                            for q in pending.values():
-                                q.close()
-                            os.close(lock)
-                            folder.close()
-                        except BaseException:  # noqa: BLE001
-                            os._exit(1)
-                        _child(req, fds)
-                    for fd in fds:
-                        os.close(fd)
-                    children[pid] = obj
-                    sel.register(obj, selectors.EVENT_READ, pid)
-                else:  # from the client of a run: Ctrl-C to forward, or gone (cancelled job): stop its run
-                    try:
-                        data = obj.recv(64)
-                    except OSError:
-                        data = b""
-                    try:
-                        if not data:
-                            sel.unregister(obj)
-                            os.kill(key.data, signal.SIGKILL)
-                        elif INTERRUPT in data:
-                            os.kill(key.data, signal.SIGINT)
-                    except ProcessLookupError:
-                        pass
-            now = time.monotonic()
-            for p in [p for p in pending.values() if p.deadline <= now]:
-                drop(p, f"no complete request within {REQUEST_TIMEOUT_S:g} s")
-            while children:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-                if pid == 0:
-                    break
-                conn = children.pop(pid, None)
-                if conn is None:
-                    continue
-                rc = os.waitstatus_to_exitcode(status)
-                try:
-                    conn.sendall(f"{rc if rc >= 0 else 128 - rc}\n".encode())
-                except OSError:
-                    pass
-                if conn.fileno() >= 0:
-                    try:
-                        sel.unregister(conn)
-                    except (KeyError, ValueError):
-                        pass
-                conn.close()
-                last = time.monotonic()
-    finally:
-        for p in pending.values():
-            p.close()
-        try:
-            if ino is not None and folder.ino(name) == ino:  # still ours (not a successor's)
-                folder.unlink(name)
-                folder.unlink(name.removesuffix(".sock") + ".log")
-                folder.unlink(f"{name}.lock")
-        except OSError:
-            pass
-        srv.close()
-        signal.set_wakeup_fd(-1)
-        wake_r.close()
-        wake_w.close()
-        os.close(lock)
-        folder.close()
+        server.close()
     return 0
 
 
