@@ -141,3 +141,60 @@ def test_one_pretraining_seed_is_never_equivalent_for_pretrained_schemes():
     rng = np.random.default_rng(14)
     r = _verdict(_runs(0.0, 1, 10, rng, sd=(0.0, 0.0, 0.002)))  # tiny noise: TOST alone would pass
     assert r.p_tost < 0.05 and r.conclusion.startswith("inconclusive") and r.single_pretrain_seed
+
+
+# ---- plan-study ----------------------------------------------------------------------------------
+def _study_folder(tmp_path, n_pretrain=3, n_finetune=3):
+    from pathlib import Path
+
+    rng = np.random.default_rng(21)
+    report, bench = Path(tmp_path) / "report", Path(tmp_path) / "benchmarks"
+    report.mkdir(parents=True)
+    _runs(0.0, n_pretrain, n_finetune, rng).to_csv(report / "runs.tsv", sep="\t", index=False)
+    for stage, secs in (("pretrain", [3600.0, 3000.0]), ("finetune", [20.0, 40.0])):
+        (bench / stage).mkdir(parents=True)
+        for i, s in enumerate(secs):
+            pd.DataFrame({"s": [s * 1.1], "h:m:s": ["0:00:01"], "max_rss": [100.0], "cpu_time": [s]}).to_csv(
+                bench / stage / f"job{i}.tsv", sep="\t", index=False)
+    return report, bench
+
+
+def test_plan_study_lists_designs_that_reach_the_target_cheapest_first(tmp_path):
+    from genemask.planstudy import comparison_cells, designs, plan_study
+
+    report, bench = _study_folder(tmp_path)
+    text = plan_study(report, bench, target=0.01)
+    assert "genemask vs dnabert, accuracy, pretraining step 1000" in text
+    assert "this study: 3 pretraining seeds x 3 fine-tuning seeds x 4 cells: MDE" in text
+    assert "designs reaching MDE <= 0.01, cheapest first:" in text
+    runs = pd.read_csv(report / "runs.tsv", sep="\t")
+    comp = power.components(comparison_cells(runs, "genemask", "dnabert", "accuracy")[0])
+    table = designs(comp, 0.01, 3300.0, 30.0)
+    reach = table[table.reaches]
+    assert len(reach) and (reach.mde <= 0.01).all() and reach.cost.is_monotonic_increasing
+    best = reach.iloc[0]
+    # cost: both sides pretrain P models (3,300 CPU s each) and fine-tune P x F x C runs (30 s each)
+    assert best.core_hours == pytest.approx((2 * best.pretrain_seeds * 3300 + best.finetune_runs * 30) / 3600)
+    assert best.finetune_runs == 2 * best.pretrain_seeds * best.finetune_seeds * best.cells
+    # no cheaper design in the ranges reaches the target
+    assert not ((table.cost < best.cost) & (table.mde <= 0.01)).any()
+    # a design needs P >= 2 (df = P - 1) and more seeds never raise the MDE
+    mde = {(r.pretrain_seeds, r.finetune_seeds): r.mde for r in table.itertuples()}
+    assert all(mde[(p + 1, f)] < mde[(p, f)] and mde[(p, f + 1)] <= mde[(p, f)]
+               for p in range(2, 12) for f in range(1, 10))
+
+
+def test_plan_study_unreachable_target_and_gpu_pricing(tmp_path):
+    from genemask.planstudy import plan_study
+    from genemask.util import GeneMaskError
+
+    report, bench = _study_folder(tmp_path)
+    text = plan_study(report, bench, target=1e-6)
+    assert "no design in the ranges reaches MDE <= 1e-06; the most powerful ones:" in text
+    text = plan_study(report, bench, target=0.02, steps=10_000, gpu_tokens_per_s=1e6, tokens_per_step=128_000)
+    assert "(0.356 GPU-h on the GPU)" in text  # 10k steps x 128k tokens / 1M tokens/s = 1,280 s
+    with pytest.raises(GeneMaskError, match="needs --steps and --tokens-per-step"):
+        plan_study(report, bench, target=0.02, gpu_tokens_per_s=1e6)
+    one, _ = _study_folder(tmp_path / "one", n_pretrain=1)
+    with pytest.raises(GeneMaskError, match="one pretraining seed"):
+        plan_study(one, bench, target=0.02)

@@ -1,0 +1,120 @@
+"""`genemask plan-study`: which designs reach a target minimum detectable effect, and at what cost.
+
+From a finished study's report folder it takes (1) the variance components of the paired difference
+of one comparison (scheme vs reference at one pretraining step, one metric), estimated from
+`runs.tsv` by power.components, and (2) the cost of one pretraining run and of one fine-tuning run,
+from the Snakemake benchmark files of the same study (`results/benchmarks/{pretrain,finetune}/`: the
+mean CPU seconds, else wall seconds, of the jobs). Every design of P pretraining seeds x F fine-tuning
+seeds x C task x shot cells in the ranges asked for gets its MDE (power.design_mde: df = P - 1) and
+its cost: both sides of the comparison pretrain P models and fine-tune P x F x C runs each. The
+designs whose MDE reaches the target are listed cheapest first.
+
+A larger pretraining budget (`--steps`) scales the pretraining cost by steps / the study's steps;
+`--gpu-tokens-per-s` (a measured throughput, e.g. from `scripts/gpu_check.sh`) prices the
+pretraining in GPU-hours instead: steps x tokens per step / throughput.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from . import power, stats
+from .util import GeneMaskError, read_tsv
+
+
+def comparison_cells(runs: pd.DataFrame, scheme: str, reference: str, metric: str,
+                     step: int | None = None) -> tuple[list, int]:
+    """[(pretraining seed per pair, d per pair)] per task x shot cell of one comparison, and its step
+    (None: the headline step, the largest step both have)."""
+    pairs, _ = stats.pair_table(runs, [reference], [metric])
+    sel = pairs[(pairs["scheme"] == scheme) & (pairs["baseline"] == reference)]
+    if sel.empty:
+        raise GeneMaskError(f"runs table: no paired runs of {scheme} vs {reference}")
+    step = int(sel["_step"].max()) if step is None else int(step)
+    sel = sel[sel["_step"] == step]
+    if sel.empty:
+        raise GeneMaskError(f"runs table: no paired runs of {scheme} vs {reference} at pretraining step {step}")
+    cells = []
+    for _, c in sel.groupby(["task", "shot"], sort=True):
+        d = stats.metric_pairs(c, metric)
+        cells.append((d["group"].to_numpy(), d["d"].to_numpy()))
+    return cells, step
+
+
+def job_seconds(bench_dir: str | Path, stage: str) -> float:
+    """Mean CPU seconds (else wall seconds) of the benchmark files of one stage."""
+    files = sorted((Path(bench_dir) / stage).rglob("*.tsv"))
+    if not files:
+        raise GeneMaskError(f"{Path(bench_dir) / stage}: no benchmark files of the {stage} jobs")
+    secs = []
+    for f in files:
+        b = read_tsv(f, "Snakemake benchmark", ("s",))
+        col = "cpu_time" if "cpu_time" in b and pd.notna(b["cpu_time"].iloc[-1]) and b["cpu_time"].iloc[-1] > 0 else "s"
+        secs.append(float(b[col].iloc[-1]))
+    return sum(secs) / len(secs)
+
+
+def designs(comp: dict, target: float, pretrain_s: float, finetune_s: float,
+            pretrain_seeds: Sequence[int] = range(2, 13), finetune_seeds: Sequence[int] = range(1, 11),
+            cells: Sequence[int] = (), gpu_pretrain_h: float | None = None) -> pd.DataFrame:
+    """Every design of the ranges with its MDE and cost; those reaching `target` first, cheapest first.
+
+    pretrain_s / finetune_s: CPU seconds of one pretraining / fine-tuning run; gpu_pretrain_h: GPU
+    hours of one pretraining run (then the pretraining is priced in GPU-hours, not core-hours).
+    """
+    rows = []
+    for c in cells or (comp["n_cells"],):
+        for p in pretrain_seeds:
+            for f in finetune_seeds:
+                mde = power.design_mde(comp, p, f, c)
+                runs = 2 * p * f * c
+                core_h = (runs * finetune_s + (0 if gpu_pretrain_h else 2 * p * pretrain_s)) / 3600
+                gpu_h = 2 * p * gpu_pretrain_h if gpu_pretrain_h else 0.0
+                rows.append({"pretrain_seeds": p, "finetune_seeds": f, "cells": c, "finetune_runs": runs,
+                             "mde": mde, "reaches": bool(mde <= target), "core_hours": core_h, "gpu_hours": gpu_h})
+    out = pd.DataFrame(rows)
+    out["cost"] = out["core_hours"] + out["gpu_hours"]
+    return out.sort_values(["reaches", "cost", "mde"], ascending=[False, True, True]).reset_index(drop=True)
+
+
+def plan_study(report: str | Path, bench_dir: str | Path, target: float, scheme: str = "genemask",
+               reference: str = "dnabert", metric: str = "accuracy", step: int | None = None,
+               steps: int | None = None, gpu_tokens_per_s: float | None = None, tokens_per_step: int | None = None,
+               cells: Sequence[int] = (), top: int = 15) -> str:
+    """The plan-study report as text: the comparison's components, the current design's MDE, the
+    cheapest designs that reach `target` (or, if none does, the most powerful ones)."""
+    runs = read_tsv(Path(report) / "runs.tsv", "runs table", ("task", "shot", "scheme", "seed", metric))
+    cell_list, step = comparison_cells(runs, scheme, reference, metric, step)
+    comp = power.components(cell_list)
+    if math.isnan(comp["var_p"]):
+        raise GeneMaskError(f"{report}/runs.tsv: {scheme} vs {reference} has one pretraining seed: the "
+                            f"between-model variance cannot be estimated (a plan needs a study with >= 2)")
+    pre_s, ft_s = job_seconds(bench_dir, "pretrain"), job_seconds(bench_dir, "finetune")
+    scale = steps / step if steps and step > 0 else 1.0
+    gpu_h = None
+    if gpu_tokens_per_s:
+        if not (steps and tokens_per_step):
+            raise GeneMaskError("--gpu-tokens-per-s needs --steps and --tokens-per-step (the GPU run's budget)")
+        gpu_h = steps * tokens_per_step / gpu_tokens_per_s / 3600
+    table = designs(comp, target, pre_s * scale, ft_s, cells=cells, gpu_pretrain_h=gpu_h)
+    now = power.design_mde(comp, comp["n_pretrain_seeds"], comp["n_finetune_seeds"], comp["n_cells"])
+    reach = table[table["reaches"]]
+    lines = [
+        f"comparison: {scheme} vs {reference}, {metric}, pretraining step {step}",
+        f"variance components of the difference: between models {comp['var_p']:.3g}, model x cell "
+        f"{comp['var_cp']:.3g}, fine-tuning {comp['var_f']:.3g}",
+        f"this study: {comp['n_pretrain_seeds']} pretraining seeds x {comp['n_finetune_seeds']:g} fine-tuning seeds x "
+        f"{comp['n_cells']} cells: MDE {now:.4f}",
+        f"cost per run: pretraining {pre_s * scale / 3600:.3f} core-h" + (f" ({gpu_h:.3f} GPU-h on the GPU)" if gpu_h
+                                                                          else "")
+        + f", fine-tuning {ft_s / 3600:.4f} core-h",
+        (f"designs reaching MDE <= {target:g}, cheapest first:" if len(reach) else
+         f"no design in the ranges reaches MDE <= {target:g}; the most powerful ones:"),
+    ]
+    shown = reach.head(top) if len(reach) else table.sort_values("mde").head(top)
+    cols = ["pretrain_seeds", "finetune_seeds", "cells", "finetune_runs", "mde", "core_hours", "gpu_hours"]
+    lines.append(shown[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return "\n".join(lines)
