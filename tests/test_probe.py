@@ -55,3 +55,36 @@ def test_a_class_with_one_row_uses_the_default_c_and_keeps_its_column():
     x_tr = x_tr[:10]
     prob, c = fit_probe(x_tr, y_tr, x_te, seed=0, num_labels=3)
     assert c == 1.0 and prob.shape == (20, 3) and (prob[:, 2] == 0).all()
+
+
+def test_probe_runs_of_a_real_model_on_real_task_files(tmp_path, root, fewshot):
+    """One JSON of (shot, seed) probe runs with the keys of a fine-tuning run, protocol probe;
+    identical when rerun."""
+    import json
+
+    from genemask.pretrain import build_model
+    from genemask.probe import probe_runs
+    from genemask.tokenizer import build_tokenizer, save_tokenizer
+
+    pre = tmp_path / "pre"
+    model, k = build_model(json.loads((root / "resources" / "models" / "tiny.json").read_text()), seed=0)
+    model.save_pretrained(pre)
+    save_tokenizer(build_tokenizer(k), pre)
+    (pre / "genemask.json").write_text(json.dumps({"k": k, "scheme": "dnabert", "pretrain_seed": 3,
+                                                   "pretrain_step": 100}))
+    test = tmp_path / "test.tsv"
+    lines = (fewshot / "Prom-core" / "test.tsv").read_text().splitlines()
+    test.write_text("\n".join(lines[:21] + lines[-20:]) + "\n")  # both classes
+    shots = [(10, str(fewshot / "Prom-core" / "10" / "train.tsv"), str(test)),
+             (50, str(fewshot / "Prom-core" / "50" / "train.tsv"), str(test))]
+    out = tmp_path / "probe.json"
+    runs = probe_runs(str(pre), "Prom-core", "dnabert", 2, shots, [1, 2], out)
+    assert json.loads(out.read_text()) == {"runs": runs}
+    assert [(r["shot"], r["seed"]) for r in runs] == [(10, 1), (10, 2), (50, 1), (50, 2)]
+    for r in runs:
+        assert r["protocol"] == "probe" and r["n_test"] == 40 and r["n_train"] == 2 * r["shot"]
+        assert (r["pretrain_seed"], r["pretrain_step"], r["scheme"]) == (3, 100, "dnabert")
+        assert 0 <= r["accuracy"] <= 1 and -1 <= r["mcc"] <= 1 and r["probe_c"] in C_GRID
+    again = probe_runs(str(pre), "Prom-core", "dnabert", 2, shots, [1, 2], tmp_path / "again.json")
+    assert [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in again] == \
+        [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in runs]

@@ -56,3 +56,57 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed
     prob = np.zeros((len(x_test), num_labels))
     prob[:, clf.classes_] = clf.predict_proba(x_test)  # a class absent from training keeps probability 0
     return prob, c
+
+
+def probe_runs(model: str, task: str, scheme: str, num_labels: int, shots, seeds, output,
+               batch_size: int = 64, device: str = "auto") -> list[dict]:
+    """`genemask probe`: every (shot, seed) probe run of one pretrained model on one task, in one JSON.
+
+    shots: (shot, train TSV, test TSV) per shot size (the cleaned files of `genemask task-data`, the
+    same rows fine-tuning trains and scores on). Every distinct sequence is embedded once (mean
+    pooling, last layer); each seed draws its own cross-validation folds. The JSON is
+    {"runs": [record, ...]}, each record with the keys of a fine-tuning run's JSON plus
+    `protocol: probe` and the chosen `probe_c`.
+    """
+    import json
+    import sys
+    import time
+
+    from .apply import embed
+    from .finetune import compute_metrics, model_meta
+    from .tasks import read_task_file
+    from .util import atomic_output
+
+    meta = model_meta(model)
+    files = {}
+    for _, train, test in shots:
+        for path in (train, test):
+            if path not in files:
+                files[path] = read_task_file(path, num_labels)
+    distinct = list(dict.fromkeys(s for f in files.values() for s in f.sequences))
+    t0 = time.perf_counter()
+    vecs = embed(model, distinct, pooling="mean", batch_size=batch_size, device=device, source=f"{task} task files")
+    embed_s = time.perf_counter() - t0
+    row = {s: i for i, s in enumerate(distinct)}
+
+    def features(f):
+        return vecs[[row[s] for s in f.sequences]], np.asarray(f.labels, np.int64)
+
+    runs = []
+    for shot, train, test in shots:
+        (x_tr, y_tr), (x_te, y_te) = features(files[train]), features(files[test])
+        for seed in seeds:
+            t0 = time.perf_counter()
+            prob, c = fit_probe(x_tr, y_tr, x_te, int(seed), int(num_labels))
+            fit_s = time.perf_counter() - t0
+            m = compute_metrics(y_te, prob, int(num_labels))
+            runs.append({"task": task, "shot": int(shot), "seed": int(seed), "scheme": scheme, "protocol": "probe",
+                         "n_train": int(y_tr.size), "n_test": int(y_te.size), "num_labels": int(num_labels), **m,
+                         "train_seconds": round(fit_s, 3), "eval_seconds": round(embed_s / len(shots) / len(seeds), 3),
+                         "probe_c": c, "model": str(model), "pretrain_seed": meta.get("pretrain_seed"),
+                         "pretrain_step": meta.get("pretrain_step")})
+            print(f"[probe {task} {shot}-shot seed {seed} {scheme}] accuracy {m['accuracy']:.4f} mcc {m['mcc']:.4f} "
+                  f"C {c:g}", file=sys.stderr, flush=True)
+    with atomic_output(output) as tmp:
+        tmp.write_text(json.dumps({"runs": runs}, indent=1, allow_nan=False) + "\n")
+    return runs
