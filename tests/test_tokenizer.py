@@ -116,3 +116,16 @@ def test_padding_modes_and_errors(tok6):
         encode_sequences(6, ["AAAAAA AAA"])
     with pytest.raises(GeneMaskError, match="padding"):
         encode_sequences(6, ["AAAAAA"], padding="nope")
+
+
+def test_kmerize_feeds_auto_tokenizer_the_same_ids_as_encode_sequences(tmp_path):
+    from transformers import AutoTokenizer
+
+    from genemask.tokenizer import build_tokenizer, encode_sequences, kmerize, save_tokenizer
+
+    assert kmerize("acgtac", 3) == "ACG CGT GTA TAC" and kmerize("AC", 3) == "" and kmerize(b"ACGT", 4) == "ACGT"
+    save_tokenizer(build_tokenizer(6), tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    seq = "GATTACAGATTACACCGGTTAANCGT"
+    assert tok(seq)["input_ids"] == [2, 1, 3]  # raw bases: [CLS] [UNK] [SEP], the trap the card warns of
+    assert tok(kmerize(seq, 6))["input_ids"] == encode_sequences(6, [seq])["input_ids"][0].tolist()

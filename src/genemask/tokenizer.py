@@ -4,7 +4,8 @@
 pre-tokenizer, `[CLS] ... [SEP]` template) whose vocabulary is DNABERT's: `[PAD] [UNK] [CLS] [SEP]
 [MASK]` (ids 0-4), then all 4**k k-mers in base-4 order with digits A, T, C, G (AAAAAA=5, AAAAAT=6,
 ...). It reads space-separated k-mer text; `encode_sequences` additionally reads raw bp and is the
-fast path the pipeline uses (vectorised with `kmers.seq_to_ids`, no per-token Python).
+fast path the pipeline uses (vectorised with `kmers.seq_to_ids`, no per-token Python). `kmerize`
+turns raw bases into the k-mer text that `AutoTokenizer` reads, for users of the Auto classes.
 
 The k is stored in the tokenizer's init kwargs (`genemask_kmer`, written to tokenizer_config.json by
 `save_pretrained`), so `tokenizer_k(AutoTokenizer.from_pretrained(folder))` knows it.
@@ -72,6 +73,20 @@ def save_tokenizer(tokenizer, folder: str | os.PathLike) -> None:
     vocab = tokenizer.get_vocab()
     tokens = sorted(vocab, key=vocab.__getitem__)
     (folder / "vocab.txt").write_text("\n".join(tokens) + "\n")
+
+
+def kmerize(seq: str | bytes, k: int = 6) -> str:
+    """Raw bases -> the space-separated overlapping k-mers the tokenizer reads ("ACGTAC" with k=3 ->
+    "ACG CGT GTA TAC"); upper-cased; a sequence shorter than k gives "". Vectorised (no loop per base)."""
+    if k < 1:
+        raise GeneMaskError(f"k={k}: must be >= 1")
+    raw = (seq.encode("ascii", "replace") if isinstance(seq, str) else bytes(seq)).strip().upper()
+    if len(raw) < k:
+        return ""
+    win = np.lib.stride_tricks.sliding_window_view(np.frombuffer(raw, np.uint8), k)
+    out = np.full((win.shape[0], k + 1), ord(" "), np.uint8)
+    out[:, :k] = win
+    return out.tobytes()[:-1].decode("ascii")
 
 
 def encode_sequences(tokenizer_or_k, seqs: list[str], max_length: int = MODEL_MAX_LENGTH,
