@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from genemask.apply import _Tokens, embed, ids_file, plan_windows, predict, read_input, save_classifier
+from genemask.apply import _Tokens, embed, ids_file, plan_windows, predict, read_input
 from genemask.cli import main
-from genemask.finetune import encode, load_classifier, predict_proba
+from genemask.finetune import encode, predict_proba
 from genemask.genome import iter_fasta_validated
 from genemask.kmers import CLS, SEP, seq_to_ids
+from genemask.modelfolder import load_classifier, save_classifier
 from genemask.pretrain import build_model
 from genemask.tasks import read_task_file
 from genemask.tokenizer import build_tokenizer, save_tokenizer, tokenizer_k
@@ -277,7 +278,7 @@ def test_embed_mean_weights_windows_by_tokens_and_layers(pretrained, records):
     long = records["long5k"]
     tok = seq_to_ids(long, 6)
     _, start, length = plan_windows([len(tok)], W, 255)
-    from genemask.apply import load_encoder
+    from genemask.modelfolder import load_encoder
 
     enc, _ = load_encoder(pretrained)
     with torch.inference_mode():

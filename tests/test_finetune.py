@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from genemask.cli import main
-from genemask.finetune import DEFAULT_SETTINGS, compute_metrics, finetune_cli, load_settings, model_k, select_regime
+from genemask.finetune import DEFAULT_SETTINGS, compute_metrics, finetune_cli, load_settings, select_regime
+from genemask.modelfolder import model_k
 from genemask.tasks import prepare_task_data
 from genemask.util import GeneMaskError
 
