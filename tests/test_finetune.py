@@ -283,7 +283,7 @@ def test_save_model_folder_loads_with_auto_classes_and_predicts(tiny_model, prom
     probabilities the run scored with (same rows, same model)."""
     from transformers import AutoModelForSequenceClassification
 
-    from genemask.apply import predict
+    from genemask.inference import predict
     from genemask.tasks import read_task_file
 
     out = tmp_path / "m.json"

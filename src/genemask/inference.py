@@ -156,7 +156,7 @@ def plan_windows(n_tokens, window: int, stride: int) -> tuple[np.ndarray, np.nda
     return seq, start, length
 
 
-class _Tokens:
+class Tokens:
     """Token ids of all sequences (one seq_to_ids call over the joined bytes) and their windows."""
 
     def __init__(self, ids: list[str], seqs: list[bytes], k: int, window: int, stride: int, source: str):
@@ -211,7 +211,7 @@ def load_for_predict(folder: str | os.PathLike):
 # ---------------------------------------------------------------------------------------------
 # predict / embed (Python API)
 # ---------------------------------------------------------------------------------------------
-def predict_logits(model, tokens: _Tokens, batch_size: int, device, label: str = "predict") -> np.ndarray:
+def predict_logits(model, tokens: Tokens, batch_size: int, device, label: str = "predict") -> np.ndarray:
     """Window-averaged logits [n, num_labels] (float64)."""
     import torch
 
@@ -285,13 +285,13 @@ def embed(folder, seqs: list[bytes | str], ids: list[str] | None = None, pooling
     return (total / weight[:, None]).astype(np.float32)
 
 
-def _tokens(cfg, folder, k, seqs, ids, stride, window, source) -> _Tokens:
+def _tokens(cfg, folder, k, seqs, ids, stride, window, source) -> Tokens:
     seqs = [s.encode("ascii", "replace") if isinstance(s, str) else s for s in seqs]
     ids = list(ids) if ids is not None else [str(i + 1) for i in range(len(seqs))]
     if not seqs:
         raise GeneMaskError(f"{source}: no sequences to score")
     w = _window_size(cfg, Path(folder), k, window)
-    return _Tokens(ids, seqs, k, w, w // 2 if stride is None else int(stride), source)
+    return Tokens(ids, seqs, k, w, w // 2 if stride is None else int(stride), source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ def _tokens(cfg, folder, k, seqs, ids, stride, window, source) -> _Tokens:
 # ---------------------------------------------------------------------------------------------
 def _read_named(path) -> tuple[list[str], list[bytes]]:
     ids, seqs = read_input(path)
-    print(f"[apply] {path}: {len(seqs)} sequences, {sum(map(len, seqs)):,} bp", file=sys.stderr, flush=True)
+    print(f"[inference] {path}: {len(seqs)} sequences, {sum(map(len, seqs)):,} bp", file=sys.stderr, flush=True)
     return ids, seqs
 
 
