@@ -28,9 +28,10 @@ keys take the paper's values below; `regimes`, if given, replaces the whole list
 The shot number K selects the regime (Splice-40's "K" files hold 10*K rows per class; K is still the
 shot). Determinism: `torch.manual_seed(seed)` before the model is built (head initialisation; on
 CUDA also the dropout masks), a numpy PCG64 seeded with `seed` for the hidden dropout masks on CPU
-(`leanstep.HostDropout`), and a `torch.Generator` seeded with `seed` for the epoch shuffles, so on
-CPU the same seed and thread count give identical metrics. Threads: `GENEMASK_THREADS` (if set) is
-passed to `torch.set_num_threads`; otherwise torch's default (which honours OMP_NUM_THREADS).
+(`fused_adamw_dropout.HostDropout`), and a `torch.Generator` seeded with `seed` for the epoch
+shuffles, so on CPU the same seed and thread count give identical metrics. Threads:
+`GENEMASK_THREADS` (if set) is passed to `torch.set_num_threads` for the run
+(`modelfolder.thread_scope`); otherwise torch's default (which honours OMP_NUM_THREADS).
 
 Metrics: accuracy, macro-F1, MCC and AUROC (binary: ROC AUC of the class-1 probability; more
 classes: the one-vs-one macro AUROC of Hand & Till, the mean over class pairs (a, b) of the mean of
@@ -216,13 +217,13 @@ def compute_metrics(y_true, prob, num_labels: int) -> dict[str, float | None]:
 # ---------------------------------------------------------------------------------------------
 def make_optimizer(model, lr: float, weight_decay: float, device):
     """AdamW (betas 0.9/0.999, eps 1e-8), decoupled weight decay except on biases and LayerNorm
-    weights: on CPU and CUDA `leanstep.FusedAdamW` (torch's fused kernel, one call per group;
+    weights: on CPU and CUDA `fused_adamw_dropout.FusedAdamW` (torch's fused kernel, one call per group;
     it applies the gradient clip itself), elsewhere `torch.optim.AdamW`."""
     import torch
 
     groups = param_groups(model, weight_decay)
     if torch.device(device).type in ("cpu", "cuda"):
-        from .leanstep import FusedAdamW
+        from .fused_adamw_dropout import FusedAdamW
 
         return FusedAdamW(groups, lr=lr, eps=1e-8)
     return torch.optim.AdamW(groups, lr=lr, eps=1e-8)
@@ -236,11 +237,11 @@ def train_classifier(model, ids, lengths, labels, regime: dict, settings: dict, 
     the device once, a batch is an index into them cut to its longest row, the learning rate is
     set from the schedule's formula directly, the optimiser is fused and applies the gradient
     clip itself (`clip_scale`), the running loss stays on the device (one host sync per epoch,
-    for the progress line), and on CPU the dropout masks come from numpy (`leanstep.py`).
+    for the progress line), and on CPU the dropout masks come from numpy (`fused_adamw_dropout.py`).
     """
     import torch
 
-    from .leanstep import FusedAdamW, clip_scale, use_host_dropout
+    from .fused_adamw_dropout import FusedAdamW, clip_scale, use_host_dropout
 
     n = len(labels)
     bs, epochs, lr = int(regime["batch_size"]), int(regime["epochs"]), float(regime["lr"])
