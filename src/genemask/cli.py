@@ -449,7 +449,7 @@ def dispatch(args: argparse.Namespace):
         return embed_cli(args.model, args.input, args.output, pooling=args.pooling, layer=args.layer,
                          stride=args.stride, batch_size=args.batch_size, device=args.device)
     if c == "aggregate":
-        from .report import aggregate_cli
+        from .aggregate import aggregate_cli
 
         return aggregate_cli(args.metrics, args.outdir, expected=args.missing, include=args.include,
                              margins=args.equivalence_margin)
