@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from genemask import plan
-from genemask.baselines import check_vocabulary, prepare_baseline
+from genemask.baselines import prepare_baseline
 from genemask.kmers import SPECIAL_TOKENS, all_kmers
+from genemask.modelfolder import check_vocabulary
 from genemask.util import GeneMaskError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from genemask.cli import main
-from genemask.finetune import DEFAULT_SETTINGS, compute_metrics, finetune_cli, load_settings, model_k, select_regime
+from genemask.finetune import DEFAULT_SETTINGS, compute_metrics, finetune_cli, load_settings, select_regime
+from genemask.modelfolder import model_k
 from genemask.tasks import prepare_task_data
 from genemask.util import GeneMaskError
 
@@ -282,7 +283,7 @@ def test_save_model_folder_loads_with_auto_classes_and_predicts(tiny_model, prom
     probabilities the run scored with (same rows, same model)."""
     from transformers import AutoModelForSequenceClassification
 
-    from genemask.apply import predict
+    from genemask.inference import predict
     from genemask.tasks import read_task_file
 
     out = tmp_path / "m.json"

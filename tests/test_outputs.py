@@ -149,8 +149,7 @@ def test_a_file_where_a_folder_is_written_and_a_symlink_output_are_refused(tmp_p
 
 def test_predict_and_embed_onto_a_folder_are_refused(tmp_path, capsys, root):
     """`genemask predict ... -o results.tsv` where results.tsv/ is a folder: exit 2, folder kept."""
-    from genemask.apply import save_classifier
-    from genemask.finetune import load_classifier
+    from genemask.modelfolder import load_classifier, save_classifier
     from genemask.pretrain import build_model
     from genemask.tokenizer import build_tokenizer, save_tokenizer
 

@@ -145,7 +145,7 @@ CLI_DEFAULTS = {
 
 def test_commands_and_functions_default_to_the_schema():
     """A command (or library function) used without the pipeline runs with the pipeline's defaults."""
-    from genemask import apply, corpus, ngrams, npmi
+    from genemask import corpus, inference, ngrams, npmi
     from genemask.cli import build_parser
 
     subs = next(a for a in build_parser()._actions if a.dest == "command").choices
@@ -159,11 +159,11 @@ def test_commands_and_functions_default_to_the_schema():
                          (npmi.npmi_table, "variant", "npmi.variant"), (npmi.npmi_table, "min_count", "npmi.min_count"),
                          (npmi.npmi_file, "variant", "npmi.variant"), (npmi.npmi_file, "min_count", "npmi.min_count"),
                          (corpus.cut_pieces, "max_bp", "corpus.max_bp"), (corpus.cut_pieces, "min_bp", "corpus.min_bp"),
-                         (apply.predict_cli, "batch_size", "predict.batch_size"),
-                         (apply.predict_cli, "stride", "predict.stride"),
-                         (apply.embed_cli, "pooling", "predict.embed.pooling"),
-                         (apply.embed_cli, "layer", "predict.embed.layer"),
-                         (apply.embed, "pooling", "predict.embed.pooling"), (apply.embed, "layer", "predict.embed.layer")]:
+                         (inference.predict_cli, "batch_size", "predict.batch_size"),
+                         (inference.predict_cli, "stride", "predict.stride"),
+                         (inference.embed_cli, "pooling", "predict.embed.pooling"),
+                         (inference.embed_cli, "layer", "predict.embed.layer"),
+                         (inference.embed, "pooling", "predict.embed.pooling"), (inference.embed, "layer", "predict.embed.layer")]:
         assert sig(f, name) == D.default(key), (f.__name__, name)
 
 

@@ -119,7 +119,7 @@ def test_aggregate_known_values(metrics, missing_tsv, tmp_path, capsys):
 
 def test_paired_tests_equal_scipy(metrics, tmp_path):
     out = tmp_path / "out"
-    report.aggregate_cli(metrics, out)
+    aggregate.aggregate_cli(metrics, out)
     t = pd.read_csv(out / "tests.tsv", sep="\t")
     assert set(t.baseline) == {"dnabert", "none"}  # the references present: dnabert, none (no baselines)
     assert set(t.metric) == set(aggregate.METRICS)
@@ -169,7 +169,7 @@ def test_invalid_metrics_rejected_without_output(metrics, tmp_path, capsys, faul
         bad.write_text(metrics[0].read_text())
     out = tmp_path / "out"
     with pytest.raises(GeneMaskError, match="bad_run.json"):
-        report.aggregate_cli([*metrics, bad], out)
+        aggregate.aggregate_cli([*metrics, bad], out)
     assert not out.exists() or not any(out.iterdir())
     # through the command: one error line naming the file, exit status 2
     assert main(["aggregate", *map(str, metrics), str(bad), "--outdir", str(out)]) == 2
@@ -184,7 +184,7 @@ def test_bad_missing_table(metrics, tmp_path):
     p = tmp_path / "missing.tsv"
     p.write_text("task\tshots\nSplice-40\t1000\n")
     with pytest.raises(GeneMaskError, match="missing.tsv.*shot"):
-        report.aggregate_cli(metrics, tmp_path / "out", expected=p)
+        aggregate.aggregate_cli(metrics, tmp_path / "out", expected=p)
     assert not (tmp_path / "out").exists()
 
 
@@ -192,7 +192,7 @@ def test_accuracy_plot_and_html(metrics, missing_tsv, tmp_path):
     out = tmp_path / "out"
     extra = tmp_path / "extra.tsv"
     extra.write_text("kmer\tscore\nCACGTG\t0.9\n")
-    report.aggregate_cli(metrics, out, expected=missing_tsv, include=[extra])
+    aggregate.aggregate_cli(metrics, out, expected=missing_tsv, include=[extra])
     _png_ok(out / "accuracy_vs_shots.png")
     page = (out / "report.html").read_text()
     assert page.count("<table") >= 4  # accuracy, tests, summary, included table, runs
@@ -275,7 +275,7 @@ def test_plot_mask_ranks(tmp_path, data_a, capsys):
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs /usr/bin/chromium (headless)")
 def test_report_html_renders_in_chromium(metrics, missing_tsv, tmp_path):
     out = tmp_path / "out"
-    report.aggregate_cli(metrics, out, expected=missing_tsv)
+    aggregate.aggregate_cli(metrics, out, expected=missing_tsv)
     shot = tmp_path / "screenshot.png"
     cmd = ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
            "--window-size=1280,1600", f"--user-data-dir={tmp_path / 'chrome-profile'}",
@@ -368,7 +368,7 @@ def planted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("planted")
     paths = _write_records(_design_records(PLANTED, baselines={"dnabert6": 0.05}), tmp / "metrics")
     out = tmp / "out"
-    assert report.aggregate_cli(paths, out, n_boot=1000) == 0
+    assert aggregate.aggregate_cli(paths, out, n_boot=1000) == 0
     return out, paths
 
 
@@ -494,9 +494,9 @@ def test_variance_decomposition_recovers_planted_components():
 def test_bootstrap_reproducible_and_hierarchical(planted, tmp_path):
     out, paths = planted
     out2 = tmp_path / "again"
-    report.aggregate_cli(paths, out2, n_boot=1000)
+    aggregate.aggregate_cli(paths, out2, n_boot=1000)
     assert (out2 / "verdict.tsv").read_bytes() == (out / "verdict.tsv").read_bytes()
-    report.aggregate_cli(paths, out2, n_boot=1000, boot_seed=7)
+    aggregate.aggregate_cli(paths, out2, n_boot=1000, boot_seed=7)
     a, b = _read(out, "verdict.tsv"), _read(out2, "verdict.tsv")
     assert not np.allclose(a.ci_low, b.ci_low) and np.allclose(a.mean_diff, b.mean_diff)
     # two levels: differences with a large between-pretraining-seed spread and none within give a CI
@@ -578,7 +578,7 @@ def test_few_pretraining_seeds_flagged_or_untested(tmp_path):
 def test_old_style_runs_without_design_columns(metrics, tmp_path):
     """Metrics JSONs without pretrain_seed/pretrain_step: one pretraining seed at the only step."""
     out = tmp_path / "out"
-    report.aggregate_cli(metrics, out, n_boot=200)
+    aggregate.aggregate_cli(metrics, out, n_boot=200)
     runs = _read(out, "runs.tsv")
     assert runs.pretrain_seed.isna().all() and runs.pretrain_step.isna().all()
     summ = _read(out, "summary.tsv")
@@ -599,7 +599,7 @@ def test_old_style_runs_without_design_columns(metrics, tmp_path):
         q.parent.mkdir(exist_ok=True)
         q.write_text(json.dumps(rec))
         nulls.append(q)
-    report.aggregate_cli(nulls, tmp_path / "out2", n_boot=200)
+    aggregate.aggregate_cli(nulls, tmp_path / "out2", n_boot=200)
     assert (tmp_path / "out2/verdict.tsv").read_bytes() == (out / "verdict.tsv").read_bytes()
 
 

@@ -196,7 +196,7 @@ def test_pretrain_settings_are_checked_by_the_schema():
             load_settings(None, override)
 
 
-# ---- the lean fine-tuning step (leanstep.py) ---------------------------------------------------
+# ---- the lean fine-tuning step: fused AdamW and host dropout (fused_adamw_dropout.py) -----------
 def _tiny_classifier(seed=0, dropout=0.1):
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -209,7 +209,7 @@ def _tiny_classifier(seed=0, dropout=0.1):
 def test_fused_adamw_is_torchs_fused_adamw_bit_for_bit():
     """Same kernel, one call per group, one shared step counter: parameters equal torch's exactly,
     with the clip as grad_scale (> 1, = 1, absent) and a changing learning rate."""
-    from genemask.leanstep import FusedAdamW
+    from genemask.fused_adamw_dropout import FusedAdamW
 
     a, b = _tiny_classifier(), _tiny_classifier()
     ref = torch.optim.AdamW(param_groups(a, 0.01), lr=1e-3, eps=1e-8, fused=True)
@@ -232,7 +232,7 @@ def test_fused_adamw_is_torchs_fused_adamw_bit_for_bit():
 
 
 def test_clip_scale_is_clip_grad_norm():
-    from genemask.leanstep import clip_scale
+    from genemask.fused_adamw_dropout import clip_scale
 
     m = _tiny_classifier()
     gen = torch.Generator().manual_seed(2)
@@ -255,7 +255,7 @@ def test_clip_scale_is_clip_grad_norm():
 
 
 def test_host_dropout_statistics_scaling_and_gradient():
-    from genemask.leanstep import HostDropout
+    from genemask.fused_adamw_dropout import HostDropout
 
     d = HostDropout(0.1, np.random.default_rng(0))
     x = torch.ones(1000, 1000, requires_grad=True)
@@ -275,7 +275,7 @@ def test_host_dropout_statistics_scaling_and_gradient():
 
 
 def test_use_host_dropout_replaces_modules_and_is_seeded():
-    from genemask.leanstep import HostDropout, use_host_dropout
+    from genemask.fused_adamw_dropout import HostDropout, use_host_dropout
 
     def masks(seed):
         m = _tiny_classifier()

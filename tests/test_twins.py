@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from genemask import plan
-from genemask.apply import read_input
 from genemask.cli import main
+from genemask.inference import read_input
 from genemask.tasks import read_task_file, stratified_subsample
 from genemask.util import GeneMaskError
 
@@ -35,7 +35,7 @@ def _dna(n: int) -> str:
 def _error_line(capsys, command: str) -> str:
     """The command's stderr: exactly one line, `genemask COMMAND: error: ...`."""
     err = capsys.readouterr().err.strip().splitlines()
-    err = [ln for ln in err if not ln.startswith("[")]  # progress lines ([apply] ...) are not errors
+    err = [ln for ln in err if not ln.startswith("[")]  # progress lines ([inference] ...) are not errors
     assert len(err) == 1 and err[0].startswith(f"genemask {command}: error: "), err
     return err[0]
 
@@ -318,7 +318,7 @@ def test_truncated_gzip_fasta_one_line(tmp_path):
     for args in (["ngrams", str(fa), "--max-order", "3", "-o", str(tmp_path / "n.npz")],
                  ["predict", "--model", str(tmp_path), str(fa), "-o", str(tmp_path / "p.tsv")]):
         r = subprocess.run([sys.executable, "-m", "genemask.cli", *args], env=ENV, capture_output=True, text=True)
-        err = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("[apply]")]
+        err = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("[inference]")]
         assert r.returncode == 2 and len(err) == 1, r.stderr
         assert str(fa) in err[0] and "truncated or corrupt gzip" in err[0], err
 

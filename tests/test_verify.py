@@ -251,7 +251,7 @@ def test_intact_ranking_tables_still_read(npmi_tsv, data_a, which):
     assert r.shape == (4096,) and r.min() == 1 and r.max() <= 4097
 
 
-# ---- model folders (finetune.verify_weights, run by every loader: finetune, predict, embed) ----------
+# ---- model folders (modelfolder.verify_weights, run by every loader: finetune, predict, embed) -------
 
 @pytest.fixture(scope="module")
 def model_folder(corpus, tmp_path_factory):

@@ -370,8 +370,8 @@ def test_predict_section_dry_run_jobs_quoted_commands_and_a_real_prediction(tmp_
 
     import torch
 
-    from genemask.apply import predict, read_input, save_classifier
-    from genemask.finetune import load_classifier
+    from genemask.inference import predict, read_input
+    from genemask.modelfolder import load_classifier, save_classifier
     from genemask.pretrain import build_model
     from genemask.tokenizer import build_tokenizer, save_tokenizer
 

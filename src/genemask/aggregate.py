@@ -1,7 +1,36 @@
-"""Aggregation of fine-tuning runs: read and validate the metrics JSONs, summarise them per task x
-shot x scheme x pretraining step, pick the references and order the comparisons, and build the
-text tables (summary.md). The statistics themselves are in stats.py; the figures in figures.py; the
-`genemask aggregate` command and the HTML page in report.py.
+"""`genemask aggregate`: fine-tuning metrics -> tables, tests, figures and a self-contained HTML page.
+
+`aggregate_cli` (the `genemask aggregate` command) reads one metrics JSON per fine-tuning run and
+writes, in `outdir`:
+
+* `runs.tsv`     one row per run, sorted by task, shot, scheme, pretrain_step, pretrain_seed, seed
+                 (the two pretraining columns empty/NaN where the metrics JSON does not record them);
+* `summary.tsv`  mean, sample sd (ddof=1), n (runs) and n_pretrain_seeds of accuracy, macro-F1, MCC
+                 and AUROC per task x shot x scheme x pretrain_step (over all pretraining x
+                 fine-tuning seed runs); settings listed as missing (see below) appear with
+                 status=missing and their reason, never silently dropped, and a scheme (at a step)
+                 with no run in a setting that other schemes have appears with status=no_runs;
+* `summary.md`   the headline verdict, then accuracy "mean ± sd" (rows task x shot, columns scheme,
+                 or 'scheme @step' for a scheme with several steps), also printed to stdout;
+* `tests.tsv`    every scheme minus each reference (`dnabert`, `none`, each external baseline) per
+                 task x shot x metric x pretraining step, paired on (pretrain_seed, seed), tested on
+                 the per-pretraining-seed means, with Holm / BH adjusted p-values: `stats.paired_tests`;
+* `variance.tsv` pretraining- vs fine-tuning-seed variance components: `stats.variance_table`;
+* `verdict.tsv`, `verdict.md`  mean difference over cells with a hierarchical-bootstrap 95% CI, cells
+                 won / lost / tied and one generated sentence per comparison: `stats.verdicts`;
+* `accuracy_vs_shots.png`  one panel per task, accuracy vs shots (log x), one line per scheme (at its
+                 largest pretraining step), error bars = sd over runs, missing shots marked;
+* `accuracy_vs_steps_<task>.png` (`steps_plot_name`) accuracy and MCC vs pretraining steps per shot;
+* `report.html`  a self-contained page (verdict on top, tables + figures embedded as base64), so a
+                 report exists without `snakemake --report`.
+
+Missing settings come from an optional TSV (`task`, `shot`, `reason`), e.g. shots for which the
+authors released no file (Cohn-enh and Splice-40 1000-shot).
+
+This module is the command: reading and validating the metrics JSONs, summarising them per task x
+shot x scheme x pretraining step, picking the references and ordering the comparisons, summary.md.
+The orders and text tables shared with the page and the figures are in tables.py, the statistics
+in stats.py, the figures in figures.py, the HTML page (`summary_html`) in report.py.
 """
 from __future__ import annotations
 
@@ -14,8 +43,11 @@ from pathlib import Path
 import pandas as pd
 
 from . import stats
+from .figures import plot_accuracy_vs_shots, plot_accuracy_vs_steps, steps_plot_name, write_bytes
 from .plan import TASK_NAME
-from .util import GeneMaskError, read_tsv
+from .report import summary_html
+from .tables import BASELINE, SCHEME_ORDER, TASK_ORDER, accuracy_table, missing_notes, ordered, to_markdown
+from .util import GeneMaskError, atomic_output, read_tsv
 
 METRICS = ("accuracy", "macro_f1", "mcc", "auroc")
 ID_KEYS = ("task", "shot", "seed", "scheme")
@@ -25,16 +57,6 @@ OPTIONAL_KEYS = ("num_labels", "epochs", "batch_size", "lr")
 # the pretraining design (docs/contracts.md): int or null; absent = the single default seed / the only step
 DESIGN_KEYS = ("pretrain_seed", "pretrain_step")
 MAX_INT = 2**53  # integer keys beyond it (e.g. shot 99999999999999999999) overflow int64 tables
-BASELINE = "dnabert"
-SCHEME_ORDER = ("none", "dnabert", "genemask", "curriculum", "cm_step", "cm_gems", "global_pmi", "random",
-                "reference")
-TASK_ORDER = ("Prom-core", "Prom-300", "Cohn-enh", "Splice-40")
-
-
-def ordered(values, preferred) -> list:
-    """Known names in their canonical order first, then the rest sorted."""
-    vals = list(dict.fromkeys(values))
-    return [v for v in preferred if v in vals] + sorted(v for v in vals if v not in preferred)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,85 +214,6 @@ def references(runs: pd.DataFrame, baseline: str = BASELINE) -> list[str]:
     return [r for r in dict.fromkeys(refs) if r in kinds]
 
 
-def _fmt_cell(mean: float, sd: float, n: int, n_ref: int, digits: int = 3) -> str:
-    if n == 0 or math.isnan(mean):
-        return "no runs"
-    s = f"{mean:.{digits}f}"
-    s += f" ± {sd:.{digits}f}" if n >= 2 and not math.isnan(sd) else ""
-    if n != n_ref:
-        s += f" (n={n})"
-    return s
-
-
-def missing_notes(summary: pd.DataFrame) -> list[str]:
-    """One line per missing task x shot: 'Cohn-enh 1000-shot: <reason>'."""
-    miss = summary[summary["status"] == "missing"].drop_duplicates(["task", "shot"])
-    return [f"{t} {int(s)}-shot: {r or 'no data'}" for t, s, r in miss[["task", "shot", "reason"]].itertuples(index=False)]
-
-
-def _variants(summary: pd.DataFrame) -> list[tuple[str, object, str]]:
-    """(scheme, pretrain_step, column label) of the rows with runs, schemes in canonical order, steps
-    ascending; the label is the scheme name, or 'scheme @step' for a scheme with several steps."""
-    ok = summary[summary["status"] == "ok"]
-    out = []
-    for sch in ordered(ok["scheme"], SCHEME_ORDER):
-        steps = ok.loc[ok["scheme"] == sch, "pretrain_step"]
-        vals = sorted(set(steps.dropna().astype(int))) + ([pd.NA] if steps.isna().any() else [])
-        for st in vals:
-            out.append((sch, st, sch if len(vals) == 1 else f"{sch} @{'?' if pd.isna(st) else st}"))
-    return out
-
-
-def _step_rows(sub: pd.DataFrame, scheme: str, step) -> pd.DataFrame:
-    hit = sub[sub["scheme"] == scheme]
-    return hit[hit["pretrain_step"].isna()] if pd.isna(step) else hit[hit["pretrain_step"] == step]
-
-
-def accuracy_table(summary: pd.DataFrame, metric: str = "accuracy") -> tuple[pd.DataFrame, int]:
-    """Rows task x shot, columns scheme (one per pretraining step where a scheme has several:
-    'genemask @2000'), cells 'mean ± sd' (strings), 'missing' for settings without data (reasons:
-    `missing_notes`), 'no runs' for a scheme absent from a setting; also the usual n."""
-    ok = summary[summary["status"] == "ok"]
-    n_ref = int(ok["n"].mode().max()) if not ok.empty else 0
-    variants = _variants(summary)
-    tasks = ordered(summary["task"], TASK_ORDER)
-    rows = []
-    for t in tasks:
-        for s in sorted(set(summary.loc[summary["task"] == t, "shot"])):
-            sub = summary[(summary["task"] == t) & (summary["shot"] == s)]
-            row = {"task": t, "shot": int(s)}
-            for sch, st, label in variants:
-                if (sub["status"] == "missing").all():
-                    row[label] = "missing"
-                    continue
-                hit = _step_rows(sub, sch, st)
-                if hit.empty or hit.iloc[0]["status"] != "ok":
-                    row[label] = "no runs"
-                else:
-                    r = hit.iloc[0]
-                    row[label] = _fmt_cell(r[f"{metric}_mean"], r[f"{metric}_sd"], int(r["n"]), n_ref)
-            rows.append(row)
-    return pd.DataFrame(rows, columns=["task", "shot", *(v[2] for v in variants)]), n_ref
-
-
-def to_markdown(df: pd.DataFrame) -> str:
-    cells = [[str(c) for c in df.columns]] + [[str(v) for v in row] for row in df.itertuples(index=False)]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(df.columns))]
-    line = lambda r: "| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(cells[0]), sep, *(line(r) for r in cells[1:])])
-
-
-def largest_step(summary: pd.DataFrame) -> pd.DataFrame:
-    """The rows of `summary` at each scheme's largest recorded pretraining step (all rows of a scheme
-    without recorded steps, and every missing-setting row)."""
-    top = summary.groupby("scheme")["pretrain_step"].max()
-    st = summary["pretrain_step"]
-    best = summary["scheme"].map(top)
-    keep = (summary["status"] == "missing") | (best.isna() & st.isna()) | (st == best).fillna(False)
-    return summary[keep.astype(bool)]
-
-
 # ---------------------------------------------------------------------------------------------
 # ordering and text
 # ---------------------------------------------------------------------------------------------
@@ -314,3 +257,76 @@ def summary_markdown(summary: pd.DataFrame, tests: pd.DataFrame, verdict: pd.Dat
         md += (f"\n## Accuracy minus {baseline}, paired on pretraining and fine-tuning seed\n\n"
                f"{to_markdown(tt.astype(str).replace('<NA>', ''))}\n")
     return md
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def _write_tsv(path: Path, df: pd.DataFrame) -> None:
+    with atomic_output(path) as tmp:
+        df.to_csv(tmp, sep="\t", index=False, na_rep="NaN", float_format="%.10g")
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------------------------
+def parse_margins(items: Sequence[str]) -> dict[str, float]:
+    """METRIC=MARGIN items over the schema's report.equivalence_margin defaults; one line on a fault."""
+    from .defaults import check, defaults
+
+    out = defaults("report.equivalence_margin")
+    for item in items:
+        metric, sep, value = item.partition("=")
+        try:
+            out[metric] = float(value) if sep else math.nan
+        except ValueError:
+            out[metric] = value
+    check(out, "report.equivalence_margin", "--equivalence-margin")
+    return out
+
+
+def aggregate_cli(metrics_jsons: Sequence[str | Path], outdir: str | Path, expected: str | Path | None = None,
+                  include: Sequence[str | Path] = (), baseline: str = BASELINE, *, margins: Sequence[str] = (),
+                  n_boot: int = stats.N_BOOT, boot_seed: int = stats.BOOT_SEED) -> int:
+    """`genemask aggregate`: validate every input first, then write all outputs (see module doc).
+
+    `expected`: optional TSV of settings expected but without data (columns task, shot, reason).
+    `include`: extra PNG/TSV files to embed in report.html (e.g. loss.png, motifs.tsv).
+    `margins`: METRIC=MARGIN items, the verdict's TOST margins (others: the schema's defaults).
+    `n_boot`, `boot_seed`: replicates and seed of the verdict's hierarchical bootstrap.
+    """
+    outdir = Path(outdir)
+    margin = parse_margins(margins)
+    runs = load_runs(metrics_jsons)
+    missing = load_missing(expected)
+    for p in map(Path, include):
+        if not p.exists():
+            raise GeneMaskError(f"{p}: file to include in the report does not exist")
+    summary = summarize(runs, missing)
+    refs = references(runs, baseline)
+    tests = stats.paired_tests(runs, refs, METRICS)
+    variance = stats.variance_table(runs)
+    verdict = ordered_verdict(stats.verdicts(runs, tests, refs, margin, n_boot=n_boot, boot_seed=boot_seed), refs)
+    verdict_md = stats.verdict_markdown(verdict, primary=(baseline, "none"))
+    md = summary_markdown(summary, tests, verdict, baseline)
+    png = plot_accuracy_vs_shots(summary)
+    kinds = stats.scheme_kinds(runs)
+    steps_png = {t: plot_accuracy_vs_steps(summary, t, kinds) for t in ordered(runs["task"], TASK_ORDER)}
+
+    _write_tsv(outdir / "runs.tsv", runs)
+    _write_tsv(outdir / "summary.tsv", summary)
+    _write_tsv(outdir / "tests.tsv", tests)
+    _write_tsv(outdir / "variance.tsv", variance)
+    _write_tsv(outdir / "verdict.tsv", verdict)
+    _write_text(outdir / "verdict.md", verdict_md)
+    _write_text(outdir / "summary.md", md)
+    write_bytes(outdir / "accuracy_vs_shots.png", png)
+    for t, data in steps_png.items():
+        write_bytes(outdir / steps_plot_name(t), data)
+    _write_text(outdir / "report.html", summary_html(outdir, include))
+    print(md)
+    print(f"wrote {outdir}/{{runs.tsv,summary.tsv,summary.md,tests.tsv,variance.tsv,verdict.tsv,verdict.md,"
+          f"accuracy_vs_shots.png,{','.join(steps_plot_name(t) for t in steps_png)},report.html}}", file=sys.stderr)
+    return 0

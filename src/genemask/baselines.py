@@ -14,12 +14,11 @@ DNABERT's, which our vocabulary reproduces exactly).
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
-from .kmers import SPECIAL_TOKENS, SUPPORTED_K, all_kmers, vocab_size
+from .modelfolder import META, WEIGHT_SUFFIXES, WEIGHTS, check_vocabulary, seal, verify_weights
 from .util import BASELINE_MODEL, GeneMaskError, atomic_output
 
 
@@ -44,66 +43,19 @@ def resolve(spec: str, revision: str | None = None) -> Path:
                             f"Hugging Face cache on a connected one or give a local folder") from None
 
 
-def check_vocabulary(folder: Path) -> int:
-    """k of a model folder whose tokens are ours; one-line error naming the folder otherwise."""
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise GeneMaskError(f"{folder}: not a model folder (no config.json)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GeneMaskError(f"{cfg_path}: cannot read ({e})") from None
-    if not isinstance(cfg, dict):
-        raise GeneMaskError(f"{cfg_path}: must be a JSON object, got {type(cfg).__name__}")
-    vocab_file = folder / "vocab.txt"
-    vocab = vocab_file.read_text().split("\n") if vocab_file.is_file() else None
-    if vocab is not None:
-        while vocab and vocab[-1] == "":
-            vocab.pop()
-    k = None
-    meta = folder / "genemask.json"
-    if meta.is_file():
-        try:
-            k = json.loads(meta.read_text()).get("k")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            k = None
-    if k is None and vocab is not None and len(vocab) > len(SPECIAL_TOKENS):
-        k = len(vocab[len(SPECIAL_TOKENS)])
-    if k not in SUPPORTED_K:
-        raise GeneMaskError(f"{folder}: cannot tell a k-mer size in {SUPPORTED_K} (no genemask.json k, "
-                            f"no k-mer vocab.txt); got {k!r}")
-    if vocab is None:
-        raise GeneMaskError(f"{folder}: no vocab.txt: cannot check that its token ids are our {k}-mers")
-    want = SPECIAL_TOKENS + all_kmers(k)
-    if vocab != want:
-        i = next((i for i, (a, b) in enumerate(zip(vocab, want)) if a != b), min(len(vocab), len(want)))
-        got = vocab[i] if i < len(vocab) else "(end)"
-        raise GeneMaskError(f"{vocab_file}: vocabulary differs from the {k}-mer vocabulary at id {i} "
-                            f"({got!r}, expected {want[i] if i < len(want) else '(end)'!r}; "
-                            f"{len(vocab)} tokens, expected {len(want)})")
-    if not isinstance(cfg.get("vocab_size", 0), int) or isinstance(cfg.get("vocab_size"), bool):
-        raise GeneMaskError(f"{cfg_path}: vocab_size must be an integer, got {cfg.get('vocab_size')!r}")
-    if int(cfg.get("vocab_size", 0)) < vocab_size(k):
-        raise GeneMaskError(f"{cfg_path}: vocab_size {cfg.get('vocab_size')} is smaller than the {k}-mer "
-                            f"vocabulary ({vocab_size(k)})")
-    return int(k)
-
-
 def prepare_baseline(name: str, spec: str, output: str | os.PathLike, revision: str | None = None) -> dict:
     """Resolve, check and copy a baseline model into `output` (with genemask.json); returns its meta.
 
     The copy holds one weights file, model.safetensors, with its sha256 in genemask.json (what
-    `finetune.verify_weights` accepts): the source's model.safetensors, else its single
+    `modelfolder.verify_weights` accepts): the source's model.safetensors, else its single
     pytorch_model.bin converted (read with torch.load(weights_only=True): tensors only, no code).
     The source's other weights files (tf_model.h5, flax_model.msgpack, ...) are not copied."""
-    from .finetune import WEIGHT_SUFFIXES, WEIGHTS, verify_weights, weights_sha256
-
     src = resolve(spec, revision)
     k = check_vocabulary(src)
     meta = {"baseline": name, "source": spec, "revision": revision, "resolved": str(src), "k": k}
     with atomic_output(output, is_dir=True, kind=BASELINE_MODEL) as tmp:
         for f in src.iterdir():
-            if (f.is_file() and f.name != "genemask.json" and not f.name.startswith(".")
+            if (f.is_file() and f.name != META and not f.name.startswith(".")
                     and not f.name.lower().endswith(WEIGHT_SUFFIXES)):
                 shutil.copy2(f, tmp / f.name)
         if (src / WEIGHTS).is_file():
@@ -112,8 +64,7 @@ def prepare_baseline(name: str, spec: str, output: str | os.PathLike, revision: 
             _bin_to_safetensors(src / "pytorch_model.bin", tmp / WEIGHTS)
         else:
             raise GeneMaskError(f"{src}: no {WEIGHTS} or pytorch_model.bin (sharded or other formats are not read)")
-        meta["weights_sha256"] = weights_sha256(tmp)
-        (tmp / "genemask.json").write_text(json.dumps(meta, indent=1) + "\n")
+        meta = seal(tmp, meta)
         verify_weights(tmp)
     return meta
 

@@ -159,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also keep the fine-tuned classifier as a Hugging Face folder (config with id2label)")
     p.add_argument("-o", "--output", required=True, help="metrics JSON")
 
-    # ---- using a model (apply.py) ---------------------------------------------------------------
+    # ---- using a model (inference.py) -----------------------------------------------------------
     p = _p(sub, "predict", "class probabilities of new sequences (FASTA or TSV/CSV) from a fine-tuned classifier")
-    p.add_argument("--model", required=True, help="fine-tuned classifier folder (apply.save_classifier)")
+    p.add_argument("--model", required=True, help="fine-tuned classifier folder (modelfolder.save_classifier)")
     p.add_argument("input", help="FASTA (.fa/.fasta/.fna[.gz]) or table (.tsv/.csv[.gz], a sequence column)")
     p.add_argument("--stride", type=int, default=D("predict.stride"), help="tokens between window starts (default: half a window)")
     p.add_argument("--batch-size", type=int, default=D("predict.batch_size"), help="windows per forward pass")
@@ -439,17 +439,17 @@ def dispatch(args: argparse.Namespace):
             save_model=args.save_model,
         )
     if c == "predict":
-        from .apply import predict_cli
+        from .inference import predict_cli
 
         return predict_cli(args.model, args.input, args.output, stride=args.stride, batch_size=args.batch_size,
                            device=args.device)
     if c == "embed":
-        from .apply import embed_cli
+        from .inference import embed_cli
 
         return embed_cli(args.model, args.input, args.output, pooling=args.pooling, layer=args.layer,
                          stride=args.stride, batch_size=args.batch_size, device=args.device)
     if c == "aggregate":
-        from .report import aggregate_cli
+        from .aggregate import aggregate_cli
 
         return aggregate_cli(args.metrics, args.outdir, expected=args.missing, include=args.include,
                              margins=args.equivalence_margin)

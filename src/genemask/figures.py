@@ -1,7 +1,7 @@
 """The figures (matplotlib, Agg backend, PNG): few-shot accuracy vs shots and vs pretraining steps
 (`genemask aggregate`), pretraining loss curves (`genemask plot-loss`, from train_log.tsv) and the
 NPMI ranks of the masked tokens (`genemask plot-mask-ranks`, from mask_ranks.tsv). Fixed colours per
-scheme (`scheme_color`). Tables and statistics are in aggregate.py / stats.py.
+scheme (`scheme_color`). Tables and statistics are in tables.py, aggregate.py and stats.py.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .aggregate import SCHEME_ORDER, TASK_ORDER, largest_step, ordered
+from .tables import SCHEME_ORDER, TASK_ORDER, largest_step, ordered
 from .util import GeneMaskError, atomic_output, read_tsv, require_columns
 
 _PALETTE = {  # fixed colours so a scheme looks the same in every figure

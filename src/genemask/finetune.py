@@ -28,9 +28,10 @@ keys take the paper's values below; `regimes`, if given, replaces the whole list
 The shot number K selects the regime (Splice-40's "K" files hold 10*K rows per class; K is still the
 shot). Determinism: `torch.manual_seed(seed)` before the model is built (head initialisation; on
 CUDA also the dropout masks), a numpy PCG64 seeded with `seed` for the hidden dropout masks on CPU
-(`leanstep.HostDropout`), and a `torch.Generator` seeded with `seed` for the epoch shuffles, so on
-CPU the same seed and thread count give identical metrics. Threads: `GENEMASK_THREADS` (if set) is
-passed to `torch.set_num_threads`; otherwise torch's default (which honours OMP_NUM_THREADS).
+(`fused_adamw_dropout.HostDropout`), and a `torch.Generator` seeded with `seed` for the epoch
+shuffles, so on CPU the same seed and thread count give identical metrics. Threads:
+`GENEMASK_THREADS` (if set) is passed to `torch.set_num_threads` for the run
+(`modelfolder.thread_scope`); otherwise torch's default (which honours OMP_NUM_THREADS).
 
 Metrics: accuracy, macro-F1, MCC and AUROC (binary: ROC AUC of the class-1 probability; more
 classes: the one-vs-one macro AUROC of Hand & Till, the mean over class pairs (a, b) of the mean of
@@ -55,7 +56,16 @@ import numpy as np
 
 from .defaults import check as check_settings
 from .defaults import defaults as config_defaults
-from .kmers import N_SPECIAL, seq_to_ids, vocab_size
+from .kmers import seq_to_ids
+from .modelfolder import (
+    check_vocab_size,
+    choose_device,
+    load_classifier,
+    model_k,
+    read_meta,
+    save_classifier,
+    thread_scope,
+)
 from .tasks import read_stats, read_task_file
 from .training import linear_schedule, padded_rows, param_groups
 from .util import GeneMaskError, atomic_output, read_settings
@@ -98,100 +108,6 @@ def select_regime(settings: dict, shot: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # model and data
 # ---------------------------------------------------------------------------------------------
-def model_meta(folder: str | Path) -> dict:
-    """A model folder's `genemask.json` ({} when absent); a file that is not a JSON object -> one line."""
-    p = Path(folder) / "genemask.json"
-    if not p.exists():
-        return {}
-    try:
-        meta = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GeneMaskError(f"{p}: cannot read model metadata ({e})") from None
-    if not isinstance(meta, dict):
-        raise GeneMaskError(f"{p}: model metadata must be a JSON object, got {type(meta).__name__}")
-    return meta
-
-
-WEIGHTS = "model.safetensors"
-# Any of these in a model folder is a weights file (or the index of sharded ones) that Hugging Face
-# could load instead of, or besides, WEIGHTS: only WEIGHTS, whose sha256 genemask.json records, is.
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".pkl", ".pickle",
-                   ".gguf", ".onnx", ".index.json")
-
-
-def weights_sha256(folder: str | Path) -> str:
-    from .sources import sha256_of
-
-    return sha256_of(Path(folder) / WEIGHTS)
-
-
-def verify_weights(folder: str | Path) -> None:
-    """The one check of a model folder's weights, run by every loader (fine-tuning, predict, embed):
-    exactly one weights file, WEIGHTS, and when genemask.json records `weights_sha256` (every folder
-    the pipeline writes does) those very bytes. Another weights file besides or instead of it
-    (pytorch_model.bin, *.pt, *.h5, sharded *.safetensors, ...) would be loaded unchecked by Hugging
-    Face; flipped bytes in WEIGHTS load without complaint and would score as a real model."""
-    folder = Path(folder)
-    try:
-        names = sorted(f.name for f in folder.iterdir() if f.is_file() or f.is_symlink())
-    except OSError as e:
-        raise GeneMaskError(f"{folder}: cannot list the model folder ({e.strerror or e})") from None
-    others = [n for n in names if n != WEIGHTS and n.lower().endswith(WEIGHT_SUFFIXES)]
-    if others:
-        raise GeneMaskError(f"{folder}: holds weights file(s) {', '.join(others)} besides {WEIGHTS}; only "
-                            f"{WEIGHTS} (its sha256 in genemask.json) is loaded: remove them or rebuild the folder")
-    if WEIGHTS not in names or not (folder / WEIGHTS).is_file():
-        raise GeneMaskError(f"{folder}: no {WEIGHTS} (the model folder's weights)")
-    want = model_meta(folder).get("weights_sha256")
-    if want is None:
-        return
-    if not (isinstance(want, str) and len(want) == 64 and all(c in "0123456789abcdef" for c in want)):
-        raise GeneMaskError(f"{folder / 'genemask.json'}: weights_sha256 must be 64 lower-case hex digits, got {want!r}")
-    got = weights_sha256(folder)
-    if got != want:
-        raise GeneMaskError(f"{folder / WEIGHTS}: damaged weights (sha256 {got[:12]}..., "
-                            f"genemask.json records {want[:12]}...); rebuild the model folder")
-
-
-def model_k(folder: str | Path) -> int:
-    """k of a model folder: `genemask.json` key "k" (default 6 when the file or key is absent)."""
-    p = Path(folder) / "genemask.json"
-    k = model_meta(folder).get("k", 6)
-    if not isinstance(k, int) or k < 1:
-        raise GeneMaskError(f"{p}: key k must be a positive integer, got {k!r}")
-    return k
-
-
-def load_classifier(folder: str | Path, num_labels: int, hidden_dropout: float | None):
-    """BertForSequenceClassification (via AutoModel) from a model folder; seed torch before calling."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise GeneMaskError(f"{folder}: not a model folder (no config.json)")
-    verify_weights(folder)
-    kw: dict[str, Any] = {"num_labels": num_labels}
-    if hidden_dropout is not None:
-        kw["hidden_dropout_prob"] = hidden_dropout
-    try:
-        cfg = AutoConfig.from_pretrained(folder, local_files_only=True, **kw)
-        prev = hf_logging.get_verbosity()
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.set_verbosity_error()  # "newly initialised pooler/classifier" is expected here
-        hf_logging.disable_progress_bar()  # no tqdm bars in Snakemake logs
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(folder, config=cfg, local_files_only=True)
-        finally:
-            hf_logging.set_verbosity(prev)
-            if bars:
-                hf_logging.enable_progress_bar()
-    except (OSError, ValueError, KeyError) as e:
-        msg = str(e).replace("\n", " ")[:300]
-        raise GeneMaskError(f"{folder}: cannot load the model as a sequence classifier ({msg})") from None
-    return model
-
-
 def encode(seqs: list[str], k: int, max_length: int):
     """Token id rows [CLS] k-mers [SEP] (truncated to max_length) as a padded LongTensor + lengths."""
     ids, lengths = padded_rows([seq_to_ids(s, k) for s in seqs], max_length)
@@ -299,40 +215,15 @@ def compute_metrics(y_true, prob, num_labels: int) -> dict[str, float | None]:
 # ---------------------------------------------------------------------------------------------
 # training / evaluation
 # ---------------------------------------------------------------------------------------------
-def set_threads() -> int:
-    import torch
-
-    env = os.environ.get("GENEMASK_THREADS")
-    if env:
-        try:
-            n = int(env)
-            if n < 1:
-                raise ValueError
-        except ValueError:
-            raise GeneMaskError(f"GENEMASK_THREADS: must be a positive integer, got {env!r}") from None
-        torch.set_num_threads(n)
-    return torch.get_num_threads()
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GeneMaskError("--settings: device cuda requested but no CUDA device is available")
-    return torch.device(name)
-
-
 def make_optimizer(model, lr: float, weight_decay: float, device):
     """AdamW (betas 0.9/0.999, eps 1e-8), decoupled weight decay except on biases and LayerNorm
-    weights: on CPU and CUDA `leanstep.FusedAdamW` (torch's fused kernel, one call per group;
+    weights: on CPU and CUDA `fused_adamw_dropout.FusedAdamW` (torch's fused kernel, one call per group;
     it applies the gradient clip itself), elsewhere `torch.optim.AdamW`."""
     import torch
 
     groups = param_groups(model, weight_decay)
     if torch.device(device).type in ("cpu", "cuda"):
-        from .leanstep import FusedAdamW
+        from .fused_adamw_dropout import FusedAdamW
 
         return FusedAdamW(groups, lr=lr, eps=1e-8)
     return torch.optim.AdamW(groups, lr=lr, eps=1e-8)
@@ -346,11 +237,11 @@ def train_classifier(model, ids, lengths, labels, regime: dict, settings: dict, 
     the device once, a batch is an index into them cut to its longest row, the learning rate is
     set from the schedule's formula directly, the optimiser is fused and applies the gradient
     clip itself (`clip_scale`), the running loss stays on the device (one host sync per epoch,
-    for the progress line), and on CPU the dropout masks come from numpy (`leanstep.py`).
+    for the progress line), and on CPU the dropout masks come from numpy (`fused_adamw_dropout.py`).
     """
     import torch
 
-    from .leanstep import FusedAdamW, clip_scale, use_host_dropout
+    from .fused_adamw_dropout import FusedAdamW, clip_scale, use_host_dropout
 
     n = len(labels)
     bs, epochs, lr = int(regime["batch_size"]), int(regime["epochs"]), float(regime["lr"])
@@ -421,28 +312,24 @@ def predict_proba(model, ids, lengths, batch_size: int, device) -> np.ndarray:
 def finetune_cli(model: str, train: str, test: str, task: str, shot: int, seed: int, scheme: str,
                  num_labels: int, settings: str | dict | None, output: str, save_model: str | None = None) -> dict:
     """Fine-tune `model` on `train`, score on `test`, write the metrics JSON to `output`; returns it."""
-    import torch
-
     st = load_settings(settings)
     regime = select_regime(st, shot)
     if num_labels < 2:
         raise GeneMaskError(f"--num-labels: must be >= 2, got {num_labels}")
-    prev_threads = torch.get_num_threads()
-    try:
-        return _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regime, output, save_model)
-    finally:
-        torch.set_num_threads(prev_threads)  # GENEMASK_THREADS applies to this call only
+    with thread_scope() as threads:  # GENEMASK_THREADS applies to this call only
+        return _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regime, output, save_model,
+                         threads)
 
 
-def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regime, output, save_model=None) -> dict:
+def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regime, output, save_model,
+              threads: int) -> dict:
     import torch
 
-    threads = set_threads()
-    device = _device(st["device"])
+    device = choose_device(st["device"], "--settings: device")
     tr = read_task_file(train, num_labels)
     te = read_task_file(test, num_labels)
     k = model_k(model)
-    meta = model_meta(model)
+    meta = read_meta(model)
     names = None  # label names of a saved classifier: task-data's stats.json beside its train.tsv, if any
     stats = Path(train).with_name("stats.json")
     if save_model and stats.is_file():
@@ -450,9 +337,7 @@ def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regi
 
     torch.manual_seed(seed)
     clf = load_classifier(model, num_labels, st["hidden_dropout"])
-    if clf.config.vocab_size < vocab_size(k):
-        raise GeneMaskError(f"{model}: vocab_size {clf.config.vocab_size} is smaller than the {k}-mer "
-                            f"vocabulary ({vocab_size(k)} = {N_SPECIAL} specials + 4^{k})")
+    check_vocab_size(clf.config.vocab_size, k, model)
     max_len = min(st["max_length"], int(getattr(clf.config, "max_position_embeddings", st["max_length"])))
     try:
         tr_ids, tr_len = encode(tr.sequences, k, max_len)
@@ -483,9 +368,7 @@ def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regi
         "k": k, "model": str(model), "device": str(device), "threads": threads,
         "pretrain_seed": meta.get("pretrain_seed"), "pretrain_step": meta.get("pretrain_step"),
     }
-    if save_model:  # a Hugging Face folder that AutoModelForSequenceClassification loads (apply.py)
-        from .apply import save_classifier
-
+    if save_model:  # a Hugging Face folder that AutoModelForSequenceClassification loads (modelfolder.py)
         save_classifier(clf.cpu(), save_model, {
             "task": task, "shot": int(shot), "seed": int(seed), "scheme": scheme, "source_model": str(model),
             "metrics": metrics, "labels": names})

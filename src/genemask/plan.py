@@ -405,7 +405,7 @@ EMBED_FORMATS = {"parquet": ".parquet", "npy": ".npy"}
 def _resolve_predict(cfg: dict, where: str) -> dict:
     """The predict section checked, its input paths absolute and its selections expanded: `runs`
     (the fine-tuning runs whose saved classifiers predict, plan.runs order) and `embed_models`."""
-    from .apply import input_kind  # torch-free at import
+    from .inference import input_kind  # torch-free at import
 
     p = dict(cfg["predict"])
     inputs = {}

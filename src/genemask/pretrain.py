@@ -460,7 +460,7 @@ def resume(path: Path, model, opt, sched, device) -> dict:
 def export_run(output: Path, model, k: int, meta: dict, state: dict, step_ckpts: dict[int, Path], device) -> None:
     """The run folder: `step{N}/` model folders (from the model in memory where it is at that
     step, else from the step's checkpoint) and the run's log, masked-rank counts and metadata."""
-    from .tokenizer import build_tokenizer, save_tokenizer
+    from .modelfolder import save_model
 
     last, current = max(step_ckpts), state["step"]
     if current != last:  # the run's files describe the whole run: take the last step's state
@@ -470,14 +470,9 @@ def export_run(output: Path, model, k: int, meta: dict, state: dict, step_ckpts:
     with atomic_output(output, is_dir=True, kind=PRETRAINING_RUN) as tmp:
         for step in sorted(step_ckpts):
             model.load_state_dict(final if step == current else _load_checkpoint(step_ckpts[step], device)["model"])
-            d = tmp / f"step{step}"
-            model.save_pretrained(d)
-            save_tokenizer(build_tokenizer(k), d)  # tokenizer.json + DNABERT-style vocab.txt
-            from .finetune import weights_sha256  # checked on every load (finetune.verify_weights)
-
-            sm = {**meta, "pretrain_step": step, "pretrain_seed": meta["settings"]["seed"],
-                  "weights_sha256": weights_sha256(d)}
-            (d / "genemask.json").write_text(json.dumps(sm, indent=1, default=str) + "\n")
+            # config, weights, the k-mer tokenizer and genemask.json with the weights' sha256
+            save_model(model, tmp / f"step{step}", k,
+                       {**meta, "pretrain_step": step, "pretrain_seed": meta["settings"]["seed"]})
         write_run_files(tmp, meta, state)
     model.load_state_dict(final)
 

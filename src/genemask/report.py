@@ -1,75 +1,20 @@
-"""`genemask aggregate`: fine-tuning metrics -> tables, tests, figures and a self-contained HTML page.
-
-`aggregate_cli` (the `genemask aggregate` command) reads one metrics JSON per fine-tuning run and
-writes, in `outdir`:
-
-* `runs.tsv`     one row per run, sorted by task, shot, scheme, pretrain_step, pretrain_seed, seed
-                 (the two pretraining columns empty/NaN where the metrics JSON does not record them);
-* `summary.tsv`  mean, sample sd (ddof=1), n (runs) and n_pretrain_seeds of accuracy, macro-F1, MCC
-                 and AUROC per task x shot x scheme x pretrain_step (over all pretraining x
-                 fine-tuning seed runs); settings listed as missing (see below) appear with
-                 status=missing and their reason, never silently dropped, and a scheme (at a step)
-                 with no run in a setting that other schemes have appears with status=no_runs;
-* `summary.md`   the headline verdict, then accuracy "mean ± sd" (rows task x shot, columns scheme,
-                 or 'scheme @step' for a scheme with several steps), also printed to stdout;
-* `tests.tsv`    every scheme minus each reference (`dnabert`, `none`, each external baseline) per
-                 task x shot x metric x pretraining step, paired on (pretrain_seed, seed), tested on
-                 the per-pretraining-seed means, with Holm / BH adjusted p-values: `stats.paired_tests`;
-* `variance.tsv` pretraining- vs fine-tuning-seed variance components: `stats.variance_table`;
-* `verdict.tsv`, `verdict.md`  mean difference over cells with a hierarchical-bootstrap 95% CI, cells
-                 won / lost / tied and one generated sentence per comparison: `stats.verdicts`;
-* `accuracy_vs_shots.png`  one panel per task, accuracy vs shots (log x), one line per scheme (at its
-                 largest pretraining step), error bars = sd over runs, missing shots marked;
-* `accuracy_vs_steps_<task>.png` (`steps_plot_name`) accuracy and MCC vs pretraining steps per shot;
-* `report.html`  a self-contained page (verdict on top, tables + figures embedded as base64), so a
-                 report exists without `snakemake --report`.
-
-Missing settings come from an optional TSV (`task`, `shot`, `reason`), e.g. shots for which the
-authors released no file (Cohn-enh and Splice-40 1000-shot).
-
-This module is the command and the page (`summary_html`); the reading, summaries and text tables
-are in aggregate.py, the statistics in stats.py, the figures in figures.py.
-"""
+"""The `genemask aggregate` HTML page: `summary_html` builds report.html, a self-contained page
+(verdict on top, tables and figures embedded as base64) from the files the command
+(aggregate.aggregate_cli) wrote in its output folder, so a report exists without
+`snakemake --report`."""
 from __future__ import annotations
 
 import base64
 import html
-import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from . import stats
-from .aggregate import (
-    BASELINE,
-    METRICS,
-    SCHEME_ORDER,
-    TASK_ORDER,
-    accuracy_table,
-    load_missing,
-    load_runs,
-    missing_notes,
-    ordered,
-    ordered_verdict,
-    references,
-    summarize,
-    summary_markdown,
-)
-from .figures import plot_accuracy_vs_shots, plot_accuracy_vs_steps, steps_plot_name, write_bytes
-from .util import GeneMaskError, atomic_output
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_output(path) as tmp:
-        Path(tmp).write_text(text)
-
-
-def _write_tsv(path: Path, df: pd.DataFrame) -> None:
-    with atomic_output(path) as tmp:
-        df.to_csv(tmp, sep="\t", index=False, na_rep="NaN", float_format="%.10g")
-
+from .figures import steps_plot_name
+from .tables import BASELINE, SCHEME_ORDER, TASK_ORDER, accuracy_table, missing_notes, ordered
+from .util import GeneMaskError
 
 # ---------------------------------------------------------------------------------------------
 # HTML fallback report
@@ -204,66 +149,3 @@ def summary_html(outdir: str | Path, include: Sequence[str | Path] = (), title: 
     parts.append("<h2>Runs</h2>" + _table_html(runs.drop(columns=["source"])))
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# the command
-# ---------------------------------------------------------------------------------------------
-def parse_margins(items: Sequence[str]) -> dict[str, float]:
-    """METRIC=MARGIN items over the schema's report.equivalence_margin defaults; one line on a fault."""
-    from .defaults import check, defaults
-
-    out = defaults("report.equivalence_margin")
-    for item in items:
-        metric, sep, value = item.partition("=")
-        try:
-            out[metric] = float(value) if sep else math.nan
-        except ValueError:
-            out[metric] = value
-    check(out, "report.equivalence_margin", "--equivalence-margin")
-    return out
-
-
-def aggregate_cli(metrics_jsons: Sequence[str | Path], outdir: str | Path, expected: str | Path | None = None,
-                  include: Sequence[str | Path] = (), baseline: str = BASELINE, *, margins: Sequence[str] = (),
-                  n_boot: int = stats.N_BOOT, boot_seed: int = stats.BOOT_SEED) -> int:
-    """`genemask aggregate`: validate every input first, then write all outputs (see module doc).
-
-    `expected`: optional TSV of settings expected but without data (columns task, shot, reason).
-    `include`: extra PNG/TSV files to embed in report.html (e.g. loss.png, motifs.tsv).
-    `margins`: METRIC=MARGIN items, the verdict's TOST margins (others: the schema's defaults).
-    `n_boot`, `boot_seed`: replicates and seed of the verdict's hierarchical bootstrap.
-    """
-    outdir = Path(outdir)
-    margin = parse_margins(margins)
-    runs = load_runs(metrics_jsons)
-    missing = load_missing(expected)
-    for p in map(Path, include):
-        if not p.exists():
-            raise GeneMaskError(f"{p}: file to include in the report does not exist")
-    summary = summarize(runs, missing)
-    refs = references(runs, baseline)
-    tests = stats.paired_tests(runs, refs, METRICS)
-    variance = stats.variance_table(runs)
-    verdict = ordered_verdict(stats.verdicts(runs, tests, refs, margin, n_boot=n_boot, boot_seed=boot_seed), refs)
-    verdict_md = stats.verdict_markdown(verdict, primary=(baseline, "none"))
-    md = summary_markdown(summary, tests, verdict, baseline)
-    png = plot_accuracy_vs_shots(summary)
-    kinds = stats.scheme_kinds(runs)
-    steps_png = {t: plot_accuracy_vs_steps(summary, t, kinds) for t in ordered(runs["task"], TASK_ORDER)}
-
-    _write_tsv(outdir / "runs.tsv", runs)
-    _write_tsv(outdir / "summary.tsv", summary)
-    _write_tsv(outdir / "tests.tsv", tests)
-    _write_tsv(outdir / "variance.tsv", variance)
-    _write_tsv(outdir / "verdict.tsv", verdict)
-    _write_text(outdir / "verdict.md", verdict_md)
-    _write_text(outdir / "summary.md", md)
-    write_bytes(outdir / "accuracy_vs_shots.png", png)
-    for t, data in steps_png.items():
-        write_bytes(outdir / steps_plot_name(t), data)
-    _write_text(outdir / "report.html", summary_html(outdir, include))
-    print(md)
-    print(f"wrote {outdir}/{{runs.tsv,summary.tsv,summary.md,tests.tsv,variance.tsv,verdict.tsv,verdict.md,"
-          f"accuracy_vs_shots.png,{','.join(steps_plot_name(t) for t in steps_png)},report.html}}", file=sys.stderr)
-    return 0

@@ -7,7 +7,7 @@ import pandas as pd
 
 from .util import GeneMaskError
 
-STAGE_ORDER = ["fetch", "index_genome", "chunks", "ngrams", "merge_ngrams", "npmi", "corpus", "pretrain",
+STAGE_ORDER = ["fetch", "index_genome", "chunks", "ngrams", "merge_ngrams", "npmi", "corpus", "pretrain", "baseline",
                "task_data", "finetune", "aggregate", "plot_loss", "mask_ranks", "motifs"]
 
 

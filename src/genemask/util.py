@@ -7,7 +7,6 @@ import csv
 import fcntl
 import gzip
 import os
-import random
 import shutil
 import stat
 import sys
@@ -223,15 +222,6 @@ class Progress:
 
     def close(self, extra: str = "") -> None:
         self.update(0, force=True, extra=extra + f" done in {time.perf_counter() - self.start:.1f}s")
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def read_settings(settings, what: str) -> tuple[dict, str]:

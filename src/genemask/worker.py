@@ -431,13 +431,16 @@ def _warm_up() -> None:
     from transformers import BertConfig, BertForMaskedLM
 
     from .cli import build_parser
-    from .finetune import DEFAULT_SETTINGS, compute_metrics, load_classifier, predict_proba, train_classifier
+    from .finetune import DEFAULT_SETTINGS, compute_metrics, predict_proba, train_classifier
+    from .modelfolder import load_classifier, quiet_transformers
 
     torch.set_num_threads(1)
     build_parser()  # cached: the children parse with this one
     with tempfile.TemporaryDirectory() as d:
-        BertForMaskedLM(BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
-                                   intermediate_size=8, max_position_embeddings=8)).save_pretrained(d)
+        toy = BertForMaskedLM(BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                                         intermediate_size=8, max_position_embeddings=8))
+        with quiet_transformers():
+            toy.save_pretrained(d)
         clf = load_classifier(d, 2, 0.1)
         ids, lengths = torch.tensor([[2, 5, 6, 3], [2, 7, 3, 0]]), torch.tensor([4, 3])
         train_classifier(clf, ids, lengths, [0, 1], {"batch_size": 2, "lr": 1e-4, "epochs": 1}, DEFAULT_SETTINGS,

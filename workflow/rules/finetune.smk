@@ -42,6 +42,8 @@ rule baseline:
         directory(f"{RESULTS}/baselines/{{name}}"),
     log:
         f"{RESULTS}/logs/baselines/{{name}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/baseline/{{name}}.tsv"
     conda:
         ENV
     threads: 1

@@ -19,7 +19,7 @@ PREDICT_OUTPUTS = [
     for d in PREDICT_INPUTS
     for m in plan.embed_models(CFG)
 ]
-# .npy embeddings keep their ids beside them (apply.ids_file: <stem>.ids.txt)
+# .npy embeddings keep their ids beside them (inference.ids_file: <stem>.ids.txt)
 EMBED_IDS = (
     {"ids": f"{RESULTS}/embed/{{dataset}}/{{model}}.ids.txt"}
     if EMBED_EXT == ".npy"

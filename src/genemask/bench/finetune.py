@@ -40,11 +40,14 @@ def _model_folder(d: Path, num_labels: int = 2) -> Path:
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
+    from ..modelfolder import quiet_transformers, write_meta
+
     mc = json.loads((ROOT / "resources" / "models" / "demo.json").read_text())
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=4101, **{k: v for k, v in mc.items() if k not in ("name", "k")})
-    BertForMaskedLM(cfg).save_pretrained(d)
-    (d / "genemask.json").write_text(json.dumps({"k": 6}))
+    with quiet_transformers():
+        BertForMaskedLM(cfg).save_pretrained(d)
+    write_meta(d, {"k": 6})
     return d
 
 
@@ -115,7 +118,8 @@ def _bare_loop(model, ids, labels, bs: int, lr: float) -> float:
 def main(args) -> int:
     import torch
 
-    from ..finetune import DEFAULT_SETTINGS, load_classifier, train_classifier
+    from ..finetune import DEFAULT_SETTINGS, train_classifier
+    from ..modelfolder import load_classifier
 
     n_runs, steps, rounds = max(2, int(args.runs)), max(10, int(args.steps)), max(1, int(args.rounds))
     torch.set_num_threads(1)

@@ -1,5 +1,5 @@
-"""The parts of the lean fine-tuning step that need torch at import (`finetune.train_classifier`
-imports this module inside the function, so the CLI never pays for it).
+"""Fused AdamW and host dropout: the parts of the lean fine-tuning step that need torch at import
+(`finetune.train_classifier` imports this module inside the function, so the CLI never pays for it).
 
 1. `FusedAdamW`: AdamW exactly as `torch.optim.AdamW(fused=True)` computes it (the same
    `torch._fused_adamw_` kernel, one call per parameter group and step), with the gradient-norm

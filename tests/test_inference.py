@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from genemask.apply import _Tokens, embed, ids_file, plan_windows, predict, read_input, save_classifier
 from genemask.cli import main
-from genemask.finetune import encode, load_classifier, predict_proba
+from genemask.finetune import encode, predict_proba
 from genemask.genome import iter_fasta_validated
+from genemask.inference import Tokens, embed, ids_file, plan_windows, predict, read_input
 from genemask.kmers import CLS, SEP, seq_to_ids
+from genemask.modelfolder import load_classifier, save_classifier
 from genemask.pretrain import build_model
 from genemask.tasks import read_task_file
 from genemask.tokenizer import build_tokenizer, save_tokenizer, tokenizer_k
@@ -30,7 +31,7 @@ def one_thread(monkeypatch):
 @pytest.fixture(scope="module")
 def pretrained(root, tmp_path_factory):
     """A pretrained-style folder (BertForMaskedLM + tokenizer + genemask.json) of resources/models/tiny.json."""
-    d = tmp_path_factory.mktemp("apply") / "pretrained"
+    d = tmp_path_factory.mktemp("inference") / "pretrained"
     model, k = build_model(json.loads((root / "resources" / "models" / "tiny.json").read_text()), seed=0)
     model.save_pretrained(d)
     save_tokenizer(build_tokenizer(k), d)
@@ -110,7 +111,7 @@ def test_plan_windows_counts_for_a_5kbp_record_and_bad_stride():
 
 def test_window_batches_hold_the_planned_tokens(records):
     ids, seqs = list(records), list(records.values())
-    tok = _Tokens(ids, seqs, 6, W, 255, "pieces")
+    tok = Tokens(ids, seqs, 6, W, 255, "pieces")
     assert np.bincount(tok.seq).tolist() == [19, 1, 1, 1]
     seen = 0
     for w, x, mask in tok.batches(4):
@@ -277,7 +278,7 @@ def test_embed_mean_weights_windows_by_tokens_and_layers(pretrained, records):
     long = records["long5k"]
     tok = seq_to_ids(long, 6)
     _, start, length = plan_windows([len(tok)], W, 255)
-    from genemask.apply import load_encoder
+    from genemask.modelfolder import load_encoder
 
     enc, _ = load_encoder(pretrained)
     with torch.inference_mode():

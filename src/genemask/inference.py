@@ -1,11 +1,7 @@
-"""Using a model: save a fine-tuned classifier, predict classes and embed new sequences.
+"""Using a model: predict classes and embed new sequences with a model folder (modelfolder.py
+writes, loads and checks the folders: a fine-tuned classifier is saved by
+`modelfolder.save_classifier`).
 
-- `save_classifier(model, folder, meta)` writes a fine-tuned `BertForSequenceClassification` as a
-  Hugging Face folder that `AutoModelForSequenceClassification.from_pretrained(folder)` loads:
-  config.json (with `id2label`/`label2id`), model.safetensors, the tokenizer files of the source
-  model folder (tokenizer.json, tokenizer_config.json, vocab.txt; built for k if the source has
-  none) and our metadata `genemask.json` ("kind": "classifier", k, labels, task, shot, seed,
-  source_model, metrics, ...).
 - `predict_cli` (`genemask predict`): class probabilities per sequence, TSV `id prob_<label>...
   predicted`.
 - `embed_cli` (`genemask embed`): one vector per sequence from any of our model folders (pretrained
@@ -38,67 +34,30 @@ joined (k-mers across a boundary are never gathered).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from .finetune import load_classifier, model_k, set_threads, verify_weights, weights_sha256
-from .kmers import N_SPECIAL, PAD, kmers_to_seq, seq_to_ids, vocab_size
+from .kmers import PAD, kmers_to_seq, seq_to_ids
+from .modelfolder import (
+    check_vocab_size,
+    choose_device,
+    load_classifier,
+    load_config,
+    load_encoder,
+    model_k,
+    thread_scope,
+)
 from .tasks import SEQ_NAMES
 from .training import padded_rows
-from .util import CLASSIFIER, GeneMaskError, Progress, atomic_output, check_regular_file, shorten, table_rows
+from .util import GeneMaskError, Progress, atomic_output, check_regular_file, shorten, table_rows
 
 FASTA_EXT = (".fa", ".fasta", ".fna", ".fas")
 TABLE_EXT = (".tsv", ".csv")
 ID_NAMES = ("id", "name")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-
-
-# ---------------------------------------------------------------------------------------------
-# saving a fine-tuned classifier
-# ---------------------------------------------------------------------------------------------
-def save_classifier(model, folder: str | os.PathLike, meta: dict) -> Path:
-    """Write a fine-tuned sequence classifier as a Hugging Face folder (atomically); returns it.
-
-    meta: written to genemask.json (JSON-able values; others via str). Keys read here, all optional:
-    `labels` (list of num_labels class names; default "0".."n-1"), `source_model` (the pretrained
-    folder: its tokenizer files are copied and its k is the default for `k`), `k` (default: the
-    source's k, else 6). Suggested: task, shot, seed, scheme, metrics. Sets model.config.id2label
-    and label2id to the label names.
-    """
-    folder = Path(folder)
-    meta = dict(meta)
-    n = int(model.config.num_labels)
-    labels = [str(x) for x in meta.get("labels") or range(n)]
-    if len(labels) != n or len(set(labels)) != n:
-        raise GeneMaskError(f"{folder}: meta labels {labels} must be {n} distinct names (the model has {n} classes)")
-    src = Path(meta["source_model"]) if meta.get("source_model") else None
-    k = meta.get("k")
-    if k is None:
-        k = model_k(src) if src is not None else 6
-    meta.update({"kind": "classifier", "k": int(k), "num_labels": n, "labels": labels})
-    if src is not None:
-        meta["source_model"] = str(src)
-    model.config.id2label = dict(enumerate(labels))
-    model.config.label2id = {lab: i for i, lab in enumerate(labels)}
-    with atomic_output(folder, is_dir=True, kind=CLASSIFIER) as tmp:
-        with _quiet_hf():
-            model.save_pretrained(tmp)  # safetensors (model.safetensors)
-        copied = [f for f in TOKENIZER_FILES if src is not None and (src / f).is_file()]
-        for f in copied:
-            shutil.copyfile(src / f, tmp / f)
-        if "tokenizer.json" not in copied:  # source without a tokenizer (or none given): build it for k
-            from .tokenizer import build_tokenizer, save_tokenizer
-
-            save_tokenizer(build_tokenizer(int(k)), tmp)
-        meta["weights_sha256"] = weights_sha256(tmp)  # checked on every load (finetune.verify_weights)
-        (tmp / "genemask.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
-    return folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +156,7 @@ def plan_windows(n_tokens, window: int, stride: int) -> tuple[np.ndarray, np.nda
     return seq, start, length
 
 
-class _Tokens:
+class Tokens:
     """Token ids of all sequences (one seq_to_ids call over the joined bytes) and their windows."""
 
     def __init__(self, ids: list[str], seqs: list[bytes], k: int, window: int, stride: int, source: str):
@@ -227,33 +186,8 @@ class _Tokens:
 # ---------------------------------------------------------------------------------------------
 # models
 # ---------------------------------------------------------------------------------------------
-def _device(name: str):
-    import torch
-
-    if name not in ("cpu", "cuda", "auto"):
-        raise GeneMaskError(f"--device: expected cpu, cuda or auto, got {name!r}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GeneMaskError("--device: cuda requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def _config(folder: Path):
-    from transformers import AutoConfig
-
-    if not (folder / "config.json").is_file():
-        raise GeneMaskError(f"{folder}: not a model folder (no config.json)")
-    try:
-        return AutoConfig.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise GeneMaskError(f"{folder}: cannot read config.json ({str(e).splitlines()[0][:200]})") from None
-
-
 def _window_size(cfg, folder: Path, k: int, window: int | None) -> int:
-    if cfg.vocab_size < vocab_size(k):
-        raise GeneMaskError(f"{folder}: vocab_size {cfg.vocab_size} is smaller than the {k}-mer vocabulary "
-                            f"({vocab_size(k)} = {N_SPECIAL} specials + 4^{k})")
+    check_vocab_size(cfg.vocab_size, k, folder)
     w_max = int(cfg.max_position_embeddings) - 2
     if window is None:
         return w_max
@@ -265,7 +199,7 @@ def _window_size(cfg, folder: Path, k: int, window: int | None) -> int:
 def load_for_predict(folder: str | os.PathLike):
     """(classifier in eval mode, k, label names) of a fine-tuned classifier folder."""
     folder = Path(folder)
-    cfg = _config(folder)
+    cfg = load_config(folder)
     if not any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or [])):
         raise GeneMaskError(f"{folder}: not a fine-tuned classifier (architectures {cfg.architectures}); "
                             f"use `genemask embed` for a pretrained model")
@@ -274,44 +208,10 @@ def load_for_predict(folder: str | os.PathLike):
     return model.eval(), model_k(folder), labels
 
 
-def load_encoder(folder: str | os.PathLike):
-    """(base encoder, e.g. BertModel without pooler, in eval mode, k) of any of our model folders."""
-    from transformers import AutoModel
-
-    folder = Path(folder)
-    _config(folder)
-    verify_weights(folder)
-    try:
-        with _quiet_hf():  # MLM/classifier heads left unused are expected here
-            try:
-                model = AutoModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=False)
-            except TypeError:  # an encoder class without a pooler option
-                model = AutoModel.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise GeneMaskError(f"{folder}: cannot load the encoder ({str(e).replace(chr(10), ' ')[:300]})") from None
-    return model.eval(), model_k(folder)
-
-
-@contextlib.contextmanager
-def _quiet_hf():
-    """Hugging Face warnings and tqdm bars off for the block (they clutter Snakemake logs)."""
-    from transformers.utils import logging as hf_logging
-
-    prev, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(prev)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 # ---------------------------------------------------------------------------------------------
 # predict / embed (Python API)
 # ---------------------------------------------------------------------------------------------
-def predict_logits(model, tokens: _Tokens, batch_size: int, device, label: str = "predict") -> np.ndarray:
+def predict_logits(model, tokens: Tokens, batch_size: int, device, label: str = "predict") -> np.ndarray:
     """Window-averaged logits [n, num_labels] (float64)."""
     import torch
 
@@ -338,7 +238,7 @@ def predict(folder, seqs: list[bytes | str], ids: list[str] | None = None, strid
     window (default and maximum: max_position_embeddings - 2)."""
     import torch
 
-    dev = _device(device)
+    dev = choose_device(device)
     if batch_size < 1:
         raise GeneMaskError(f"--batch-size: must be >= 1, got {batch_size}")
     model, k, labels = load_for_predict(folder)
@@ -358,7 +258,7 @@ def embed(folder, seqs: list[bytes | str], ids: list[str] | None = None, pooling
         raise GeneMaskError(f"--pooling: expected cls or mean, got {pooling!r}")
     if batch_size < 1:
         raise GeneMaskError(f"--batch-size: must be >= 1, got {batch_size}")
-    dev = _device(device)
+    dev = choose_device(device)
     model, k = load_encoder(folder)
     n_layers = int(model.config.num_hidden_layers)
     if not -(n_layers + 1) <= layer <= n_layers:
@@ -385,32 +285,21 @@ def embed(folder, seqs: list[bytes | str], ids: list[str] | None = None, pooling
     return (total / weight[:, None]).astype(np.float32)
 
 
-def _tokens(cfg, folder, k, seqs, ids, stride, window, source) -> _Tokens:
+def _tokens(cfg, folder, k, seqs, ids, stride, window, source) -> Tokens:
     seqs = [s.encode("ascii", "replace") if isinstance(s, str) else s for s in seqs]
     ids = list(ids) if ids is not None else [str(i + 1) for i in range(len(seqs))]
     if not seqs:
         raise GeneMaskError(f"{source}: no sequences to score")
     w = _window_size(cfg, Path(folder), k, window)
-    return _Tokens(ids, seqs, k, w, w // 2 if stride is None else int(stride), source)
+    return Tokens(ids, seqs, k, w, w // 2 if stride is None else int(stride), source)
 
 
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
-def _threads(fn, *args, **kw):
-    import torch
-
-    prev = torch.get_num_threads()
-    set_threads()
-    try:
-        return fn(*args, **kw)
-    finally:
-        torch.set_num_threads(prev)
-
-
 def _read_named(path) -> tuple[list[str], list[bytes]]:
     ids, seqs = read_input(path)
-    print(f"[apply] {path}: {len(seqs)} sequences, {sum(map(len, seqs)):,} bp", file=sys.stderr, flush=True)
+    print(f"[inference] {path}: {len(seqs)} sequences, {sum(map(len, seqs)):,} bp", file=sys.stderr, flush=True)
     return ids, seqs
 
 
@@ -422,8 +311,9 @@ def predict_cli(model: str, input: str, output: str, stride: int | None = None, 
     if not str(output).lower().endswith((".tsv", ".tsv.gz")):
         raise GeneMaskError(f"{output}: predictions are written as TSV; use a .tsv (or .tsv.gz) name")
     ids, seqs = _read_named(input)
-    prob, labels = _threads(predict, model, seqs, ids, stride=stride, batch_size=batch_size, device=device,
-                            source=str(input))
+    with thread_scope():
+        prob, labels = predict(model, seqs, ids, stride=stride, batch_size=batch_size, device=device,
+                               source=str(input))
     df = pd.DataFrame(prob, columns=[f"prob_{lab}" for lab in labels])
     df.insert(0, "id", ids)
     df["predicted"] = np.asarray(labels, dtype=object)[prob.argmax(axis=1)]
@@ -472,8 +362,9 @@ def embed_cli(model: str, input: str, output: str, pooling: str = "cls", layer: 
     if fmt == ".parquet":
         _need_pyarrow()  # fail before the model runs
     ids, seqs = _read_named(input)
-    vec = _threads(embed, model, seqs, ids, pooling=pooling, layer=layer, stride=stride,
-                   batch_size=batch_size, device=device, source=str(input))
+    with thread_scope():
+        vec = embed(model, seqs, ids, pooling=pooling, layer=layer, stride=stride,
+                    batch_size=batch_size, device=device, source=str(input))
     if fmt == ".npy":
         ids_path = ids_file(out)
         with atomic_output(out) as tmp, atomic_output(ids_path) as tmp_ids:
