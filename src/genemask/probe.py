@@ -72,12 +72,13 @@ def probe_runs(model: str, task: str, scheme: str, num_labels: int, shots, seeds
     import sys
     import time
 
-    from .apply import embed
-    from .finetune import compute_metrics, model_meta
+    from .finetune import compute_metrics
+    from .inference import embed
+    from .modelfolder import read_meta
     from .tasks import read_task_file
     from .util import atomic_output
 
-    meta = model_meta(model)
+    meta = read_meta(model)
     files = {}
     for _, train, test in shots:
         for path in (train, test):
