@@ -34,8 +34,13 @@ def pretrained(tmp_path_factory):
 
 def test_folder_format(pretrained):
     names = sorted(p.name for p in pretrained.iterdir())
-    assert names == ["config.json", "genemask.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                     "vocab.txt"]
+    assert names == ["README.md", "config.json", "genemask.json", "model.safetensors", "tokenizer.json",
+                     "tokenizer_config.json", "vocab.txt"]
+    # the model card is generated from the metadata and parses as one
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(pretrained / mf.CARD)
+    assert card.data.to_dict()["pipeline_tag"] == "fill-mask" and mf.read_meta(pretrained)["weights_sha256"] in card.text
     text = (pretrained / mf.META).read_text()
     assert text == json.dumps(mf.read_meta(pretrained), indent=1) + "\n"  # the writers' one format
     assert list(mf.read_meta(pretrained)) == ["k", "scheme", "pretrain_step", "weights_sha256"]  # sha256 last

@@ -57,7 +57,17 @@ def test_output_folder_loads_with_auto_classes(setup, data_a):
     assert log["step"].tolist() == [1, 2, 3, 4, 5, 6] and log["loss"].between(5, 10).all()
     assert sorted(p.name for p in out.iterdir()) == [".genemask-output", "genemask.json", "mask_ranks.tsv", "step6",
                                                      "train_log.tsv"]
-    assert json.loads((out / "step6" / "genemask.json").read_text())["pretrain_step"] == 6
+    step = json.loads((out / "step6" / "genemask.json").read_text())
+    assert step["pretrain_step"] == 6
+    # the step's summary of the log, and the model card made from it
+    last_val = log.dropna(subset=["val_loss"]).iloc[-1]
+    assert step["val_loss"] == pytest.approx(last_val["val_loss"]) and step["val_loss_step"] == last_val["step"]
+    assert step["tokens_per_s"] == pytest.approx(log["tokens_per_s"].mean())
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "step6" / "README.md")
+    assert f"| tokens seen | {step['tokens_seen']} |" in card.text and f"| validation loss | {step['val_loss']:.4g} |" \
+        in card.text and card.data.to_dict()["tags"][-1] == "masking-genemask"
     ranks = pd.read_csv(out / "mask_ranks.tsv", sep="\t")
     assert ranks["masked_count"].sum() > 0 and ranks["all_count"].sum() > ranks["masked_count"].sum()
 

@@ -13,11 +13,15 @@ that the Hugging Face Auto classes load as it is:
                            the writer adds: a pretraining step its settings, scheme, pretrain_seed
                            and pretrain_step; a classifier "kind": "classifier", num_labels, labels,
                            task, shot, seed, source_model, metrics; a baseline its name and source.
+                           A pretraining step also carries val_loss (the last validation at or
+                           before it), val_loss_step and tokens_per_s (mean logged throughput).
+    README.md              the model card (CARD), generated from genemask.json by `seal`
+                           (modelcard.card_text): YAML header for the Hub, how to load it, the k-mers
     .genemask-output       the marker of a folder this pipeline wrote (util.atomic_output)
 
 Writing: `save_model` (a model in memory, with its tokenizer, sealed), `save_classifier` (a
 fine-tuned classifier, atomically), `seal` (genemask.json with the weights' sha256, for a folder
-whose files are already in place). Reading: `read_meta`, `model_k`, `load_config`,
+whose files are already in place; it writes the model card too). Reading: `read_meta`, `model_k`, `load_config`,
 `load_classifier`, `load_encoder`; every loader runs `verify_weights` first. Checking:
 `verify_weights`, `check_vocabulary` (a foreign folder speaks our k-mer tokens),
 `check_vocab_size` (a config's vocab_size covers the k-mer vocabulary).
@@ -42,6 +46,7 @@ from .util import CLASSIFIER, GeneMaskError, atomic_output
 META = "genemask.json"
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+CARD = "README.md"  # the model card (modelcard.py), generated from META by `seal`
 # Any of these in a model folder is a weights file (or the index of sharded ones) that Hugging Face
 # could load instead of, or besides, WEIGHTS: only WEIGHTS, whose sha256 genemask.json records, is.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".pkl", ".pickle",
@@ -88,9 +93,13 @@ def weights_sha256(folder: str | os.PathLike) -> str:
 
 
 def seal(folder: str | os.PathLike, meta: dict) -> dict:
-    """genemask.json = meta + weights_sha256 of the WEIGHTS now in the folder; returns what was written."""
+    """genemask.json = meta + weights_sha256 of the WEIGHTS now in the folder, and README.md, the
+    model card generated from it (modelcard.card_text); returns the metadata written."""
+    from .modelcard import card_text
+
     meta = {**meta, "weights_sha256": weights_sha256(folder)}
     write_meta(folder, meta)
+    (Path(folder) / CARD).write_text(card_text(json.loads(json.dumps(meta, default=str))))
     return meta
 
 

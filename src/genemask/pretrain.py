@@ -471,10 +471,21 @@ def export_run(output: Path, model, k: int, meta: dict, state: dict, step_ckpts:
         for step in sorted(step_ckpts):
             model.load_state_dict(final if step == current else _load_checkpoint(step_ckpts[step], device)["model"])
             # config, weights, the k-mer tokenizer and genemask.json with the weights' sha256
-            save_model(model, tmp / f"step{step}", k,
-                       {**meta, "pretrain_step": step, "pretrain_seed": meta["settings"]["seed"]})
+            save_model(model, tmp / f"step{step}", k, {**meta, "pretrain_step": step,
+                                                       "pretrain_seed": meta["settings"]["seed"],
+                                                       **step_summary(state["log"], step)})
         write_run_files(tmp, meta, state)
     model.load_state_dict(final)
+
+
+def step_summary(log: list[dict], step: int) -> dict:
+    """What the training log says of the model at `step`: the last validation loss at or before it
+    (and its step) and the mean logged throughput up to it (None where nothing was logged)."""
+    upto = [r for r in log if r["step"] <= step]
+    val = [r for r in upto if r["val_loss"] != "" and r["val_loss"] == r["val_loss"]]
+    tps = [r["tokens_per_s"] for r in upto if r["tokens_per_s"] == r["tokens_per_s"]]
+    return {"val_loss": float(val[-1]["val_loss"]) if val else None, "val_loss_step": val[-1]["step"] if val else None,
+            "tokens_per_s": float(np.mean(tps)) if tps else None}
 
 
 def write_run_files(folder: Path, meta: dict, state: dict) -> None:
