@@ -1,7 +1,10 @@
 """Masked-language-model pretraining with one masking scheme: the whole loop, top to bottom.
 
 Reads like nanoGPT: settings -> data -> model -> optimiser -> loop (masking, accumulation,
-clipping, schedule) -> evaluation -> checkpoints -> a Hugging Face folder. No callbacks.
+clipping, schedule) -> evaluation -> checkpoints -> a Hugging Face folder. No callbacks. `pretrain`
+is that loop; its named steps: `setup` (distributed, device, threads), `build` (data, model, masker,
+optimiser, schedule), `resume_point`, `train_step`, `validation` (`evaluate`), `Checkpoints.save`,
+`export_run`.
 
 Determinism and resumption: the data order is a pure function of (seed, step) (a seeded
 permutation per epoch), and each micro-batch's masking and dropout are seeded from
@@ -164,7 +167,7 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     if proc.master:
         _say_other_fingerprints(ckpts.dir, ckpts.blob, bool(ckpts.kept))
     state, missing = resume_point(ckpts, targets, run, proc)
-    end = max(missing) if missing else state["step"]
+    end = max(missing) if missing else state["step"]  # train up to the last target not checkpointed yet
 
     prog = Progress(f"pretrain {scheme}", steps, "steps", every_s=10, fmt="{:,.2f}")
     prog.done = state["step"]
