@@ -103,20 +103,32 @@ def validate(config: dict, schema_path: str | Path | None = None, where: str = "
 
 
 def resolve(config: dict, where: str = "config") -> dict:
-    """Merge the catalogues (config/sources.yaml, config/tasks.yaml) and defaults, validate, cross-check."""
+    """Merge the catalogues (config/sources.yaml, config/tasks.yaml) and defaults, validate against the
+    schema, run the cross-checks `CHECKS` in order (the first failing one is the error), resolve predict."""
+    cfg = merge(config, where)
+    validate(cfg, where=where)
+    for check in CHECKS:
+        check(cfg, where)
+    if cfg.get("predict") is not None:
+        cfg["predict"] = _resolve_predict(cfg, where)
+    return cfg
+
+
+def merge(config: dict, where: str) -> dict:
+    """`config` with the schema's defaults filled (FILLED) and the catalogues merged: a config entry
+    adds a source/task or overrides keys of a catalogued one (e.g. only hg38's sha256); a local-file
+    task (with `train`) replaces a catalogued task of the same name whole. Not validated yet."""
     cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
     for key, create in FILLED.items():  # the schema's defaults (a non-mapping is left to the schema)
         given = cfg.get(key)
         if isinstance(given, dict) or (given is None and create):
             cfg[key] = {**D.defaults(key), **(given or {})}
-    # A config entry adds a source/task or overrides keys of a catalogued one (e.g. only hg38's sha256).
     for key in ("sources", "tasks"):
         merged = _load_yaml(ROOT / "config" / f"{key}.yaml")
         given = config.get(key) or {}
         if not isinstance(given, dict):
             raise GeneMaskError(f"{where}: key '{key}': expected a mapping of names to entries")
         for name, entry in given.items():
-            # a local-file task (with `train`) replaces a catalogued task of the same name whole
             keep = {} if key == "tasks" and isinstance(entry, dict) and "train" in entry else merged.get(name, {})
             merged[name] = {**keep, **entry} if isinstance(entry, dict) else entry
         cfg[key] = merged
@@ -124,71 +136,132 @@ def resolve(config: dict, where: str = "config") -> dict:
         if isinstance(task, dict):
             kind = "local_task" if "train" in task else "catalogued_task"
             cfg["tasks"][name] = {**D.defaults(f"definitions.{kind}"), **task}
-    validate(cfg, where=where)
-    src = cfg["sources"]
+    return cfg
 
-    def need(name, key):
-        if name not in src:
-            raise GeneMaskError(f"{where}: key '{key}': source {name!r} is not declared (config/sources.yaml or sources:)")
 
-    need(cfg["genome"]["source"], "genome.source")
+# ---- cross-checks: each refuses one thing the schema cannot see, with one line naming the key -----
+def _need_source(cfg: dict, name: str, key: str, where: str) -> None:
+    if name not in cfg["sources"]:
+        raise GeneMaskError(f"{where}: key '{key}': source {name!r} is not declared (config/sources.yaml or sources:)")
+
+
+def _check_genome_source(cfg: dict, where: str) -> None:
+    """Refuses a genome.source that no source declares."""
+    _need_source(cfg, cfg["genome"]["source"], "genome.source", where)
+
+
+def _check_tasks(cfg: dict, where: str) -> None:
+    """Refuses a faulty fine-tuning task: runs `TASK_CHECKS` on each of finetune.tasks in turn."""
     for t in cfg["finetune"]["tasks"]:
-        if t not in cfg["tasks"]:
-            raise GeneMaskError(f"{where}: key 'finetune.tasks': unknown task {t!r} (known: {', '.join(cfg['tasks'])})")
-        if not TASK_NAME.fullmatch(t):
-            raise GeneMaskError(f"{where}: key 'finetune.tasks': task name {t!r} must be letters, digits, '_' or '-' "
-                                f"(it names result folders)")
-        task = cfg["tasks"][t]
-        max_test = cfg["finetune"].get("max_test", 0)
-        if 0 < max_test < task["num_labels"]:
-            raise GeneMaskError(f"{where}: key 'finetune.max_test': {max_test} test rows cannot keep each of the "
-                                f"{task['num_labels']} classes of task {t!r} (use >= {task['num_labels']}, or 0 = all)")
-        if is_local(cfg, t):
-            _local_files(task, f"{where}: key 'tasks.{t}")
-            continue
-        need(task["test"], f"tasks.{t}.test")
-        for e in task.get("exclude", []):
-            need(e, f"tasks.{t}.exclude")
-        if not task_shots(cfg, t):  # a per-task mapping that omits a listed task would drop it silently
-            raise GeneMaskError(f"{where}: key 'finetune.shots': no shot sizes for task {t!r} (the mapping lists "
-                                f"{', '.join(map(str, cfg['finetune']['shots'])) or 'no task'})")
-        for shot in task_shots(cfg, t):
-            name = task["shots"].get(str(shot), task["shots"].get(shot))
-            if name is not None:
-                need(name, f"tasks.{t}.shots.{shot}")
-            elif str(shot) not in task["shots"] and shot not in task["shots"]:
-                known = ", ".join(map(str, task["shots"])) or "none"
-                raise GeneMaskError(f"{where}: key 'finetune.shots': shot {shot} of task {t!r} is not in the task "
-                                    f"catalogue (tasks.{t}.shots has {known}; null marks a file known to be missing)")
-    _check_names(cfg, where)
+        for check in TASK_CHECKS:
+            check(cfg, t, where)
+
+
+def _check_task_known(cfg: dict, t: str, where: str) -> None:
+    """Refuses a task of finetune.tasks that is neither catalogued nor given under tasks:."""
+    if t not in cfg["tasks"]:
+        raise GeneMaskError(f"{where}: key 'finetune.tasks': unknown task {t!r} (known: {', '.join(cfg['tasks'])})")
+
+
+def _check_task_name(cfg: dict, t: str, where: str) -> None:
+    """Refuses a task name that cannot name result folders (TASK_NAME)."""
+    if not TASK_NAME.fullmatch(t):
+        raise GeneMaskError(f"{where}: key 'finetune.tasks': task name {t!r} must be letters, digits, '_' or '-' "
+                            f"(it names result folders)")
+
+
+def _check_max_test(cfg: dict, t: str, where: str) -> None:
+    """Refuses a finetune.max_test (0 = all) below the task's number of classes: a class would go unscored."""
+    task = cfg["tasks"][t]
+    max_test = cfg["finetune"].get("max_test", 0)
+    if 0 < max_test < task["num_labels"]:
+        raise GeneMaskError(f"{where}: key 'finetune.max_test': {max_test} test rows cannot keep each of the "
+                            f"{task['num_labels']} classes of task {t!r} (use >= {task['num_labels']}, or 0 = all)")
+
+
+def _check_local_files(cfg: dict, t: str, where: str) -> None:
+    """Refuses a local-file task whose train/test/exclude file does not exist; makes their paths
+    absolute in place (`_local_files`)."""
+    if is_local(cfg, t):
+        _local_files(cfg["tasks"][t], f"{where}: key 'tasks.{t}")
+
+
+def _check_task_sources(cfg: dict, t: str, where: str) -> None:
+    """Refuses a catalogued task whose test or exclude source is not declared."""
+    if is_local(cfg, t):
+        return
+    task = cfg["tasks"][t]
+    _need_source(cfg, task["test"], f"tasks.{t}.test", where)
+    for e in task.get("exclude", []):
+        _need_source(cfg, e, f"tasks.{t}.exclude", where)
+
+
+def _check_task_shots(cfg: dict, t: str, where: str) -> None:
+    """Refuses a catalogued task without shot sizes (a per-task finetune.shots mapping that omits it
+    would drop it silently), and a shot that is not in the task catalogue or names an undeclared source."""
+    if is_local(cfg, t):
+        return
+    task = cfg["tasks"][t]
+    if not task_shots(cfg, t):
+        raise GeneMaskError(f"{where}: key 'finetune.shots': no shot sizes for task {t!r} (the mapping lists "
+                            f"{', '.join(map(str, cfg['finetune']['shots'])) or 'no task'})")
+    for shot in task_shots(cfg, t):
+        name = task["shots"].get(str(shot), task["shots"].get(shot))
+        if name is not None:
+            _need_source(cfg, name, f"tasks.{t}.shots.{shot}", where)
+        elif str(shot) not in task["shots"] and shot not in task["shots"]:
+            known = ", ".join(map(str, task["shots"])) or "none"
+            raise GeneMaskError(f"{where}: key 'finetune.shots': shot {shot} of task {t!r} is not in the task "
+                                f"catalogue (tasks.{t}.shots has {known}; null marks a file known to be missing)")
+
+
+def _check_model_file(cfg: dict, where: str) -> None:
+    """Refuses a pretrain.model without its configuration resources/models/<model>.json."""
     model = ROOT / "resources" / "models" / f"{cfg['pretrain']['model']}.json"
     if not model.exists():
         raise GeneMaskError(f"{where}: key 'pretrain.model': no model configuration {model}")
-    _check_regimes(cfg, where)
+
+
+def _check_eval_steps(cfg: dict, where: str) -> None:
+    """Refuses a pretrain.eval_steps entry past the run's last step (no checkpoint would exist)."""
     steps = pretrain_steps(cfg)
     for e in cfg["pretrain"].get("eval_steps") or []:
         if e > steps:
             raise GeneMaskError(f"{where}: key 'pretrain.eval_steps': step {e} is past the run's "
                                 f"pretrain.settings.steps ({steps})")
+
+
+def _check_baseline_names(cfg: dict, where: str) -> None:
+    """Refuses a baseline named like a masking scheme (their results would share a name)."""
     schemes = D.node("pretrain.schemes")["items"]["enum"] if cfg.get("baselines") else []
     for name in cfg.get("baselines") or {}:
         if name in schemes:
             raise GeneMaskError(f"{where}: key 'baselines.{name}': the name of a masking scheme; choose another")
+
+
+def _check_corpus_lengths(cfg: dict, where: str) -> None:
+    """Refuses corpus.min_bp below corpus.k, and corpus.max_bp below corpus.min_bp."""
     c = cfg["corpus"]
     if c["min_bp"] < c["k"]:
         raise GeneMaskError(f"{where}: key 'corpus.min_bp': must be >= corpus.k ({c['k']})")
     if c["max_bp"] < c["min_bp"]:
         raise GeneMaskError(f"{where}: key 'corpus.max_bp': must be >= corpus.min_bp ({c['min_bp']})")
-    if cfg["npmi"]["ranking"] == "computed" and cfg["ngrams"]["max_order"] < c["k"]:
-        raise GeneMaskError(f"{where}: key 'ngrams.max_order': must be >= corpus.k ({c['k']}): the NPMI table "
+
+
+def _check_ngram_order(cfg: dict, where: str) -> None:
+    """Refuses a computed NPMI ranking whose ngrams.max_order is below corpus.k: it would not rank the k-mers."""
+    k = cfg["corpus"]["k"]
+    if cfg["npmi"]["ranking"] == "computed" and cfg["ngrams"]["max_order"] < k:
+        raise GeneMaskError(f"{where}: key 'ngrams.max_order': must be >= corpus.k ({k}): the NPMI table "
                             f"ranks the k-mers the masking uses")
+
+
+def _check_untrained_schemes(cfg: dict, where: str) -> None:
+    """Refuses pretrain.settings.steps 0 with a trained scheme: an untrained model saved under its name."""
     trained = [s for s in cfg["pretrain"]["schemes"] if s != "none"]
     if cfg["pretrain"]["settings"].get("steps") == 0 and trained:
         raise GeneMaskError(f"{where}: key 'pretrain.settings.steps': 0 steps would save untrained models as "
                             f"{', '.join(trained)} (only scheme none is the untrained baseline)")
-    if cfg.get("predict") is not None:
-        cfg["predict"] = _resolve_predict(cfg, where)
-    return cfg
 
 
 def finetune_setting(cfg: dict, key: str):
@@ -198,8 +271,8 @@ def finetune_setting(cfg: dict, key: str):
 
 
 def _check_regimes(cfg: dict, where: str) -> None:
-    """Every shot run must have a fine-tuning regime (finetune.select_regime's rule): the job would
-    refuse it after pretraining, hours later."""
+    """Refuses a shot run that no fine-tuning regime covers (finetune.select_regime's rule): the job
+    would refuse it after pretraining, hours later."""
     maxima = [r.get("max_shot") for r in finetune_setting(cfg, "regimes")]
     if None in maxima:
         return
@@ -281,7 +354,8 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
 def _check_names(cfg: dict, where: str) -> None:
-    """Names that become file names, wildcards or arguments: one line naming the key if unsafe."""
+    """Refuses unsafe names that become file names, wildcards or arguments (source urls and paths,
+    genome contigs, pretrain.model): one line naming the key."""
     from .genome import CONTIG_NAME
     from .sources import check_relative_path, check_url
 
@@ -300,6 +374,13 @@ def _check_names(cfg: dict, where: str) -> None:
     if not MODEL_NAME.fullmatch(cfg["pretrain"]["model"]):
         raise GeneMaskError(f"{where}: key 'pretrain.model': {cfg['pretrain']['model']!r} must be a file name "
                             f"stem of resources/models/ (letters, digits, '_', '-', '.')")
+
+
+# What `resolve` checks after the schema, in this order (the first failing check is the error).
+TASK_CHECKS = (_check_task_known, _check_task_name, _check_max_test, _check_local_files, _check_task_sources,
+               _check_task_shots)  # each of finetune.tasks in turn, by `_check_tasks`
+CHECKS = (_check_genome_source, _check_tasks, _check_names, _check_model_file, _check_regimes, _check_eval_steps,
+          _check_baseline_names, _check_corpus_lengths, _check_ngram_order, _check_untrained_schemes)
 
 
 def check_config_files(paths: list[str]) -> dict:

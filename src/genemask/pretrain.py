@@ -1,7 +1,10 @@
 """Masked-language-model pretraining with one masking scheme: the whole loop, top to bottom.
 
 Reads like nanoGPT: settings -> data -> model -> optimiser -> loop (masking, accumulation,
-clipping, schedule) -> evaluation -> checkpoints -> a Hugging Face folder. No callbacks.
+clipping, schedule) -> evaluation -> checkpoints -> a Hugging Face folder. No callbacks. `pretrain`
+is that loop; its named steps: `setup` (distributed, device, threads), `build` (data, model, masker,
+optimiser, schedule), `resume_point`, `train_step`, `validation` (`evaluate`), `Checkpoints.save`,
+`export_run`.
 
 Determinism and resumption: the data order is a pure function of (seed, step) (a seeded
 permutation per epoch), and each micro-batch's masking and dropout are seeded from
@@ -19,6 +22,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -154,13 +158,93 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     nearest earlier checkpoint to it: never from zero (unless keep_checkpoints is false).
     """
     s = settings or load_settings(None)
-    output = Path(output)
-    late = [int(t) for t in save_steps if not 0 <= int(t) <= int(s["steps"])]
-    if late:  # a checkpoint the run never reaches would be missing without a word
-        raise GeneMaskError(f"--save-steps: step(s) {', '.join(map(str, late))} outside the run's 0..{int(s['steps'])} "
-                            f"(settings.steps)")
+    output, steps = Path(output), int(s["steps"])
+    targets = save_targets(save_steps, steps)
+    proc = setup(s)
+    run = build(corpus_dirs, model_config, scheme, ranking_path, s, proc)
+    ckpts = Checkpoints(output, *fingerprint(scheme, s, model_config, ranking_path, corpus_dirs,
+                                             {**run.train.sha256, **run.valid.sha256}))
+    if proc.master:
+        _say_other_fingerprints(ckpts.dir, ckpts.blob, bool(ckpts.kept))
+    state, missing = resume_point(ckpts, targets, run, proc)
+    end = max(missing) if missing else state["step"]  # train up to the last target not checkpointed yet
 
-    # ---- distributed setup (torchrun sets WORLD_SIZE/RANK/LOCAL_RANK) -------------------------
+    prog = Progress(f"pretrain {scheme}", steps, "steps", every_s=10, fmt="{:,.2f}")
+    prog.done = state["step"]
+    speed = Throughput(state["tokens_seen"])
+    run.loss_model.train()
+    stop = _StopSignals()  # SIGTERM (SLURM pre-emption / time limit) or SIGINT: checkpoint, then exit
+    if state["step"] == 0 and 0 in missing and proc.master and steps > 0:
+        ckpts.save(0, run, state)
+    if proc.master and state["step"] < end:
+        print(f"pretrain {scheme}: training from step {state['step']} to {end} of {steps} (checkpoints in "
+              f"{ckpts.dir})", file=sys.stderr, flush=True)
+    while state["step"] < end:
+        loss, tokens = train_step(run, state, s, proc)
+        step = state["step"]
+        speed.add(tokens)
+        row = None
+        if step % int(s["log_every"]) == 0 or step == steps or step % int(s["eval_every"]) == 0:
+            row = {"step": step, "lr": run.sched.get_last_lr()[0], "loss": loss, "val_loss": "", "val_ppl": "",
+                   "tokens_per_s": speed.since_last()}
+        if step % int(s["eval_every"]) == 0 or step == steps:
+            validation(run, state, row, s, proc, scheme)
+        if row is not None:
+            state["log"].append(row)
+        prog.update(1, extra=f"loss {loss:.3f}" + (f" tok/s {row['tokens_per_s']:,.0f}" if row else ""))
+        if proc.master and (step % int(s["checkpoint_every"]) == 0 or step in targets or stop.signal):
+            ckpts.save(step, run, state)
+        if stop.signal:
+            raise GeneMaskError(f"{stop.name} at step {step}: checkpoint {ckpts.path(step)} written; "
+                                f"run the same command again to continue from it")
+    stop.restore()
+    prog.close()
+    peak_gib = speed.finish(f"pretrain {scheme}", state["tokens_seen"], proc)
+
+    if proc.master:
+        meta = {"scheme": scheme, "k": run.k, "settings": s, "model_config": model_config,
+                "ranking": str(ranking_path) if ranking_path else None,
+                "ranking_sha256": sha256_file(ranking_path), "corpus": [str(c) for c in corpus_dirs],
+                "train_pieces": len(run.train), "train_tokens": run.train.n_tokens(), "steps": steps,
+                "tokens_seen": state["tokens_seen"], "world_size": proc.world, "device": str(proc.device),
+                "peak_gpu_mem_gib": peak_gib,
+                "switch_step": run.masker.switch_step if run.masker is not None else None}  # cm_gems; else null
+        export_run(output, run.model, run.k, meta, state, {t: ckpts.path(t) for t in targets}, proc.device)
+        if not s["keep_checkpoints"]:
+            import shutil
+
+            shutil.rmtree(ckpts.dir, ignore_errors=True)
+    teardown(proc)
+    return state
+
+
+def save_targets(save_steps, steps: int) -> list[int]:
+    """The steps saved as model folders: every one of `save_steps` and the last; a step outside the
+    run (0..steps) would be missing without a word, so it is refused."""
+    late = [int(t) for t in save_steps if not 0 <= int(t) <= steps]
+    if late:
+        raise GeneMaskError(f"--save-steps: step(s) {', '.join(map(str, late))} outside the run's 0..{steps} "
+                            f"(settings.steps)")
+    return sorted({int(t) for t in save_steps} | {steps})
+
+
+# ---- step: setup --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Process:
+    """This process's place in the run: world size, rank (torchrun's WORLD_SIZE/RANK) and device."""
+
+    world: int
+    rank: int
+    device: torch.device
+
+    @property
+    def master(self) -> bool:
+        """Rank 0: the one that prints, checkpoints and exports."""
+        return self.rank == 0
+
+
+def setup(s: dict) -> Process:
+    """Distributed setup (torchrun sets WORLD_SIZE/RANK/LOCAL_RANK), the device, torch's CPU threads."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1:
@@ -170,16 +254,51 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
         torch.cuda.set_device(device)
     if s["threads"]:
         torch.set_num_threads(int(s["threads"]))
-    master = rank == 0
+    return Process(world, rank, device)
 
-    # ---- data, model, masking -----------------------------------------------------------------
+
+def teardown(proc: Process) -> None:
+    """Wait for every rank, then leave the process group (a single process has none)."""
+    if proc.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# ---- step: build --------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """What `build` makes. One name per model role:
+
+    model: the bare Hugging Face BertForMaskedLM: optimised, clipped, checkpointed and saved;
+    loss_model: `MaskedLMLoss` over `model`, wrapped by DistributedDataParallel with more than one
+      process: evaluation's forward, and `no_sync` while gradients accumulate;
+    train_forward: `loss_model` through torch.compile (settings.compile), else `loss_model` itself:
+      training's forward (evaluation stays eager)."""
+
+    k: int
+    train: Corpus
+    valid: Corpus
+    model: torch.nn.Module
+    loss_model: torch.nn.Module
+    train_forward: torch.nn.Module
+    masker: object | None  # None for a 0-step run (scheme none: the untrained baseline)
+    token_ranks: torch.Tensor | None  # rank by token id (mask_ranks.tsv); None without a ranking
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    autocast: object  # bf16 autocast on CUDA (settings.bf16), else a null context
+
+
+def build(corpus_dirs: list[str], model_config: dict, scheme: str, ranking_path: str | None, s: dict,
+          proc: Process) -> Run:
+    """Data, model, masker, optimiser and schedule, in this order (the model's initial weights are
+    the first draws from torch's seeded RNG)."""
+    steps = int(s["steps"])
     model, k = build_model(model_config, s["seed"])
     train = Corpus(corpus_dirs, "train", k)  # verified (corpus.open_split), with the sha256 of each .bin
     valid = Corpus(corpus_dirs, "valid", k)
-    steps = int(s["steps"])
     if steps > 0 and len(train) == 0:
         raise GeneMaskError(f"corpus {corpus_dirs[0]}...: no training pieces")
-    model.to(device)
+    model.to(proc.device)
     ranking = None
     if ranking_path:
         from .npmi import load_ranking
@@ -188,148 +307,169 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     masker = None
     if steps > 0:
         masker = make_masker(scheme, k=k, ranking=ranking, **s["masking"])
-    ddp_model = MaskedLMLoss(model)
-    if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(ddp_model, device_ids=[device.index] if device.type == "cuda" else None)
-    fwd = torch.compile(ddp_model) if s["compile"] else ddp_model
+    loss_model = MaskedLMLoss(model)
+    if proc.world > 1:
+        device_ids = [proc.device.index] if proc.device.type == "cuda" else None
+        loss_model = torch.nn.parallel.DistributedDataParallel(loss_model, device_ids=device_ids)
+    train_forward = torch.compile(loss_model) if s["compile"] else loss_model
     opt = torch.optim.AdamW(param_groups(model, s["weight_decay"]), lr=s["lr"], betas=tuple(s["betas"]), eps=s["eps"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(int(s["warmup_steps"]), steps, warmup_offset=1))
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and s["bf16"] else nullcontext())
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if proc.device.type == "cuda" and s["bf16"]
+                else nullcontext())
+    token_ranks = rank_table(ranking, k) if ranking is not None else None
+    return Run(k, train, valid, model, loss_model, train_forward, masker, token_ranks, opt, sched, autocast)
 
+
+def new_state(k: int) -> dict:
+    """The checkpointed training state at step 0 (the masker's state joins it at the first evaluation)."""
     n_rank_bins = 4**k + 2
-    state = {"step": 0, "log": [], "masked_rank_counts": np.zeros(n_rank_bins, np.int64),
-             "all_rank_counts": np.zeros(n_rank_bins, np.int64), "tokens_seen": 0}
-    targets = sorted({int(t) for t in save_steps} | {steps})
-    fp, fp_blob = fingerprint(scheme, s, model_config, ranking_path, corpus_dirs, {**train.sha256, **valid.sha256})
-    ckpt_dir = output.with_name(output.name + ".ckpt") / fp
-    kept = checkpoints(ckpt_dir)
-    if master:
-        _say_other_fingerprints(ckpt_dir, fp_blob, bool(kept))
+    return {"step": 0, "log": [], "masked_rank_counts": np.zeros(n_rank_bins, np.int64),
+            "all_rank_counts": np.zeros(n_rank_bins, np.int64), "tokens_seen": 0}
 
-    def checkpoint(step: int) -> None:  # with the record of what the fingerprint hashes, for the message above
-        save_checkpoint(ckpt_dir / f"step{step}.pt", model, opt, sched, state)
-        if not (ckpt_dir / "fingerprint.json").exists():
-            with atomic_output(ckpt_dir / "fingerprint.json") as tmp:
-                tmp.write_text(json.dumps(fp_blob, indent=1, sort_keys=True) + "\n")
-    missing = [t for t in targets if t not in kept]
-    start = max((c for c in kept if c <= missing[0]), default=None) if missing else max(kept)
+
+# ---- steps: checkpoint and resume point ---------------------------------------------------------
+class Checkpoints:
+    """This run's checkpoints, `<output>.ckpt/<fingerprint>/step{N}.pt` (see `pretrain`), with the
+    record of what the fingerprint hashes (fingerprint.json, for `_say_other_fingerprints`)."""
+
+    def __init__(self, output: Path, fp: str, blob: dict):
+        self.dir = output.with_name(output.name + ".ckpt") / fp
+        self.blob = blob
+        self.kept = checkpoints(self.dir)  # {step: path} found at the start
+
+    def path(self, step: int) -> Path:
+        return self.dir / f"step{step}.pt"
+
+    def save(self, step: int, run: Run, state: dict) -> None:
+        """Checkpoint the model, optimiser, schedule, RNG states and `state` at `step`."""
+        save_checkpoint(self.path(step), run.model, run.opt, run.sched, state)
+        if not (self.dir / "fingerprint.json").exists():
+            with atomic_output(self.dir / "fingerprint.json") as tmp:
+                tmp.write_text(json.dumps(self.blob, indent=1, sort_keys=True) + "\n")
+
+
+def resume_point(ckpts: Checkpoints, targets: list[int], run: Run, proc: Process) -> tuple[dict, list[int]]:
+    """(the state to start from, the target steps not checkpointed yet). The start is the latest kept
+    checkpoint at or before the first missing target (none: step 0), or, every target kept, the last
+    one (nothing to train: the run is exported from its checkpoints)."""
+    state = new_state(run.k)
+    missing = [t for t in targets if t not in ckpts.kept]
+    start = max((c for c in ckpts.kept if c <= missing[0]), default=None) if missing else max(ckpts.kept)
     if start is not None:
-        state = resume(kept[start], model, opt, sched, device)
-        if masker is not None:
-            masker.load_state_dict(state.get("masker"))  # cm_gems: its plateau rule and switch step
-        if master:
-            print(f"pretrain: resumed from {kept[start]} at step {state['step']}", file=sys.stderr)
+        state = resume(ckpts.kept[start], run.model, run.opt, run.sched, proc.device)
+        if run.masker is not None:
+            run.masker.load_state_dict(state.get("masker"))  # cm_gems: its plateau rule and switch step
+        if proc.master:
+            print(f"pretrain: resumed from {ckpts.kept[start]} at step {state['step']}", file=sys.stderr)
+    return state, missing
 
-    B, A = int(s["batch_size"]), int(s["grad_accum"])
+
+# ---- step: one training step --------------------------------------------------------------------
+def train_step(run: Run, state: dict, s: dict, proc: Process) -> tuple[float, int]:
+    """One optimiser step from state["step"]: this rank's micro-batches of the global batch (data
+    order, masking and dropout seeded per global micro-batch, so any world size sees the same),
+    gradients accumulated (DDP synchronises on the last micro-batch), clipping, optimiser, schedule.
+    Advances state (step, tokens_seen, rank counts); returns (mean micro-batch loss, tokens this
+    step), both as one process would see them."""
+    step, steps = state["step"], int(s["steps"])
+    B, A, world = int(s["batch_size"]), int(s["grad_accum"]), proc.world
     per_step = B * A * world
-    prog = Progress(f"pretrain {scheme}", steps, "steps", every_s=10, fmt="{:,.2f}")
-    prog.done = state["step"]
-    t_last, tok_last = time.perf_counter(), 0
-    ranking_t = rank_table(ranking, k) if ranking is not None else None  # rank by token id
+    idx = sample_indices(len(run.train), s["seed"], step * per_step, per_step)
+    loss_sum, tokens = 0.0, 0
+    for m in range(A):
+        g_micro = proc.rank * A + m
+        batch = make_batch(run.train, idx[g_micro * B : (g_micro + 1) * B], s["max_len"])
+        inp, lab = run.masker(batch, micro_generator(s["seed"], step, g_micro), step=step, total_steps=steps)
+        torch.manual_seed(micro_seed(s["seed"] + 1, step, g_micro))  # dropout, likewise
+        if run.token_ranks is not None:
+            count_ranks(state, run.token_ranks, batch, lab)
+        sync = nullcontext() if (world == 1 or m == A - 1) else run.loss_model.no_sync()
+        with sync:
+            with run.autocast:
+                loss = run.train_forward(inp.to(proc.device), (batch != PAD).to(proc.device), lab.to(proc.device))
+            (loss / A).backward()
+        loss_sum += loss.detach().float().item()
+        tokens += int((batch != PAD).sum())
+    if world > 1:  # log the global mean loss and token count, as one process would see them
+        t = torch.tensor([loss_sum, float(tokens)], dtype=torch.float64, device=proc.device)
+        dist.all_reduce(t)
+        loss_sum, tokens = t[0].item() / world, int(t[1].item()) // world
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), s["grad_clip"])
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    state["step"] = step + 1
+    state["tokens_seen"] += tokens * world
+    return loss_sum / A, tokens * world
 
-    def evaluate() -> float:
-        ddp_model.eval()
-        losses = []
-        n_val = min(len(valid), int(s["eval_batches"]) * B)
-        with torch.inference_mode(), autocast:
-            for j in range(0, n_val, B):
-                batch = make_batch(valid, np.arange(j, min(j + B, n_val)), s["max_len"])
-                inp, lab = masker(batch, micro_generator(s["seed"], -1, j), step=state["step"], total_steps=steps)
-                if (lab != -100).any():
-                    loss = ddp_model(inp.to(device), (batch != PAD).to(device), lab.to(device))
-                    losses.append(loss.float().item())
-        ddp_model.train()
-        return float(np.mean(losses)) if losses else float("nan")
 
-    ddp_model.train()
-    t_start, tokens_start = time.perf_counter(), state["tokens_seen"]
-    stop = _StopSignals()  # SIGTERM (SLURM pre-emption / time limit) or SIGINT: checkpoint, then exit
-    end = max(missing) if missing else state["step"]
-    if state["step"] == 0 and 0 in missing and master and steps > 0:
-        checkpoint(0)
-    if master and state["step"] < end:
-        print(f"pretrain {scheme}: training from step {state['step']} to {end} of {steps} (checkpoints in {ckpt_dir})",
-              file=sys.stderr, flush=True)
-    while state["step"] < end:
-        step = state["step"]
-        idx = sample_indices(len(train), s["seed"], step * per_step, per_step)
-        loss_sum, tokens = 0.0, 0
-        for m in range(A):
-            g_micro = rank * A + m
-            batch = make_batch(train, idx[g_micro * B : (g_micro + 1) * B], s["max_len"])
-            inp, lab = masker(batch, micro_generator(s["seed"], step, g_micro), step=step, total_steps=steps)
-            torch.manual_seed(micro_seed(s["seed"] + 1, step, g_micro))  # dropout, likewise
-            if ranking_t is not None:
-                masked_tok = batch[lab != -100]
-                state["masked_rank_counts"] += torch.bincount(ranking_t[masked_tok], minlength=n_rank_bins).numpy()
-                real = batch[batch > SEP + 1]
-                state["all_rank_counts"] += torch.bincount(ranking_t[real], minlength=n_rank_bins).numpy()
-            sync = nullcontext() if (world == 1 or m == A - 1) else ddp_model.no_sync()
-            with sync:
-                with autocast:
-                    loss = fwd(inp.to(device), (batch != PAD).to(device), lab.to(device))
-                (loss / A).backward()
-            loss_sum += loss.detach().float().item()
-            tokens += int((batch != PAD).sum())
-        if world > 1:  # log the global mean loss and token count, as one process would see them
-            t = torch.tensor([loss_sum, float(tokens)], dtype=torch.float64, device=device)
-            dist.all_reduce(t)
-            loss_sum, tokens = t[0].item() / world, int(t[1].item()) // world
-        torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        state["step"] = step = step + 1
-        state["tokens_seen"] += tokens * world
-        tok_last += tokens * world
-        row = None
-        if step % int(s["log_every"]) == 0 or step == steps or step % int(s["eval_every"]) == 0:
-            now = time.perf_counter()
-            row = {"step": step, "lr": sched.get_last_lr()[0], "loss": loss_sum / A, "val_loss": "",
-                   "val_ppl": "", "tokens_per_s": tok_last / max(now - t_last, 1e-9)}
-            t_last, tok_last = now, 0
-        if step % int(s["eval_every"]) == 0 or step == steps:
-            vl = evaluate()
-            row["val_loss"], row["val_ppl"] = vl, math.exp(vl) if vl == vl else float("nan")
-            if masker.observe_validation(step, row["val_ppl"]) and master:  # cm_gems: global_pmi from now on
-                print(f"pretrain {scheme}: validation plateau, masking switches to global_pmi at step {step}",
-                      file=sys.stderr)
-            state["masker"] = masker.state_dict()
-        if row is not None:
-            state["log"].append(row)
-        prog.update(1, extra=f"loss {loss_sum / A:.3f}" + (f" tok/s {row['tokens_per_s']:,.0f}" if row else ""))
-        if master and (step % int(s["checkpoint_every"]) == 0 or step in targets or stop.signal):
-            checkpoint(step)
-        if stop.signal:
-            raise GeneMaskError(f"{stop.name} at step {step}: checkpoint {ckpt_dir / f'step{step}.pt'} written; "
-                                f"run the same command again to continue from it")
-    stop.restore()
-    prog.close()
-    elapsed = time.perf_counter() - t_start
-    peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    if master and steps and state["tokens_seen"] > tokens_start:
-        done = state["tokens_seen"] - tokens_start
-        print(f"pretrain {scheme}: {done:,} tokens in {elapsed:.1f}s = {done / max(elapsed, 1e-9):,.0f} tokens/s "
-              f"({world} x {device.type}" + (f", peak GPU memory {peak_gib:.2f} GiB" if peak_gib else "") + ")",
+def count_ranks(state: dict, token_ranks: torch.Tensor, batch: torch.Tensor, labels: torch.Tensor) -> None:
+    """Add a micro-batch's masked tokens and real (k-mer) tokens to the per-rank counts (mask_ranks.tsv)."""
+    n_rank_bins = len(state["masked_rank_counts"])
+    masked_tok = batch[labels != -100]
+    state["masked_rank_counts"] += torch.bincount(token_ranks[masked_tok], minlength=n_rank_bins).numpy()
+    real = batch[batch > SEP + 1]
+    state["all_rank_counts"] += torch.bincount(token_ranks[real], minlength=n_rank_bins).numpy()
+
+
+class Throughput:
+    """Tokens per second since the last log row (train_log.tsv's tokens_per_s) and over this session."""
+
+    def __init__(self, tokens_seen: int):
+        self.start = self.last = time.perf_counter()
+        self.tokens_start, self.tokens = tokens_seen, 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def since_last(self) -> float:
+        """Tokens per second since the previous call (or the start); restarts the count."""
+        now = time.perf_counter()
+        rate = self.tokens / max(now - self.last, 1e-9)
+        self.last, self.tokens = now, 0
+        return rate
+
+    def finish(self, label: str, tokens_seen: int, proc: Process) -> float | None:
+        """One line on this session's throughput (master, if it trained); the peak GPU memory [GiB] or None."""
+        elapsed = time.perf_counter() - self.start
+        peak_gib = torch.cuda.max_memory_allocated(proc.device) / 2**30 if proc.device.type == "cuda" else None
+        if proc.master and tokens_seen > self.tokens_start:
+            done = tokens_seen - self.tokens_start
+            print(f"{label}: {done:,} tokens in {elapsed:.1f}s = {done / max(elapsed, 1e-9):,.0f} tokens/s "
+                  f"({proc.world} x {proc.device.type}" + (f", peak GPU memory {peak_gib:.2f} GiB" if peak_gib else "")
+                  + ")", file=sys.stderr)
+        return peak_gib
+
+
+# ---- step: evaluation ---------------------------------------------------------------------------
+def evaluate(run: Run, s: dict, step: int, device: torch.device) -> float:
+    """Mean masked-LM loss over the first eval_batches batches of the validation split: no dropout,
+    masks seeded by (seed, -1, row) so every evaluation masks alike; nan if nothing was masked."""
+    B = int(s["batch_size"])
+    run.loss_model.eval()
+    losses = []
+    n_val = min(len(run.valid), int(s["eval_batches"]) * B)
+    with torch.inference_mode(), run.autocast:
+        for j in range(0, n_val, B):
+            batch = make_batch(run.valid, np.arange(j, min(j + B, n_val)), s["max_len"])
+            inp, lab = run.masker(batch, micro_generator(s["seed"], -1, j), step=step, total_steps=int(s["steps"]))
+            if (lab != -100).any():
+                loss = run.loss_model(inp.to(device), (batch != PAD).to(device), lab.to(device))
+                losses.append(loss.float().item())
+    run.loss_model.train()
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def validation(run: Run, state: dict, row: dict, s: dict, proc: Process, scheme: str) -> None:
+    """Evaluate at state["step"] into the log `row` (val_loss, val_ppl); the masker observes the
+    perplexity (cm_gems switches to global_pmi on a plateau) and its state joins `state`."""
+    step = state["step"]
+    vl = evaluate(run, s, step, proc.device)
+    row["val_loss"], row["val_ppl"] = vl, math.exp(vl) if vl == vl else float("nan")
+    if run.masker.observe_validation(step, row["val_ppl"]) and proc.master:  # cm_gems: global_pmi from now on
+        print(f"pretrain {scheme}: validation plateau, masking switches to global_pmi at step {step}",
               file=sys.stderr)
-
-    if master:
-        meta = {"scheme": scheme, "k": k, "settings": s, "model_config": model_config,
-                "ranking": str(ranking_path) if ranking_path else None,
-                "ranking_sha256": sha256_file(ranking_path), "corpus": [str(c) for c in corpus_dirs],
-                "train_pieces": len(train), "train_tokens": train.n_tokens(), "steps": steps,
-                "tokens_seen": state["tokens_seen"], "world_size": world, "device": str(device),
-                "peak_gpu_mem_gib": peak_gib,
-                "switch_step": masker.switch_step if masker is not None else None}  # cm_gems; else null
-        export_run(output, model, k, meta, state, {t: ckpt_dir / f"step{t}.pt" for t in targets}, device)
-        if not s["keep_checkpoints"]:
-            import shutil
-
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return state
+    state["masker"] = run.masker.state_dict()
 
 
 class _StopSignals:

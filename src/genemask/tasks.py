@@ -253,9 +253,33 @@ def prepare_task_data(task: str, train: str, test: str, exclude: list[str] | Non
                       k: int = 6, window_tokens: int = WINDOW_TOKENS, draw: int | None = None, draw_seed: int = 0,
                       label_names: bool = False, on_conflict: str = "error") -> dict:
     """Clean one shot file (or, with `draw`, draw K per class from a labelled pool) and its test set
-    (see module docstring); returns the stats dict."""
-    from .sources import sha256_of
+    (see module docstring); returns the stats dict. The steps, in order: read the files (one-class
+    files refused, label names mapped); 1. exclude from the test set; refuse or drop conflicting
+    labels; 2. drop the training rows leaked into the test set; draw K per class (with `draw`);
+    3. subsample the test set; record the stats; write the files."""
+    _check_options(num_labels, max_test, draw, on_conflict)
+    trf, tef, excluded, mapping = _read_inputs(train, test, exclude, num_labels, k, label_names)
+    train_raw, test_raw = len(trf), len(tef)
+    tef = _exclude(tef, excluded, test, exclude)
+    test_set = tef["seq"]  # leakage is checked against every test row, conflicting ones included
+    trf, tef, conflicts = _drop_conflicts(trf, tef, train, test, on_conflict)
+    trf, leaked = _drop_leakage(trf, test_set, train, test)
+    draw_stats = None
+    if draw is not None:
+        trf, draw_stats = _draw(trf, draw, draw_seed, num_labels, mapping, train, leaked)
+    _one_class(tef["label"], test, "every test row left has")
+    train_seqs, train_labels = _columns(trf)
+    test_seqs, test_labels = _subsample_test(*_columns(tef), max_test, seed)
+    stats = _stats(task, train, test, exclude, num_labels, max_test, seed, mapping, on_conflict, k, window_tokens,
+                   train_raw=train_raw, test_raw=test_raw, test_excluded=test_raw - len(test_set), leaked=leaked,
+                   conflicts=conflicts, train_rows=(train_seqs, train_labels), test_rows=(test_seqs, test_labels),
+                   draw_stats=draw_stats)
+    _write_outputs(stats, out_stats, out_train, out_test, (train_seqs, train_labels), (test_seqs, test_labels))
+    _say_done(stats)
+    return stats
 
+
+def _check_options(num_labels: int, max_test: int, draw: int | None, on_conflict: str) -> None:
     if num_labels < 2:
         raise GeneMaskError(f"--num-labels: must be >= 2, got {num_labels}")
     if max_test < 0:
@@ -264,6 +288,11 @@ def prepare_task_data(task: str, train: str, test: str, exclude: list[str] | Non
         raise GeneMaskError(f"--draw: K must be >= 1, got {draw}")
     if on_conflict not in ("error", "drop"):
         raise GeneMaskError(f"--on-conflict: must be error or drop, got {on_conflict!r}")
+
+
+def _read_inputs(train: str, test: str, exclude: list[str] | None, num_labels: int, k: int, label_names: bool):
+    """Read: the training and test files as frames (seq, label, line), one-class files refused, label
+    names mapped to 0..n-1 (`_label_map`); and the set of sequences of the `exclude` files."""
     tr = read_task_file(train, num_labels, k, label_names)
     te = read_task_file(test, num_labels, k, label_names)
     excluded: set[str] = set()
@@ -276,12 +305,21 @@ def prepare_task_data(task: str, train: str, test: str, exclude: list[str] | Non
     if mapping is not None:
         trf["label"] = trf["label"].map(mapping)
         tef["label"] = tef["label"].map(mapping)
+    return trf, tef, excluded, mapping
 
+
+def _exclude(tef, excluded: set[str], test: str, exclude: list[str] | None):
+    """Step 1: the test rows whose sequence is in none of the `exclude` files; none left is refused."""
     tef = tef[~tef["seq"].isin(excluded)]
-    test_excluded = len(te) - len(tef)
     if tef.empty:
         raise GeneMaskError(f"{test}: no test rows left after removing the rows of {list(exclude or [])}")
-    test_set = tef["seq"]  # leakage is checked against every test row, conflicting ones included
+    return tef
+
+
+def _drop_conflicts(trf, tef, train: str, test: str, on_conflict: str):
+    """A sequence with conflicting labels within the test set, within the training file, or between
+    the two: refused (on_conflict error), or dropped (drop; a cross one leaves with the leakage).
+    Returns (train, test, {"train": dropped, "test": dropped, "cross": training rows in conflict})."""
     tef, test_conflict = _conflicts(tef, test, on_conflict)
     trf, train_conflict = _conflicts(trf, train, on_conflict)
     cross = trf.merge(tef, on="seq", suffixes=("", "_test"))
@@ -290,50 +328,68 @@ def prepare_task_data(task: str, train: str, test: str, exclude: list[str] | Non
         r = cross.iloc[0]
         raise GeneMaskError(f"{train}:{r['line']}: sequence {shorten(r['seq'])} has label {r['label']} here but label "
                             f"{r['label_test']} in {test}:{r['line_test']}; tasks.<name>.on_conflict: drop removes it")
+    return trf, tef, {"train": train_conflict, "test": test_conflict, "cross": len(cross)}
+
+
+def _drop_leakage(trf, test_set, train: str, test: str):
+    """Step 2: the training rows whose sequence occurs in the test set dropped; (rows left, dropped).
+    Refuses a training set left empty or with one class."""
     leak = trf["seq"].isin(test_set).to_numpy()
     trf = trf[~leak]
     if trf.empty:
         raise GeneMaskError(f"{train}: every training row also occurs in the test set {test}")
-
     _one_class(trf["label"], train, "every training row left has")
-    draw_stats = None
-    if draw is not None:
-        dup = trf["seq"].duplicated().to_numpy()
-        pool = trf[~dup]
-        counts = pool["label"].value_counts().reindex(range(num_labels), fill_value=0)
-        short = counts[counts < draw]
-        if len(short):
-            c = int(short.index[0])
-            name = f"{c} ({next(n for n, i in mapping.items() if i == c)!r})" if mapping else str(c)
-            raise GeneMaskError(f"{train}: cannot draw K = {draw} per class: class {name} has {int(short.iloc[0])} "
-                                f"rows (after removing {int(leak.sum())} rows in the test set and {int(dup.sum())} "
-                                f"duplicates); class counts {dict(zip(map(int, counts.index), map(int, counts)))}")
-        picked = draw_per_class(pool["label"].to_numpy(), draw, draw_seed)
-        trf = pool.iloc[picked]
-        draw_stats = {"per_class": draw, "seed": draw_seed, "pool_rows": len(pool),
-                      "pool_dropped_duplicate": int(dup.sum()),
-                      "pool_label_counts": {str(c): int(n) for c, n in counts.items()},
-                      "lines": [int(x) for x in trf["line"]]}
-    _one_class(tef["label"], test, "every test row left has")
-    train_seqs, train_labels = trf["seq"].tolist(), [int(x) for x in trf["label"]]
-    test_seqs, test_labels = tef["seq"].tolist(), [int(x) for x in tef["label"]]
+    return trf, int(leak.sum())
 
-    sel = stratified_subsample(test_labels, max_test, seed)
-    test_seqs = [test_seqs[i] for i in sel]
-    test_labels = [test_labels[i] for i in sel]
+
+def _draw(trf, draw: int, draw_seed: int, num_labels: int, mapping: dict | None, train: str, leaked: int):
+    """Draw (a local-file task): duplicate sequences dropped (first kept), then `draw` rows per class
+    (`draw_per_class`); a class with fewer rows is refused. Returns (drawn rows, stats["draw"])."""
+    dup = trf["seq"].duplicated().to_numpy()
+    pool = trf[~dup]
+    counts = pool["label"].value_counts().reindex(range(num_labels), fill_value=0)
+    short = counts[counts < draw]
+    if len(short):
+        c = int(short.index[0])
+        name = f"{c} ({next(n for n, i in mapping.items() if i == c)!r})" if mapping else str(c)
+        raise GeneMaskError(f"{train}: cannot draw K = {draw} per class: class {name} has {int(short.iloc[0])} "
+                            f"rows (after removing {leaked} rows in the test set and {int(dup.sum())} "
+                            f"duplicates); class counts {dict(zip(map(int, counts.index), map(int, counts)))}")
+    picked = draw_per_class(pool["label"].to_numpy(), draw, draw_seed)
+    trf = pool.iloc[picked]
+    return trf, {"per_class": draw, "seed": draw_seed, "pool_rows": len(pool), "pool_dropped_duplicate": int(dup.sum()),
+                 "pool_label_counts": {str(c): int(n) for c, n in counts.items()},
+                 "lines": [int(x) for x in trf["line"]]}
+
+
+def _columns(df) -> tuple[list[str], list[int]]:
+    return df["seq"].tolist(), [int(x) for x in df["label"]]
+
+
+def _subsample_test(seqs: list[str], labels: list[int], max_test: int, seed: int) -> tuple[list[str], list[int]]:
+    """Step 3: `max_test` test rows (0 = all), stratified by label (`stratified_subsample`), in order."""
+    sel = stratified_subsample(labels, max_test, seed)
+    return [seqs[i] for i in sel], [labels[i] for i in sel]
+
+
+def _stats(task, train, test, exclude, num_labels, max_test, seed, mapping, on_conflict, k, window_tokens, *,
+           train_raw, test_raw, test_excluded, leaked, conflicts, train_rows, test_rows, draw_stats) -> dict:
+    """Record: the stats JSON (counts at each step, the window's truncated rows, the inputs' sha256)."""
+    from .sources import sha256_of
+
+    (train_seqs, train_labels), (test_seqs, test_labels) = train_rows, test_rows
     window_bp = window_tokens + k - 1
-
-    stats = {
+    return {
         "task": task,
         "train_file": str(train),
         "test_file": str(test),
         "exclude_files": [str(e) for e in exclude or []],
         "num_labels": num_labels,
-        "train_rows_raw": len(tr),
-        "train_dropped_leak": int(leak.sum()),
+        "train_rows_raw": train_raw,
+        "train_dropped_leak": leaked,
         "train_rows": len(train_seqs),
         "train_label_counts": {str(c): n for c, n in sorted(Counter(train_labels).items())},
-        "test_rows_raw": len(te),
+        "test_rows_raw": test_raw,
         "test_excluded": test_excluded,
         "test_rows": len(test_seqs),
         "test_label_counts": {str(c): n for c, n in sorted(Counter(test_labels).items())},
@@ -343,29 +399,37 @@ def prepare_task_data(task: str, train: str, test: str, exclude: list[str] | Non
         "test_bp": sorted({len(s) for s in test_seqs})[:5],
         "label_names": mapping,
         "on_conflict": on_conflict,
-        "train_dropped_conflict": train_conflict,
-        "test_dropped_conflict": test_conflict,
-        "train_conflict_test": len(cross),
+        "train_dropped_conflict": conflicts["train"],
+        "test_dropped_conflict": conflicts["test"],
+        "train_conflict_test": conflicts["cross"],
         "window": {"k": k, "tokens": window_tokens, "bp": window_bp},
         "train_truncated": sum(len(s) > window_bp for s in train_seqs),
         "test_truncated": sum(len(s) > window_bp for s in test_seqs),
         "sha256": {"train": sha256_of(train), "test": sha256_of(test), "exclude": [sha256_of(e) for e in exclude or []]},
         "draw": draw_stats,
     }
+
+
+def _write_outputs(stats: dict, out_stats: str, out_train: str, out_test: str, train_rows, test_rows) -> None:
+    """Write the stats JSON, the training and the test TSV: all three or none."""
     with atomic_output(out_stats) as tmp_stats:
         tmp_stats.write_text(json.dumps(stats, indent=1) + "\n")
-        _write_tsv(Path(out_train), train_seqs, train_labels)
+        _write_tsv(Path(out_train), *train_rows)
         try:
-            _write_tsv(Path(out_test), test_seqs, test_labels)
+            _write_tsv(Path(out_test), *test_rows)
         except BaseException:
             Path(out_train).unlink(missing_ok=True)
             raise
-    drawn = f"drawn {draw} per class from {draw_stats['pool_rows']} pool rows, " if draw_stats else ""
-    print(f"[task-data] {task}: train {stats['train_rows']} rows ({drawn}{stats['train_dropped_leak']} dropped as "
-          f"leakage, {train_conflict} as conflicting), test {stats['test_rows']} of {stats['test_rows_raw']} rows "
-          f"({stats['test_excluded']} excluded, {test_conflict} conflicting), {stats['train_truncated']} train / "
-          f"{stats['test_truncated']} test rows longer than the {window_bp} bp window", file=sys.stderr)
-    return stats
+
+
+def _say_done(stats: dict) -> None:
+    """One line on stderr: the rows kept, and dropped at each step."""
+    st, d = stats, stats["draw"]
+    drawn = f"drawn {d['per_class']} per class from {d['pool_rows']} pool rows, " if d else ""
+    print(f"[task-data] {st['task']}: train {st['train_rows']} rows ({drawn}{st['train_dropped_leak']} dropped as "
+          f"leakage, {st['train_dropped_conflict']} as conflicting), test {st['test_rows']} of {st['test_rows_raw']} "
+          f"rows ({st['test_excluded']} excluded, {st['test_dropped_conflict']} conflicting), {st['train_truncated']} "
+          f"train / {st['test_truncated']} test rows longer than the {st['window']['bp']} bp window", file=sys.stderr)
 
 
 def _count(v) -> bool:
