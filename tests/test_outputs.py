@@ -289,6 +289,27 @@ def test_every_command_refuses_the_working_directory_and_a_users_folder(command,
     if command != "aggregate":  # aggregate writes files into its --outdir: any folder receives them
         _refused(_argv(command, workdir / "inputs", "mine"), capsys, "is a folder" if command in FILE_COMMANDS
                  else "did not write")
-    if command not in ("fetch", "write-missing"):  # the folder holding the inputs
+    if command not in ("fetch", "write-missing", "aggregate"):  # the folder holding the inputs
         _refused(_argv(command, workdir / "inputs", "inputs"), capsys, "refusing to write over this command's input")
     assert _tree(workdir) == before
+
+
+def test_aggregate_writes_into_a_folder_holding_its_inputs_but_never_over_one(tmp_path, capsys):
+    """results/report/ holds aggregate's missing.tsv and receives its outputs: allowed; a file it would
+    write over its own input is still refused (the pipeline's layout, and the fault it must catch)."""
+    run = {"task": "Prom-core", "shot": 10, "seed": 1, "scheme": "dnabert", "n_train": 20, "n_test": 40,
+           "accuracy": 0.6, "macro_f1": 0.6, "mcc": 0.2, "auroc": 0.6, "train_seconds": 1.0, "eval_seconds": 0.1}
+    metrics = []
+    for seed in (1, 2, 3):
+        p = tmp_path / f"seed{seed}.json"
+        p.write_text(json.dumps({**run, "seed": seed}))
+        metrics.append(str(p))
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "missing.tsv").write_text("task\tshot\treason\n")
+    assert main(["aggregate", *metrics, "--missing", str(report / "missing.tsv"), "--outdir", str(report)]) == 0
+    assert (report / "runs.tsv").is_file() and (report / "missing.tsv").read_text() == "task\tshot\treason\n"
+    (report / "runs.tsv").rename(report / "mine.tsv")
+    (report / "runs.tsv").symlink_to(report / "mine.tsv")
+    _refused(["aggregate", *metrics, "--missing", str(report / "missing.tsv"), "--outdir", str(report)], capsys,
+             "symbolic link")

@@ -49,7 +49,8 @@ def check_output_target(path: str | os.PathLike, is_dir: bool = False, kind: str
     or a folder holding one; a symbolic link; a folder where a file is written; a file where a folder
     is written; a non-empty folder that does not carry this kind's marker (MARKER, written by
     atomic_output), i.e. a folder the pipeline did not make. kind RECEIVING: a folder that receives
-    output files and is never replaced whole, so any folder will do.
+    output files and is never replaced whole, so any folder will do, also one holding inputs (as
+    results/report/ holds aggregate's missing.tsv): each file written into it is checked itself.
     """
     path = Path(path)
     target = path.resolve()
@@ -57,8 +58,8 @@ def check_output_target(path: str | os.PathLike, is_dir: bool = False, kind: str
     if target == cwd or target in cwd.parents:
         raise GeneMaskError(f"{path}: refusing to write over the working directory or a folder above it; "
                             f"name a new file or folder")
-    for inp in _GUARDED.get():
-        if target == inp or target in inp.parents:
+    for inp in _GUARDED.get():  # a receiving folder may hold inputs: its files are checked one by one
+        if target == inp or (kind is not RECEIVING and target in inp.parents):
             raise GeneMaskError(f"{path}: refusing to write over this command's input {inp}; name another output")
     try:
         st = os.lstat(path)
