@@ -181,7 +181,7 @@ def _mask_stats(p):
     p.add_argument("fasta")
     p.add_argument("--scheme", required=True)
     p.add_argument("--ranking", default=None, help="NPMI table (ours or Data-A); default: the published Data-A")
-    p.add_argument("--k", type=int, default=6)
+    p.add_argument("--k", type=int, default=D("corpus.k"))
     p.add_argument("--n-seqs", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
@@ -241,8 +241,8 @@ def _task_data(p):
     p.add_argument("--max-test", type=int, default=D("finetune.max_test"),
                    help="subsample the test set to this many rows (0 = all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--k", type=int, default=6, help="the model's k: shorter sequences are refused")
-    p.add_argument("--window-tokens", type=int, default=510,
+    p.add_argument("--k", type=int, default=D("corpus.k"), help="the model's k: shorter sequences are refused")
+    p.add_argument("--window-tokens", type=int, default=D("finetune.settings.max_length") - 2,  # [CLS], [SEP]
                    help="k-mer tokens the model sees; longer sequences are counted as truncated in the stats")
     p.add_argument("--draw", type=int, default=None, metavar="K",
                    help="--train is a labelled pool: draw K rows per class from it (stratified, seeded)")
@@ -364,7 +364,7 @@ def _plot_mask_ranks(p):
     p.add_argument("--ranking", default=None, help="NPMI table the ranks refer to (sets the number of ranked k-mers)")
     p.add_argument("--reference", default=None, metavar="TSV",
                    help="rank, count of all tokens (default reference: every ranked k-mer once)")
-    p.add_argument("--k", type=int, default=6)
+    p.add_argument("--k", type=int, default=D("corpus.k"))
     p.add_argument("-o", "--output", required=True, help="PNG")
 
     def target():
@@ -379,17 +379,17 @@ def _motifs(p):
 
     p.add_argument("--ranking", required=True, help="NPMI table (ours or the authors' Data-A CSV)")
     p.add_argument("--top", type=int, default=D("report.motifs_top"))
-    p.add_argument("--k", type=int, default=6)
+    p.add_argument("--k", type=int, default=D("corpus.k"))
     p.add_argument("--method", choices=node("report.motif_method")["enum"], default=D("report.motif_method"),
                    help="tomtom: Tomtom (memelite) q-value per k-mer and motif (default); rule: the relative-PWM-score "
                         "rule; both: both, with their overlap")
-    p.add_argument("--q-threshold", type=float, default=0.05,
+    p.add_argument("--q-threshold", type=float, default=D("report.motif_q_threshold"),
                    help="Tomtom q-value for a match")
-    p.add_argument("--threshold", type=float, default=0.85,
+    p.add_argument("--threshold", type=float, default=D("report.motif_rule_threshold"),
                    help="rule: relative PWM score for a hit")
-    p.add_argument("--min-ic", type=float, default=10.0,
+    p.add_argument("--min-ic", type=float, default=D("report.motif_rule_min_ic"),
                    help="rule: min information content (bits) of a motif window")
-    p.add_argument("--n-perm", type=int, default=10000,
+    p.add_argument("--n-perm", type=int, default=D("report.motif_n_perm"),
                    help="random k-mer sets for the permutation test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--release", default=None, help="JASPAR release in pyjaspar (default: the latest shipped)")
