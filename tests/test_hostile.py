@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
+from genemask import defaults as D
 from genemask import plan
 from genemask.cli import main
 from genemask.ngrams import count_sequence, load_counts
@@ -316,7 +317,9 @@ def test_training_rules_get_hostile_values_as_data(tmp_path, mirror):
         if words:
             by.setdefault(words[0], []).append(c)
     for c in by["finetune"]:
-        assert json.loads(c[c.index("--settings") + 1]) == cfg["finetune"]["settings"]
+        # the given settings over every schema default (plan.fill_settings), as one shell word
+        assert json.loads(c[c.index("--settings") + 1]) == {**D.defaults("finetune.settings"),
+                                                             **cfg["finetune"]["settings"]}
     (base,) = by["baseline"]
     assert base[base.index("--model") + 1] == str(local / "model")
     mine = [c for c in by["task-data"] if "Mine" in c]

@@ -436,14 +436,16 @@ def test_curriculum_scheme_options_validated(ranking):
     for scheme in ("global_pmi", "cm_step", "cm_gems"):
         with pytest.raises(GeneMaskError, match="needs an NPMI ranking"):
             make_masker(scheme)
-    bad = [({"faithful": "yes"}, "faithful='yes': expected true or false"),
-           ({"faithful": 1}, "faithful=1: expected true or false"),
-           ({"threshold": -1}, "threshold=-1: must be >= 0"),
-           ({"threshold": "low"}, "threshold='low': expected a number"),
-           ({"switch_at": -3}, "switch_at=-3"),
-           ({"switch_at": 2.5}, "switch_at=2.5: expected an integer"),
-           ({"switch_at": True}, "switch_at=True: expected a number"),
-           ({"global_p": 1.5}, r"global_p=1.5: must be in \[0, 1\]"),
+    # ranges and types: the schema's rules (pretrain.settings.masking), one line naming the option
+    bad = [({"faithful": "yes"}, "option 'faithful': 'yes' is not of type 'boolean'"),
+           ({"faithful": 1}, "option 'faithful': 1 is not of type 'boolean'"),
+           ({"threshold": -1}, "option 'threshold': -1 is less than the minimum of 0"),
+           ({"threshold": "low"}, "option 'threshold': 'low' is not of type 'number'"),
+           ({"switch_at": -3}, "option 'switch_at': -3 is less than the minimum"),
+           ({"switch_at": 2.5}, "option 'switch_at': 2.5 is not of type 'integer'"),
+           ({"switch_at": True}, "option 'switch_at': True is not of type 'integer'"),
+           ({"global_p": 1.5}, "option 'global_p': 1.5 is greater than the maximum of 1"),
+           ({"mask_prob": 0.6, "random_prob": 0.6}, "mask_prob=0.6, random_prob=0.6: need a sum <= 1"),
            ({"thresh": 1.0}, "masking option 'thresh': unknown")]
     for opts, msg in bad:
         with pytest.raises(GeneMaskError, match=msg):

@@ -46,7 +46,8 @@ SECTIONS_TODAY = {  # plan.DEFAULTS, and the rules' .get(key, default) for the r
     "ngrams": {"max_order": 10},
     "npmi": {"variant": "paper", "min_count": 101, "ranking": "computed"},
     "corpus": {"k": 6, "max_bp": 511, "min_bp": 6, "valid_fraction": 0.1, "seed": 42},
-    "report": {"motifs_top": 50, "motif_method": "tomtom", "equivalence_margin": {}},  # {}: each metric's default
+    "report": {"motifs_top": 50, "motif_method": "tomtom", "equivalence_margin": {},  # {}: each metric's default
+               "motif_q_threshold": 0.05, "motif_rule_threshold": 0.85, "motif_rule_min_ic": 10.0, "motif_n_perm": 10000},
     "pretrain": {"gpus": 0, "threads": 2, "runtime_min": 60, "mem_mb": 8000},
     "finetune": {"worker": True, "max_test": 0, "save": "none", "gpus": 0, "runtime_min": 60, "mem_mb": 4000,
                  "task_data_mem_mb": 1000},
@@ -73,12 +74,14 @@ def test_demo_and_paper_configs_resolve_to_todays_values():
         given = yaml.safe_load(open(path))
         cfg = plan.check_config_files([str(path)])
         for section, today in SECTIONS_TODAY.items():
-            want = {**today, **{k: v for k, v in (given.get(section) or {}).items()}}
-            assert cfg[section] == want, (name, section)
-        # the settings reach the rules as given (their params, hence Snakemake's rerun decisions, unchanged)
-        assert json.dumps(cfg["pretrain"]["settings"], sort_keys=True) == json.dumps(given["pretrain"]["settings"],
-                                                                                       sort_keys=True)
-        assert cfg["finetune"]["settings"] == given["finetune"]["settings"]
+            want = {**today, **{k: v for k, v in (given.get(section) or {}).items() if k != "settings"}}
+            assert {k: v for k, v in cfg[section].items() if k != "settings"} == want, (name, section)
+        # the settings reach the rules resolved: the given values over every schema default (the rules'
+        # params, so a changed default reruns the jobs it changes)
+        masking = {**D.defaults("pretrain.settings.masking"), **given["pretrain"]["settings"].get("masking", {})}
+        assert cfg["pretrain"]["settings"] == {**D.defaults("pretrain.settings"), **given["pretrain"]["settings"],
+                                               "masking": masking}
+        assert cfg["finetune"]["settings"] == {**D.defaults("finetune.settings"), **given["finetune"]["settings"]}
         assert plan.pretrain_steps(cfg) == given_steps and plan.pretrain_seeds(cfg) == seeds
         assert plan.window(cfg) == (6, 510)
         assert plan.task_data_args(cfg, "Prom-core", 10) == ["--k", "6", "--window-tokens", "510", "--on-conflict",
@@ -87,6 +90,29 @@ def test_demo_and_paper_configs_resolve_to_todays_values():
     cfg = plan.resolve(demo())
     del cfg["pretrain"]["settings"]["steps"]
     assert plan.pretrain_steps(cfg) == 10000  # the schema's default, without importing torch
+
+
+def test_changed_settings_default_changes_the_rules_params(monkeypatch):
+    """A changed schema default of a settings block reaches the rules' params (the resolved settings
+    they pass, json-dumped as in workflow/rules/*.smk), so Snakemake reruns the jobs it changes; a
+    default the config overrides changes nothing."""
+
+    def params(cfg):
+        return {s: json.dumps(cfg[s]["settings"], sort_keys=True) for s in ("pretrain", "finetune")}
+
+    before = params(plan.resolve(demo()))
+    schema = copy.deepcopy(D.schema())
+    settings = schema["properties"]["pretrain"]["properties"]["settings"]["properties"]
+    settings["weight_decay"]["default"] = 0.02
+    settings["masking"]["properties"]["mask_prob"]["default"] = 0.7
+    settings["steps"]["default"] = 123  # given by the demo config: no change
+    schema["properties"]["finetune"]["properties"]["settings"]["properties"]["warmup_ratio"]["default"] = 0.2
+    monkeypatch.setattr(D, "schema", lambda: schema)
+    after = plan.resolve(demo())
+    assert after["pretrain"]["settings"]["weight_decay"] == 0.02 and after["pretrain"]["settings"]["steps"] == 300
+    assert after["pretrain"]["settings"]["masking"]["mask_prob"] == 0.7
+    assert after["finetune"]["settings"]["warmup_ratio"] == 0.2
+    assert params(after)["pretrain"] != before["pretrain"] and params(after)["finetune"] != before["finetune"]
 
 
 def test_local_task_defaults(tmp_path):
@@ -167,19 +193,18 @@ def test_commands_and_functions_default_to_the_schema():
         assert sig(f, name) == D.default(key), (f.__name__, name)
 
 
-def test_rules_fallbacks_are_the_schemas_defaults():
-    """The rules' CFG[section].get(key, fallback) (and PREDICT.get) fall back to the schema's defaults."""
+def test_rules_have_no_copies_of_defaults():
+    """plan.resolve fills every section the rules read (settings included), so the rules index the
+    config and keep no fallback of their own; only predict (filled only where given: its options
+    are passed only when given) has PREDICT.get fallbacks, and they are the schema's defaults."""
     seen = 0
     for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
         text = smk.read_text()
-        for section, key, literal in re.findall(r'CFG\["(\w+)"\]\.get\("(\w+)", ([^)]+?)\)', text) + \
-                [("predict", k, v) for k, v in re.findall(r'PREDICT\.get\("(\w+)", ([^)]+?)\)', text)]:
-            if key == "settings":  # passed as given ({} = all defaults), filled by the job
-                assert literal == "{}"
-                continue
-            assert yaml.safe_load(literal.replace('"', "")) == D.default(f"{section}.{key}"), (smk.name, key)
+        assert not re.findall(r'CFG\["(\w+)"\]\.get\("(\w+)", ([^)]+?)\)', text), smk.name
+        for key, literal in re.findall(r'PREDICT\.get\("(\w+)", ([^)]+?)\)', text):
+            assert yaml.safe_load(literal.replace('"', "")) == D.default(f"predict.{key}"), (smk.name, key)
             seen += 1
-    assert seen >= 12
+    assert seen >= 6
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from genemask import defaults as D
 from genemask import plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,6 +198,25 @@ def test_e2e_new_shot_reruns_only_new_jobs(e2e):
 def test_e2e_finetune_setting_reruns_finetuning_and_report_only(e2e):
     work, _ = e2e
     counts = _variant(work, lambda c: c["finetune"]["settings"]["regimes"][0].update(epochs=3))
+    assert counts == {"finetune": 18, "aggregate": 1, "all": 1}, counts
+
+
+@pytest.mark.slow
+def test_e2e_settings_params_are_resolved_defaults_rerun_exactly_what_they_change(e2e):
+    """The rules pass the resolved settings (plan.fill_settings) as params: a setting given equal to
+    its schema default is no change (0 jobs), so neither is a default written out by a newer schema;
+    another value reruns the pretraining runs and everything downstream of them."""
+    work, _ = e2e
+
+    def same(c):
+        c["pretrain"]["settings"].update(weight_decay=D.default("pretrain.settings.weight_decay"), masking={
+            "mask_prob": D.default("pretrain.settings.masking.mask_prob")})
+        c["finetune"]["settings"]["warmup_ratio"] = D.default("finetune.settings.warmup_ratio")
+
+    assert _variant(work, same) == {}
+    counts = _variant(work, lambda c: c["pretrain"]["settings"].update(weight_decay=0.02))
+    assert counts == {"pretrain": 3, "finetune": 18, "plot_loss": 1, "mask_ranks": 1, "aggregate": 1, "all": 1}, counts
+    counts = _variant(work, lambda c: c["finetune"]["settings"].update(warmup_ratio=0.2))
     assert counts == {"finetune": 18, "aggregate": 1, "all": 1}, counts
 
 

@@ -19,12 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .defaults import defaults as config_defaults
 from .genome import acgt_segments, read_sequences
 from .kmers import N_SPECIAL, SPECIAL_TOKENS, SUPPORTED_K, encode, kmer_index, vocab_size
 from .util import CORPUS, GeneMaskError, atomic_output
 
+DEFAULTS = config_defaults("corpus")  # k, max_bp, min_bp, valid_fraction, seed: the config schema's
 
-def cut_pieces(seq: bytes, rng: np.random.Generator, max_bp: int = 511, min_bp: int = 6,
+
+def cut_pieces(seq: bytes, rng: np.random.Generator, max_bp: int = DEFAULTS["max_bp"], min_bp: int = DEFAULTS["min_bp"],
                max_offset: int = 1000) -> list[tuple[int, int]]:
     """(start, end) of the pieces cut from `seq` (bp coordinates), never crossing a non-ACGT base."""
     offset = int(rng.integers(0, max_offset)) if max_offset > 0 else 0
@@ -54,8 +57,9 @@ def chunk_seed(seed: int, region: str | None) -> int:
     return int.from_bytes(h[:8], "little")
 
 
-def build_corpus(fasta: str | Path, output: str | Path, region: str | None = None, k: int = 6,
-                 max_bp: int = 511, min_bp: int = 6, valid_fraction: float = 0.1, seed: int = 42) -> dict:
+def build_corpus(fasta: str | Path, output: str | Path, region: str | None = None,
+                 k: int = DEFAULTS["k"], max_bp: int = DEFAULTS["max_bp"], min_bp: int = DEFAULTS["min_bp"],
+                 valid_fraction: float = DEFAULTS["valid_fraction"], seed: int = DEFAULTS["seed"]) -> dict:
     if not 0 <= valid_fraction < 1:
         raise GeneMaskError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
     if min_bp < k or max_bp < min_bp:

@@ -61,11 +61,17 @@ def check(value, path: str, where: str, prefix: str = "key") -> None:
     """Validate `value` against the schema of `path`; the first error -> one line
     "{where}: {prefix} '{key}': {what is wrong}", key relative to `path`."""
     sub = {**node(path), "definitions": schema().get("definitions", {})}
-    errors = sorted(validator_class()(sub).iter_errors(value),
+    check_against(sub, value, where, prefix, top=path.rpartition(".")[2])
+
+
+def check_against(rules: dict, value, where: str, prefix: str = "key", top: str = "(top level)") -> None:
+    """The one formatter of schema errors: the first error of `value` against the schema `rules`
+    (the least deep, then by key) -> one line "{where}: {prefix} '{key}': {what is wrong}"."""
+    errors = sorted(validator_class()(rules).iter_errors(value),
                     key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         e = errors[0]
-        key = ".".join(str(p) for p in e.absolute_path) or path.rpartition(".")[2]
+        key = ".".join(str(p) for p in e.absolute_path) or top
         raise GeneMaskError(f"{where}: {prefix} '{key}': {short_message(e)}")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .defaults import default as _schema_default
 from .tables import SCHEME_ORDER, TASK_ORDER, largest_step, ordered
 from .util import GeneMaskError, atomic_output, read_tsv, require_columns
 
@@ -312,7 +313,7 @@ def mask_rank_histogram(ranks: Mapping[str, np.ndarray], output: str | Path, *,
 
 def plot_mask_ranks_cli(stats: Sequence[str | Path], output: str | Path, labels: Sequence[str] | None = None,
                         ranking: str | Path | None = None, reference: str | Path | None = None,
-                        k: int = 6) -> Path:
+                        k: int = _schema_default("corpus.k")) -> Path:
     """`genemask plot-mask-ranks`: read `mask_ranks.tsv` files and draw the histogram.
 
     The reference curve is, in order of preference: the `reference` table; the all-token counts of

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .defaults import defaults as config_defaults
 from .kmers import PAD, kmers_to_seq, seq_to_ids
 from .modelfolder import (
     check_vocab_size,
@@ -57,6 +58,8 @@ from .util import GeneMaskError, Progress, atomic_output, check_regular_file, sh
 
 FASTA_EXT = (".fa", ".fasta", ".fna", ".fas")
 TABLE_EXT = (".tsv", ".csv")
+DEFAULTS = config_defaults("predict")  # stride, batch_size, device: the config schema's
+EMBED_DEFAULTS = config_defaults("predict.embed")  # pooling, layer
 ID_NAMES = ("id", "name")
 
 
@@ -230,7 +233,7 @@ def predict_logits(model, tokens: Tokens, batch_size: int, device, label: str = 
 
 
 def predict(folder, seqs: list[bytes | str], ids: list[str] | None = None, stride: int | None = None,
-            batch_size: int = 64, device: str = "auto", window: int | None = None,
+            batch_size: int = DEFAULTS["batch_size"], device: str = DEFAULTS["device"], window: int | None = None,
             source: str = "input") -> tuple[np.ndarray, list[str]]:
     """(class probabilities [n, num_labels] float64, label names) of raw-bp sequences.
 
@@ -247,8 +250,9 @@ def predict(folder, seqs: list[bytes | str], ids: list[str] | None = None, strid
     return torch.softmax(torch.from_numpy(logits), dim=-1).numpy(), labels
 
 
-def embed(folder, seqs: list[bytes | str], ids: list[str] | None = None, pooling: str = "cls", layer: int = -1,
-          stride: int | None = None, batch_size: int = 64, device: str = "auto",
+def embed(folder, seqs: list[bytes | str], ids: list[str] | None = None, pooling: str = EMBED_DEFAULTS["pooling"],
+          layer: int = EMBED_DEFAULTS["layer"], stride: int | None = None, batch_size: int = DEFAULTS["batch_size"],
+          device: str = DEFAULTS["device"],
           window: int | None = None, source: str = "input") -> np.ndarray:
     """Per-sequence vectors [n, hidden] float32 (see the module docstring for pooling and windows;
     the other arguments as for `predict`)."""
@@ -303,8 +307,8 @@ def _read_named(path) -> tuple[list[str], list[bytes]]:
     return ids, seqs
 
 
-def predict_cli(model: str, input: str, output: str, stride: int | None = None, batch_size: int = 64,
-                device: str = "auto") -> None:
+def predict_cli(model: str, input: str, output: str, stride: int | None = None, batch_size: int = DEFAULTS["batch_size"],
+                device: str = DEFAULTS["device"]) -> None:
     """`genemask predict`: TSV id, prob_<label> per class, predicted (the label of the largest)."""
     import pandas as pd
 
@@ -352,8 +356,9 @@ def write_parquet(path: str | os.PathLike, ids: list[str], vec: np.ndarray, meta
     return Path(path)
 
 
-def embed_cli(model: str, input: str, output: str, pooling: str = "cls", layer: int = -1,
-              stride: int | None = None, batch_size: int = 64, device: str = "auto") -> None:
+def embed_cli(model: str, input: str, output: str, pooling: str = EMBED_DEFAULTS["pooling"],
+              layer: int = EMBED_DEFAULTS["layer"], stride: int | None = None,
+              batch_size: int = DEFAULTS["batch_size"], device: str = DEFAULTS["device"]) -> None:
     """`genemask embed`: .npy [n, hidden] float32 + `<stem>.ids.txt`, or .parquet (id, embedding)."""
     out = Path(output)
     fmt = out.suffix.lower()

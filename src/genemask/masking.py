@@ -106,7 +106,9 @@ import numpy as np
 import torch
 
 from . import kmers
+from .defaults import check as check_options
 from .defaults import defaults as config_defaults
+from .defaults import node as config_node
 from .util import GeneMaskError
 
 SCHEMES = ("random", "dnabert", "genemask", "reference", "curriculum", "global_pmi", "cm_step", "cm_gems")
@@ -115,8 +117,9 @@ DEFAULT_P = {"random": 0.15, "dnabert": 0.025, "genemask": 0.0176, "reference": 
 # The options' defaults live in the config schema (pretrain.settings.masking; genemask.defaults), but
 # `p` (DEFAULT_P, per scheme) and `high_radius` (k - 1), which depend on the scheme and k.
 OPTION_DEFAULTS = config_defaults("pretrain.settings.masking")
+DEFAULT_K = config_defaults("corpus")["k"]  # 6
 GLOBAL_P = OPTION_DEFAULTS["global_p"]  # 0.0136: centre probability (count only) of global_pmi, and option `global_p` of cm_step / cm_gems
-HIGH_RULES = ("all_if_le8", "half")
+HIGH_RULES = tuple(config_node("pretrain.settings.masking.high_rule")["enum"])  # all_if_le8, half
 NEEDS_RANKING = ("genemask", "reference", "curriculum", "global_pmi", "cm_step", "cm_gems")
 FAITHFUL_SCHEMES = ("global_pmi", "cm_step", "cm_gems")  # option `faithful`: the released code's defects
 OPTIONS = ("p", "high_rule", "high_radius", "ramp", "mask_prob", "random_prob", "global_p", "threshold",
@@ -285,7 +288,7 @@ PRIORITY_BITS = 31  # curriculum priorities are uniform integers in [0, 2**31) (
 
 
 def genemask_positions(input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, ranks: torch.Tensor,
-                       k: int = 6, high_rule: str = "all_if_le8", high_radius: int | None = None,
+                       k: int = DEFAULT_K, high_rule: str = OPTION_DEFAULTS["high_rule"], high_radius: int | None = None,
                        by_position: bool = False, share: float = 1.0, priority: torch.Tensor | None = None,
                        jitter: torch.Tensor | None = None, end: torch.Tensor | None = None,
                        pos_ranks: torch.Tensor | None = None, centre_first: bool = False,
@@ -374,7 +377,7 @@ def genemask_positions(input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.
 
 
 def global_pmi_positions(input_ids: torch.Tensor, m: torch.Tensor, ranks: torch.Tensor | None = None,
-                         k: int = 6, radius: int | None = None, pos_ranks: torch.Tensor | None = None,
+                         k: int = DEFAULT_K, radius: int | None = None, pos_ranks: torch.Tensor | None = None,
                          end: torch.Tensor | None = None) -> torch.Tensor:
     """The global_pmi masked set (bool [B, L]): in each row b, the m[b] real positions with the best
     (smallest) rank, ties leftmost, each masking q-radius..q+radius clipped to [1, end].
@@ -691,23 +694,7 @@ def _as_ids(x) -> torch.Tensor:
     return x.contiguous()
 
 
-def _number(key: str, v, integer: bool = False):
-    """A numeric masking option, or a one-line GeneMaskError naming it."""
-    if isinstance(v, (bool, np.bool_)):
-        raise GeneMaskError(f"masking option {key}={v!r}: expected a number")
-    if not isinstance(v, (int, float, np.integer, np.floating)):
-        try:  # numeric strings, as before (e.g. from a hand-written settings file)
-            v = float(v)
-        except (TypeError, ValueError):
-            raise GeneMaskError(f"masking option {key}={v!r}: expected a number") from None
-    if integer:
-        if float(v) != int(v):
-            raise GeneMaskError(f"masking option {key}={v!r}: expected an integer")
-        return int(v)
-    return float(v)
-
-
-def make_masker(scheme: str, k: int = 6, ranking=None, **options) -> Masker:
+def make_masker(scheme: str, k: int = DEFAULT_K, ranking=None, **options) -> Masker:
     """A `Masker` for `scheme` (one of SCHEMES). `ranking`: NPMI rank per k-mer index (array of 4**k,
     e.g. `npmi.load_ranking`) or the path of an NPMI table; required by every scheme but random/dnabert.
     Options: p, high_rule ("all_if_le8" | "half"), high_radius (default k-1), ramp (curriculum,
@@ -728,32 +715,19 @@ def make_masker(scheme: str, k: int = 6, ranking=None, **options) -> Masker:
         ranking = load_ranking(ranking, k=k)
     if scheme in NEEDS_RANKING and ranking is None:
         raise GeneMaskError(f"scheme {scheme!r} needs an NPMI ranking (--ranking)")
-    opts = {"p": DEFAULT_P[scheme], "high_radius": k - 1, **OPTION_DEFAULTS}
-    opts.update({key: v for key, v in options.items() if v is not None})
-    for key in ("p", "global_p"):
-        if not 0.0 <= _number(key, opts[key]) <= 1.0:
-            raise GeneMaskError(f"masking option {key}={opts[key]}: must be in [0, 1]")
-    if opts["high_rule"] not in HIGH_RULES:
-        raise GeneMaskError(f"masking option high_rule={opts['high_rule']!r}: expected one of {', '.join(HIGH_RULES)}")
-    if _number("high_radius", opts["high_radius"], integer=True) < 0:
-        raise GeneMaskError(f"masking option high_radius={opts['high_radius']}: must be >= 0")
-    if _number("ramp", opts["ramp"]) <= 0:
-        raise GeneMaskError(f"masking option ramp={opts['ramp']}: must be > 0")
-    mp, rp = _number("mask_prob", opts["mask_prob"]), _number("random_prob", opts["random_prob"])
-    if mp < 0 or rp < 0 or mp + rp > 1:
-        raise GeneMaskError(f"masking options mask_prob={mp}, random_prob={rp}: need >= 0 and a sum <= 1")
-    if not _number("threshold", opts["threshold"]) >= 0:
-        raise GeneMaskError(f"masking option threshold={opts['threshold']}: must be >= 0")
+    given = {key: v for key, v in options.items() if v is not None}
+    # types and ranges: the config schema's rules for pretrain.settings.masking (its one home)
+    check_options(given, "pretrain.settings.masking", "masking", prefix="option")
+    opts = {"p": DEFAULT_P[scheme], "high_radius": k - 1, **OPTION_DEFAULTS, **given}
+    mp, rp = opts["mask_prob"], opts["random_prob"]
+    if mp + rp > 1:  # a cross-check the schema cannot state
+        raise GeneMaskError(f"masking options mask_prob={mp}, random_prob={rp}: need a sum <= 1")
     switch_at = opts["switch_at"]
-    if switch_at is not None and _number("switch_at", switch_at, integer=True) < 0:
-        raise GeneMaskError(f"masking option switch_at={switch_at}: must be null or a step >= 0")
-    if not isinstance(opts["faithful"], (bool, np.bool_)):
-        raise GeneMaskError(f"masking option faithful={opts['faithful']!r}: expected true or false")
     if opts["faithful"] and scheme not in FAITHFUL_SCHEMES:
         raise GeneMaskError(f"masking option faithful: only for {', '.join(FAITHFUL_SCHEMES)} "
                             f"(genemask's released defect is the scheme 'reference')")
     return Masker(scheme=scheme, k=k, ranking=None if ranking is None else np.asarray(ranking),
-                  p=_number("p", opts["p"]), high_rule=opts["high_rule"], high_radius=int(opts["high_radius"]),
-                  ramp=_number("ramp", opts["ramp"]), mask_prob=mp, random_prob=rp,
-                  global_p=_number("global_p", opts["global_p"]), threshold=_number("threshold", opts["threshold"]),
+                  p=float(opts["p"]), high_rule=opts["high_rule"], high_radius=int(opts["high_radius"]),
+                  ramp=float(opts["ramp"]), mask_prob=float(mp), random_prob=float(rp),
+                  global_p=float(opts["global_p"]), threshold=float(opts["threshold"]),
                   switch_at=None if switch_at is None else int(switch_at), faithful=bool(opts["faithful"]))

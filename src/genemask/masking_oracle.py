@@ -13,7 +13,7 @@ import math
 import torch
 
 from . import kmers
-from .masking import Draws, curriculum_share, span_offsets
+from .masking import DEFAULT_K, Draws, curriculum_share, span_offsets
 
 
 def _cm_step_global(coin: float, step: int, total_steps: int) -> bool:
@@ -40,7 +40,7 @@ def _end(row: list[int]) -> int:
     return n - 1
 
 
-def loop_positions(input_ids: torch.Tensor, draws: Draws, scheme: str, k: int = 6, ranks=None,
+def loop_positions(input_ids: torch.Tensor, draws: Draws, scheme: str, k: int = DEFAULT_K, ranks=None,
                    high_rule: str = "all_if_le8", high_radius: int | None = None, step: int = 0,
                    total_steps: int = 1, ramp: float = 1.0, faithful: bool = False,
                    switch_step: int | None = None) -> torch.Tensor:

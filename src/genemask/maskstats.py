@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from . import kmers
+from .defaults import default as _schema_default
 from .genome import read_sequences
-from .masking import OPTIONS, cm_step_share, curriculum_share, make_masker, real_positions, row_ends
+from .masking import DEFAULT_K, OPTIONS, cm_step_share, curriculum_share, make_masker, real_positions, row_ends
 from .npmi import load_ranking
 from .tokenizer import encode_sequences
 from .util import GeneMaskError
@@ -33,7 +34,7 @@ def default_ranking_path() -> Path:
     return path
 
 
-def cut_pieces(fasta, n_seqs: int, length: int = 511) -> list[bytes]:
+def cut_pieces(fasta, n_seqs: int, length: int = _schema_default("corpus.max_bp")) -> list[bytes]:
     """Consecutive upper-cased `length`-bp pieces free of non-ACGT letters, first n_seqs in file order."""
     pieces: list[bytes] = []
     for _, seq in read_sequences(fasta):
@@ -62,7 +63,7 @@ def parse_options(items) -> dict:
     return out
 
 
-def mask_stats_cli(fasta, scheme: str, ranking=None, k: int = 6, n_seqs: int = 2000, seed: int = 0,
+def mask_stats_cli(fasta, scheme: str, ranking=None, k: int = DEFAULT_K, n_seqs: int = 2000, seed: int = 0,
                    step: int = 0, total_steps: int = 1, batch_size: int = 256, options=()) -> int:
     """`genemask mask-stats`: mask real 511-bp pieces of `fasta` with `scheme`, print key=value lines.
 

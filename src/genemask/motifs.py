@@ -87,11 +87,13 @@ from .kmers import ALPHABET, all_kmers, kmer_to_index
 from .npmi import load_ranking
 from .util import GeneMaskError, atomic_output
 
-DEFAULT_THRESHOLD = 0.85
-DEFAULT_MIN_IC = 10.0
 METHODS = tuple(_schema_node("report.motif_method")["enum"])  # one home: the config schema
 DEFAULT_METHOD = _schema_default("report.motif_method")
-DEFAULT_Q = 0.05
+DEFAULT_Q = _schema_default("report.motif_q_threshold")  # 0.05
+DEFAULT_THRESHOLD = _schema_default("report.motif_rule_threshold")  # 0.85
+DEFAULT_MIN_IC = _schema_default("report.motif_rule_min_ic")  # 10.0
+DEFAULT_N_PERM = _schema_default("report.motif_n_perm")  # 10000
+DEFAULT_K = _schema_default("corpus.k")  # 6
 # kmers order A,T,C,G -> column of a PWM row vector; reverse complement swaps A<->T and C<->G
 _RC_DIGIT = np.array([1, 0, 3, 2])
 
@@ -140,7 +142,7 @@ def _log_odds(motif) -> np.ndarray:
     return lo, pr
 
 
-def build_motif_set(motifs: list, k: int = 6) -> MotifSet:
+def build_motif_set(motifs: list, k: int = DEFAULT_K) -> MotifSet:
     """All alignment windows of every motif against a k-mer (see the module docstring)."""
     rows, mins, maxs, ics, owner, ids, names = [], [], [], [], [], [], []
     for mi, m in enumerate(motifs):
@@ -182,7 +184,7 @@ def _one_hot(k: int, reverse_complement: bool = False) -> np.ndarray:
     return x.reshape(4**k, k * 4)
 
 
-def score_all_kmers(ms: MotifSet, k: int = 6, min_ic: float = DEFAULT_MIN_IC) -> np.ndarray:
+def score_all_kmers(ms: MotifSet, k: int = DEFAULT_K, min_ic: float = DEFAULT_MIN_IC) -> np.ndarray:
     """[4**k, n_motifs] best relative score of each k-mer against each motif (both strands,
     informative windows only; -inf where a motif has no informative window)."""
     keep = ms.w_ic >= min_ic
@@ -203,7 +205,7 @@ def score_all_kmers(ms: MotifSet, k: int = 6, min_ic: float = DEFAULT_MIN_IC) ->
     return out
 
 
-def load_scores(path: str | Path, k: int = 6) -> tuple[np.ndarray, np.ndarray]:
+def load_scores(path: str | Path, k: int = DEFAULT_K) -> tuple[np.ndarray, np.ndarray]:
     """(rank, npmi) arrays indexed by k-mer index, from our NPMI TSV or the authors' Data-A CSV."""
     path = Path(path)
     ranks = load_ranking(path, k)
@@ -226,7 +228,7 @@ def _probabilities(motif) -> np.ndarray:
     return c / c.sum(axis=0, keepdims=True)
 
 
-def tomtom_all_kmers(motifs: list, k: int = 6, n_jobs: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def tomtom_all_kmers(motifs: list, k: int = DEFAULT_K, n_jobs: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(p, q), each [4**k, n_motifs]: Tomtom (memelite) p-value of every k-mer, as a one-hot query
     motif, against every motif (best offset and strand), and its per-query Benjamini-Hochberg
     q-value over the n_motifs targets (see the module docstring)."""
@@ -271,10 +273,10 @@ def _label(ms_ids: list[str], ms_names: list[str], j: int) -> str:
     return f"{ms_ids[j]} {ms_names[j]}"
 
 
-def motif_enrichment(ranks: np.ndarray, npmi: np.ndarray, top: int, k: int = 6, *,
+def motif_enrichment(ranks: np.ndarray, npmi: np.ndarray, top: int, k: int = DEFAULT_K, *,
                      motifs: list | None = None, method: str = DEFAULT_METHOD,
                      threshold: float = DEFAULT_THRESHOLD, min_ic: float = DEFAULT_MIN_IC,
-                     q_threshold: float = DEFAULT_Q, n_perm: int = 10000, seed: int = 0,
+                     q_threshold: float = DEFAULT_Q, n_perm: int = DEFAULT_N_PERM, seed: int = 0,
                      release: str | None = None, n_jobs: int = 1) -> tuple[pd.DataFrame, dict, dict]:
     """Match the top-`top` NPMI k-mers to JASPAR by `method` (tomtom, rule or both) and test enrichment.
 
@@ -411,8 +413,8 @@ def plot_enrichment(details: dict, summary: dict, output: str | Path, bins: int 
 
 
 def motifs_cli(ranking: str | Path, top: int, output: str | Path, plot: str | Path | None = None, *,
-               k: int = 6, method: str = DEFAULT_METHOD, threshold: float = DEFAULT_THRESHOLD,
-               min_ic: float = DEFAULT_MIN_IC, q_threshold: float = DEFAULT_Q, n_perm: int = 10000,
+               k: int = DEFAULT_K, method: str = DEFAULT_METHOD, threshold: float = DEFAULT_THRESHOLD,
+               min_ic: float = DEFAULT_MIN_IC, q_threshold: float = DEFAULT_Q, n_perm: int = DEFAULT_N_PERM,
                seed: int = 0, release: str | None = None) -> int:
     """`genemask motifs`: the top-N table as TSV, the summary line(s) on stdout, optionally a figure."""
     if not 0.0 < threshold <= 1.0:

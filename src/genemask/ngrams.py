@@ -47,10 +47,11 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
+from .defaults import default as _schema_default
 from .kmers import BASE_CODE
 from .util import GeneMaskError, atomic_output
 
-DEFAULT_MAX_ORDER = 10
+DEFAULT_MAX_ORDER = _schema_default("ngrams.max_order")  # 10
 MAX_SUPPORTED_ORDER = 12  # 4**12 = 16.7M counters (128 MiB) for the top order
 FORMAT_KEY = "genemask_ngram_counts"
 FORMAT_VERSION = 1

@@ -6,11 +6,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .defaults import default as _schema_default
 from .kmers import kmer_to_index
 from .util import GeneMaskError, require_columns
 
+DEFAULT_VARIANT = _schema_default("npmi.variant")  # paper
+DEFAULT_MIN_COUNT = _schema_default("npmi.min_count")  # 101
+DEFAULT_K = _schema_default("corpus.k")  # 6
 
-def load_ranking(path: str | Path, k: int = 6) -> np.ndarray:
+
+def load_ranking(path: str | Path, k: int = DEFAULT_K) -> np.ndarray:
     """NPMI rank of every k-mer, indexed by k-mer index (token id - N_SPECIAL); 1 = highest NPMI.
 
     Reads our NPMI table (`ngram order count naive_pmi dp_pmi npmi rank`, rows of order k) or the
@@ -140,7 +145,7 @@ def _rank_desc(score: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return rank
 
 
-def npmi_table(counts, variant: str = "paper", min_count: int = 101,
+def npmi_table(counts, variant: str = DEFAULT_VARIANT, min_count: int = DEFAULT_MIN_COUNT,
                discount: float = DISCOUNT) -> pd.DataFrame:
     """Score every n-gram of orders 2..max with count >= min_count (see the comment block above).
 
@@ -219,7 +224,8 @@ def npmi_table(counts, variant: str = "paper", min_count: int = 101,
     return pd.concat(frames, ignore_index=True)[COLUMNS]
 
 
-def npmi_file(counts: str | Path, output: str | Path, variant: str = "paper", min_count: int = 101) -> int:
+def npmi_file(counts: str | Path, output: str | Path, variant: str = DEFAULT_VARIANT,
+              min_count: int = DEFAULT_MIN_COUNT) -> int:
     """`genemask npmi`: score a counts file and write the TSV (header `ngram order count naive_pmi dp_pmi npmi rank`)."""
     import sys
     import time

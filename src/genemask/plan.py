@@ -18,12 +18,25 @@ from .genome import plan_chunks
 from .util import GeneMaskError  # noqa: F401 - re-exported for the Snakefile
 
 # Sections whose keys plan.resolve fills from the schema's `default:` values: the optional ones are
-# created when absent, pretrain/finetune (required) filled when given. Not filled: the `settings`
-# inside them (passed to the jobs as given, as before: a filled mapping would change the rules'
-# params and rerun every finished job; the jobs' load_settings fill them from the same defaults) and
-# predict (its options are passed only when given, so the commands' own defaults, equal to the
-# schema's, hold).
+# created when absent, pretrain/finetune (required) filled when given, and their `settings` too
+# (fill_settings): the rules pass the resolved settings as the jobs' params, so a changed default
+# changes the params of exactly the jobs it changes and Snakemake reruns them. Not filled: predict
+# (its options are passed only when given, so the commands' own defaults, the schema's, hold).
 FILLED = {"ngrams": True, "npmi": True, "corpus": True, "report": True, "pretrain": False, "finetune": False}
+SETTINGS = ("pretrain.settings", "finetune.settings")  # filled by fill_settings (pretrain's masking options too)
+
+
+def fill_settings(cfg: dict) -> None:
+    """Every schema default into the settings blocks of `cfg` (in place; a non-mapping is left to the
+    schema): what the jobs run with, written out, so that it is what Snakemake compares."""
+    for path in SETTINGS:
+        section, key = path.split(".")
+        given = cfg.get(section)
+        if isinstance(given, dict) and isinstance(given.get(key, {}), dict):
+            settings = {**D.defaults(path), **(given.get(key) or {})}
+            if section == "pretrain" and isinstance(settings["masking"], dict):  # p, high_radius: per scheme / k
+                settings["masking"] = {**D.defaults("pretrain.settings.masking"), **settings["masking"]}
+            cfg[section] = {**given, key: settings}
 
 
 def export_root() -> None:
@@ -92,13 +105,7 @@ def expanded_size(data) -> int:
 
 def validate(config: dict, schema_path: str | Path | None = None, where: str = "config") -> dict:
     """Check `config` against the JSON schema; the first error becomes one line naming the key."""
-    schema = _load_yaml(Path(schema_path)) if schema_path else D.schema()
-    v = D.validator_class()(schema)
-    errors = sorted(v.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
-    if errors:
-        e = errors[0]
-        key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise GeneMaskError(f"{where}: key '{key}': {D.short_message(e)}")
+    D.check_against(_load_yaml(Path(schema_path)) if schema_path else D.schema(), config, where)
     return config
 
 
@@ -123,6 +130,7 @@ def merge(config: dict, where: str) -> dict:
         given = cfg.get(key)
         if isinstance(given, dict) or (given is None and create):
             cfg[key] = {**D.defaults(key), **(given or {})}
+    fill_settings(cfg)  # pretrain/finetune settings complete: the rules pass them as params
     for key in ("sources", "tasks"):
         merged = _load_yaml(ROOT / "config" / f"{key}.yaml")
         given = config.get(key) or {}
@@ -173,7 +181,7 @@ def _check_task_name(cfg: dict, t: str, where: str) -> None:
 def _check_max_test(cfg: dict, t: str, where: str) -> None:
     """Refuses a finetune.max_test (0 = all) below the task's number of classes: a class would go unscored."""
     task = cfg["tasks"][t]
-    max_test = cfg["finetune"].get("max_test", 0)
+    max_test = cfg["finetune"]["max_test"]
     if 0 < max_test < task["num_labels"]:
         raise GeneMaskError(f"{where}: key 'finetune.max_test': {max_test} test rows cannot keep each of the "
                             f"{task['num_labels']} classes of task {t!r} (use >= {task['num_labels']}, or 0 = all)")

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .defaults import default as _schema_default
 from .kmers import kmers_to_seq
 from .util import GeneMaskError, atomic_output, shorten, table_rows
 
@@ -53,7 +54,8 @@ SEQ_NAMES = ("sequence", "seq")
 LABEL_NAMES = ("label",)
 _INT = re.compile(r"[+-]?\d+")
 _BP = re.compile(r"[A-Za-z]+")
-WINDOW_TOKENS = 510  # k-mer tokens of a 512-position model ([CLS] + [SEP]): 515 bp at k = 6
+WINDOW_TOKENS = _schema_default("finetune.settings.max_length") - 2  # 510 k-mer tokens ([CLS] + [SEP]): 515 bp at k = 6
+DEFAULT_K = _schema_default("corpus.k")  # 6
 DNA_LETTERS = "ACGTN"  # accepted in sequences (upper-cased first); N k-mers become [UNK]
 _DNA = re.compile(f"[{DNA_LETTERS}]+")
 
@@ -250,8 +252,9 @@ def _label_map(tr: TaskData, te: TaskData, num_labels: int) -> dict[str, int] | 
 
 def prepare_task_data(task: str, train: str, test: str, exclude: list[str] | None, num_labels: int,
                       max_test: int, seed: int, out_train: str, out_test: str, out_stats: str, *,
-                      k: int = 6, window_tokens: int = WINDOW_TOKENS, draw: int | None = None, draw_seed: int = 0,
-                      label_names: bool = False, on_conflict: str = "error") -> dict:
+                      k: int = DEFAULT_K, window_tokens: int = WINDOW_TOKENS, draw: int | None = None,
+                      draw_seed: int = _schema_default("definitions.local_task.draw_seed"), label_names: bool = False,
+                      on_conflict: str = _schema_default("definitions.catalogued_task.on_conflict")) -> dict:
     """Clean one shot file (or, with `draw`, draw K per class from a labelled pool) and its test set
     (see module docstring); returns the stats dict. The steps, in order: read the files (one-class
     files refused, label names mapped); 1. exclude from the test set; refuse or drop conflicting

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import kmers
+from .defaults import default as _schema_default
 from .training import padded_rows
 from .util import GeneMaskError
 
@@ -28,7 +29,7 @@ MODEL_MAX_LENGTH = 512
 KMER_KEY = "genemask_kmer"
 
 
-def build_tokenizer(k: int = 6):
+def build_tokenizer(k: int = _schema_default("corpus.k")):
     """A `PreTrainedTokenizerFast` for k-mer text with DNABERT's vocabulary order (k in 3..6)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast

@@ -35,9 +35,7 @@ PSEEDS = plan.pretrain_seeds(CFG)
 # finetune.save: all -> each run also keeps its classifier as a Hugging Face folder beside its JSON
 SAVED_MODEL_PATH = f"{RESULTS}/finetune/{{task}}/{{shot}}/{{model}}/seed{{seed}}.model"
 SAVED_MODEL = (
-    {"model": directory(SAVED_MODEL_PATH)}
-    if CFG["finetune"].get("save", "none") == "all"
-    else {}
+    {"model": directory(SAVED_MODEL_PATH)} if CFG["finetune"]["save"] == "all" else {}
 )
 SCHEMES = CFG["pretrain"]["schemes"]
 SOURCE_BY_PATH = {s["path"]: s for s in CFG["sources"].values()}

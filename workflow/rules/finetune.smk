@@ -28,7 +28,7 @@ rule task_data:
         runtime=10,
     params:
         num_labels=lambda wc: CFG["tasks"][wc.task]["num_labels"],
-        max_test=CFG["finetune"].get("max_test", 0),
+        max_test=CFG["finetune"]["max_test"],
         extra=lambda wc: plan.task_data_args(CFG, wc.task, int(wc.shot)),
     shell:
         "genemask task-data --task {wildcards.task} --train {input.train:q} --test {input.test:q} "
@@ -75,13 +75,14 @@ rule finetune:
     threads: 1
     resources:
         **gpu_resources("finetune"),
-        mem_mb=CFG["finetune"].get("mem_mb", 4000),
-        runtime=CFG["finetune"].get("runtime_min", 60),
+        mem_mb=CFG["finetune"]["mem_mb"],
+        runtime=CFG["finetune"]["runtime_min"],
         # one slot per run; profiles/slurm allows one per group job, so grouped runs go in series
         finetune_runs=1,
     params:
         num_labels=lambda wc: CFG["tasks"][wc.task]["num_labels"],
-        settings=json.dumps(CFG["finetune"].get("settings", {}), sort_keys=True),
+        # the resolved settings (plan.fill_settings): a changed default reruns exactly the runs it changes
+        settings=json.dumps(CFG["finetune"]["settings"], sort_keys=True),
         worker=int(CFG["finetune"]["worker"]),
         folder=model_folder,
         scheme=lambda wc: MODELS[wc.model]["scheme"],

@@ -18,17 +18,18 @@ rule pretrain:
         f"{RESULTS}/benchmarks/pretrain/{{scheme}}/seed{{pseed}}.tsv"
     conda:
         ENV
-    threads: CFG["pretrain"].get("threads", 2)
+    threads: CFG["pretrain"]["threads"]
     resources:
         **gpu_resources("pretrain"),
-        mem_mb=CFG["pretrain"].get("mem_mb", 8000),
-        runtime=CFG["pretrain"].get("runtime_min", 60),
+        mem_mb=CFG["pretrain"]["mem_mb"],
+        runtime=CFG["pretrain"]["runtime_min"],
     params:
         launcher=(
             "genemask"
-            if CFG["pretrain"].get("gpus", 0) <= 1
+            if CFG["pretrain"]["gpus"] <= 1
             else f"torchrun --standalone --nproc_per_node={CFG['pretrain']['gpus']} -m genemask.cli"
         ),
+        # the resolved settings (plan.fill_settings): a changed default reruns exactly the runs it changes
         settings=json.dumps(CFG["pretrain"]["settings"], sort_keys=True),
         steps=lambda wc: "--set steps=0" if wc.scheme == "none" else "",
         save_steps=lambda wc: " ".join(map(str, plan.eval_steps(CFG, wc.scheme))),

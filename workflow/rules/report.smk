@@ -126,9 +126,14 @@ rule motifs:
         top=CFG["report"]["motifs_top"],
         method=CFG["report"]["motif_method"],
         k=CFG["corpus"]["k"],
+        q=CFG["report"]["motif_q_threshold"],
+        threshold=CFG["report"]["motif_rule_threshold"],
+        min_ic=CFG["report"]["motif_rule_min_ic"],
+        n_perm=CFG["report"]["motif_n_perm"],
     shell:
         "genemask motifs --ranking {input:q} --top {params.top:q} --k {params.k:q} --method {params.method:q} "
-        "--plot {output.plot:q} -o {output.tsv:q} 2> {log:q}"
+        "--q-threshold {params.q:q} --threshold {params.threshold:q} --min-ic {params.min_ic:q} "
+        "--n-perm {params.n_perm:q} --plot {output.plot:q} -o {output.tsv:q} 2> {log:q}"
 
 
 rule aggregate:
