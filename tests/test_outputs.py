@@ -260,12 +260,15 @@ def _argv(command: str, d: Path, out: str) -> list[str]:
         "motifs": ["motifs", "--ranking", tsv, "-o", out],
         "write-missing": ["write-missing", "-o", out],
         "study-doc": ["study-doc", "--config", f, "--command", "make study", "-o", out],
+        "probe": ["probe", "--model", str(d), "--task", "T", "--scheme", "dnabert", "--num-labels", "2",
+                  "--shot", "10", tsv, tsv, "--seeds", "1", "-o", out],
         "bench-doc": ["bench-doc", f, "-o", out],
     }[command]
 
 
 FILE_COMMANDS = ["fetch", "index", "chunks", "ngrams", "merge", "npmi", "task-data", "finetune", "predict", "embed",
-                 "plot-loss", "plot-mask-ranks", "motifs", "write-missing", "study-doc", "bench-doc"]
+                 "plot-loss", "plot-mask-ranks", "motifs", "write-missing", "study-doc", "bench-doc",
+                 "probe"]
 FOLDER_COMMANDS = ["corpus", "pretrain", "baseline"]
 
 

@@ -130,7 +130,7 @@ def test_enabled_only_for_listed_commands(monkeypatch):
 
 
 def _server_pid(sock_root: Path) -> int:
-    """The server: a process running `genemask.worker serve SOCKET` whose parent does not (its
+    """The server: a process running `genemask.worker_server serve SOCKET` whose parent does not (its
     forked children show the same command line)."""
     (folder,) = sock_root.glob("genemask-*")
     for sock in folder.glob("*.sock"):

@@ -298,7 +298,8 @@ def _inference_args(p, model_help: str, output_help: str, own=None) -> None:
 
 @subcommand("predict", "class probabilities of new sequences (FASTA or TSV/CSV) from a fine-tuned classifier")
 def _predict(p):
-    _inference_args(p, "fine-tuned classifier folder (modelfolder.save_classifier)", "TSV: id, prob_<label> per class, predicted")
+    _inference_args(p, "fine-tuned classifier folder (modelfolder.save_classifier)",
+                    "TSV: id, prob_<label> per class, predicted")
 
     def target():
         from .inference import predict_cli
@@ -313,8 +314,8 @@ def _embed(p):
         p.add_argument("--layer", type=int, default=D("predict.embed.layer"),
                        help="hidden state: 0 = embeddings, 1..L layers, -1 = last")
 
-    _inference_args(p, "model folder", ".npy (ids in <stem>.ids.txt beside it) or .parquet (columns id, embedding: "
-                "list<float32>)", own)
+    _inference_args(p, "model folder", ".npy (ids in <stem>.ids.txt beside it) or .parquet (columns id, "
+                    "embedding: list<float32>)", own)
 
     def target():
         from .inference import embed_cli
@@ -429,6 +430,50 @@ def _study_doc(p):
     def target():
         from .studydoc import study_doc
         return study_doc
+    return target
+
+
+@subcommand("plan-study", "designs (pretraining seeds x fine-tuning seeds x cells) that reach a target minimum "
+            "detectable effect, cheapest first, from a finished study's report and benchmark files")
+def _plan_study(p):
+    p.add_argument("--report", default="results/report", help="the study's report folder (runs.tsv)")
+    p.add_argument("--bench-dir", default="results/benchmarks", help="the study's Snakemake benchmark files")
+    p.add_argument("--target", type=float, required=True, help="the MDE to reach, e.g. 0.02 (accuracy)")
+    p.add_argument("--scheme", default="genemask")
+    p.add_argument("--reference", default="dnabert")
+    p.add_argument("--metric", default="accuracy")
+    p.add_argument("--step", type=int, default=None, help="pretraining step (default: the largest both have)")
+    p.add_argument("--steps", type=int, default=None, help="a pretraining budget to price (default: the study's)")
+    p.add_argument("--gpu-tokens-per-s", type=float, default=None,
+                   help="measured GPU pretraining throughput: price pretraining in GPU-hours")
+    p.add_argument("--tokens-per-step", type=int, default=None, help="tokens of one pretraining step on the GPU")
+    p.add_argument("--cells", type=int, nargs="*", default=[], help="numbers of task x shot cells to plan for")
+
+    def target():
+        from .planstudy import plan_study_cli
+        return plan_study_cli
+    return target
+
+
+@subcommand("probe", "frozen-representation probes of one pretrained model on one task: embed once, fit a "
+            "logistic regression per shot and seed, score the test rows (one JSON)")
+def _probe(p):
+    p.add_argument("--model", required=True, help="pretrained model folder")
+    p.add_argument("--task", required=True)
+    p.add_argument("--scheme", required=True)
+    p.add_argument("--num-labels", type=int, required=True)
+    p.add_argument("--shot", dest="shots", nargs=3, action="append", required=True, metavar=("K", "TRAIN", "TEST"),
+                   help="a shot size and its cleaned train/test TSVs (genemask task-data); repeat per shot")
+    p.add_argument("--seeds", type=int, nargs="+", required=True, help="one probe per seed (cross-validation folds)")
+    p.add_argument("--batch-size", type=int, default=D("predict.batch_size"), help="sequences per forward pass")
+    from .defaults import node
+
+    p.add_argument("--device", choices=node("predict.device")["enum"], default=D("predict.device"))
+    p.add_argument("-o", "--output", required=True, help="JSON {runs: [...]}")
+
+    def target():
+        from .probe import probe_runs
+        return probe_runs
     return target
 
 

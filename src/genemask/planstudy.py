@@ -15,6 +15,7 @@ pretraining in GPU-hours instead: steps x tokens per step / throughput.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -118,3 +119,9 @@ def plan_study(report: str | Path, bench_dir: str | Path, target: float, scheme:
     cols = ["pretrain_seeds", "finetune_seeds", "cells", "finetune_runs", "mde", "core_hours", "gpu_hours"]
     lines.append(shown[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return "\n".join(lines)
+
+
+@functools.wraps(plan_study)  # the same parameters (the CLI test binds the arguments to them)
+def plan_study_cli(*args, **kwargs) -> None:
+    """`genemask plan-study`: print the plan (plan_study)."""
+    print(plan_study(*args, **kwargs))
