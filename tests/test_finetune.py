@@ -4,19 +4,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import GENEMASK
 from genemask.cli import main
 from genemask.finetune import DEFAULT_SETTINGS, compute_metrics, finetune_cli, load_settings, model_k, select_regime
 from genemask.tasks import prepare_task_data
 from genemask.util import GeneMaskError
 
 QUICK = {"epochs": 2}  # paper regimes, epochs cut to 2
-BIN = os.path.join(os.path.dirname(sys.executable), "genemask")
 METRIC_KEYS = ("accuracy", "macro_f1", "mcc", "auroc")
 
 
@@ -302,6 +301,7 @@ def test_save_model_folder_loads_with_auto_classes_and_predicts(tiny_model, prom
     assert got["accuracy"] == r["accuracy"] and got["auroc"] == pytest.approx(r["auroc"], abs=1e-9)
 
 
+@pytest.mark.subprocess
 def test_damaged_weights_refused_in_one_line(tiny_model, prom_core_10, tmp_path):
     """A model folder records the sha256 of its weights; flipped bytes are refused, not scored."""
     out = tmp_path / "m.json"
@@ -317,7 +317,7 @@ def test_damaged_weights_refused_in_one_line(tiny_model, prom_core_10, tmp_path)
                  ["finetune", "--model", str(tmp_path / "m.model"), "--train", str(prom_core_10 / "train.tsv"),
                   "--test", str(prom_core_10 / "test.tsv"), "--task", "Prom-core", "--shot", "10", "--seed", "1",
                   "--scheme", "x", "--num-labels", "2", "-o", str(tmp_path / "x.json")]):
-        r = subprocess.run([BIN, *argv], capture_output=True, text=True, env={**os.environ, "GENEMASK_WORKER": "0"})
+        r = subprocess.run([GENEMASK, *argv], capture_output=True, text=True, env={**os.environ, "GENEMASK_WORKER": "0"})
         errors = [line for line in r.stderr.splitlines() if "error" in line]
         assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
         assert errors[0].startswith(f"genemask {argv[0]}: error: {w}: damaged weights (sha256 "), errors
