@@ -4,22 +4,18 @@ folder whose vocabulary or k does not match fails with one line. No network: fol
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import ENV, GENEMASK, ROOT, SNAKEMAKE
 from genemask import plan
 from genemask.baselines import prepare_baseline
 from genemask.kmers import SPECIAL_TOKENS, all_kmers
 from genemask.modelfolder import check_vocabulary
 from genemask.util import GeneMaskError
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def _folder(d: Path, k: int = 6, vocab: list[str] | None = None, genemask_json: bool = False) -> Path:
@@ -47,6 +43,7 @@ def test_dnabert_style_folder_accepted_and_copied(tmp_path):
     assert "pretrain_seed" not in saved  # the report's rule: an external baseline records no seed/step
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("fault, message", [
     ("swapped", "vocabulary differs from the 6-mer vocabulary at id 5"),
     ("k4", "vocabulary differs from the 4-mer vocabulary"),
@@ -69,7 +66,7 @@ def test_mismatched_vocabulary_one_line(tmp_path, fault, message):
     with pytest.raises(GeneMaskError, match=message) as e:
         prepare_baseline(fault, str(d), tmp_path / "out")
     assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
-    r = subprocess.run([str(BIN / "genemask"), "baseline", "--name", "x", "--model", str(d), "-o",
+    r = subprocess.run([GENEMASK, "baseline", "--name", "x", "--model", str(d), "-o",
                         str(tmp_path / "o2")], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
 
@@ -83,6 +80,7 @@ def test_unknown_local_path_or_hub_id_without_cache(tmp_path, monkeypatch):
         prepare_baseline("x", "zhihan1996/DNA_bert_6", tmp_path / "out")
 
 
+@pytest.mark.subprocess
 def test_baselines_in_the_plan_and_dag(tmp_path, mirror):
     """One baseline: its own model id and a row per task x shot x seed; the DAG prepares it once."""
     src = _folder(tmp_path / "dnabert6")
@@ -97,9 +95,8 @@ def test_baselines_in_the_plan_and_dag(tmp_path, mirror):
     assert sum(r["scheme"] == "dnabert6" for r in runs) == n_cells * len(cfg["finetune"]["seeds"])
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "workflow/Snakefile"), "-n", "-p",
-                        "--configfile", str(p), "--directory", str(tmp_path / "w")], cwd=ROOT,
-                       env={**os.environ, "GENEMASK_MIRROR": str(mirror)}, capture_output=True, text=True)
+    r = subprocess.run([*SNAKEMAKE, "-n", "-p", "--configfile", str(p), "--directory", str(tmp_path / "w")], cwd=ROOT,
+                       env={**ENV, "GENEMASK_MIRROR": str(mirror)}, capture_output=True, text=True)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-2000:]
     assert "rule baseline:" in out and f"--model {src}" in out

@@ -6,22 +6,17 @@ the repository's default config/config.yaml must not leak into it."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import BIN, ENV, ROOT, SNAKEMAKE, error_lines, job_counts
 from genemask import plan
 from genemask.util import GeneMaskError
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
 
 # What the user's Snakefile adds after `use rule *`: where each rule's conda env file and report
 # captions and the workflow's report text resolve (Snakemake takes them relative to the rule file).
@@ -84,12 +79,6 @@ def expected_counts(cfg: dict) -> dict[str, int]:
     }
 
 
-def job_counts(output: str) -> dict[str, int]:
-    m = re.search(r"Job stats:\njob\s+count\n[-\s]+\n(.*?)\ntotal\s+(\d+)", output, re.S)
-    assert m, output[-3000:]
-    return {name: int(n) for name, n in (line.split() for line in m.group(1).splitlines())}
-
-
 def deploy(tmp_path: Path, workflow_snakefile: Path, probe: bool = True) -> Path:
     work = tmp_path / "project"
     (work / "config").mkdir(parents=True)
@@ -102,6 +91,7 @@ def dry_run(work: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "snakemake"), "-n", "-p"], cwd=work, env=ENV, capture_output=True, text=True)
 
 
+@pytest.mark.subprocess
 def test_module_deployment_dry_run_builds_the_users_dag(tmp_path):
     work = deploy(tmp_path, ROOT / "workflow" / "Snakefile")
     r = dry_run(work)
@@ -126,6 +116,7 @@ def test_module_deployment_dry_run_builds_the_users_dag(tmp_path):
     assert not (work / "results").exists()  # a dry run writes no results, neither here nor in ROOT
 
 
+@pytest.mark.subprocess
 def test_module_of_another_checkout_is_one_line_error(tmp_path):
     """A workflow copy whose package is not the imported one (another version, or a non-editable
     install without config/ and resources/) is refused before anything is planned."""
@@ -133,7 +124,7 @@ def test_module_of_another_checkout_is_one_line_error(tmp_path):
     shutil.copytree(ROOT / "workflow", other / "workflow")
     work = deploy(tmp_path, other / "workflow" / "Snakefile", probe=False)
     r = dry_run(work)
-    errors = [line for line in (r.stdout + r.stderr).splitlines() if "error" in line.lower()]
+    errors = error_lines(r.stdout + r.stderr)
     assert r.returncode != 0 and len(errors) == 1, errors
     assert errors[0].startswith(f"genemask: error: {other / 'workflow'}: the genemask package is imported from")
     assert f"pip install -e {other}" in errors[0]
@@ -146,6 +137,7 @@ def test_check_checkout():
         plan.check_checkout(ROOT / "tests")
 
 
+@pytest.mark.subprocess
 def test_default_config_is_not_merged_into_a_given_one(tmp_path):
     """`snakemake -n` alone plans config/config.yaml; with --configfile only that file counts (the
     Snakefile loads its default only without one: Snakemake would merge the two key by key).
@@ -154,7 +146,7 @@ def test_default_config_is_not_merged_into_a_given_one(tmp_path):
     (tmp_path / "config").mkdir()
     for name in ("config.yaml", "demo.yaml"):
         (tmp_path / "config" / name).write_text((ROOT / "config" / name).read_text())
-    smk = [str(BIN / "snakemake"), "-s", str(ROOT / "workflow" / "Snakefile"), "-n", "--quiet", "rules"]
+    smk = [*SNAKEMAKE, "-n", "--quiet", "rules"]
     bare = subprocess.run(smk, cwd=tmp_path, env=ENV, capture_output=True, text=True)
     demo = subprocess.run([*smk, "--configfile", "config/demo.yaml"], cwd=tmp_path, env=ENV, capture_output=True,
                           text=True)

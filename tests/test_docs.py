@@ -9,24 +9,20 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
 import genemask
+from conftest import ENV, GENEMASK, ROOT, SNAKEMAKE
 from genemask import benchdoc
 from genemask.cli import build_parser
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 README = ROOT / "README.md"
 GENERATED = {"docs/study.md"}  # written by genemask study-doc from a study's report
 DOCS = [README, ROOT / "config" / "README.md"] + sorted(
     p for p in (ROOT / "docs").glob("*.md") if p.relative_to(ROOT).as_posix() not in GENERATED)
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-       "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
 
 # Commands of other programs that the docs show, and what runs them instead.
 OTHER_PROGRAMS = {
@@ -99,6 +95,7 @@ def test_bash_commands_parses_continuations_comments_and_chains(tmp_path):
     assert bash_commands(md) == [(2, "genemask merge a.npz b.npz -o c.npz"), (5, "mkdir -p x"), (5, "cp a x/b")]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("where,cmd", [c for c in COMMANDS if program(c[1]) == "make"])
 def test_make_targets_exist(where, cmd):
     words = shlex.split(cmd)
@@ -115,6 +112,7 @@ def test_genemask_command_lines_parse(where, cmd, capsys):
     assert args.command == shlex.split(cmd)[1]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("where,cmd", [c for c in COMMANDS if program(c[1]) == "snakemake"])
 def test_snakemake_lines_dry_run(where, cmd, tmp_path):
     for marker, reason in CLUSTER_ONLY.items():
@@ -123,7 +121,7 @@ def test_snakemake_lines_dry_run(where, cmd, tmp_path):
     words = shlex.split(cmd)[1:]
     if "-n" not in words and "--dry-run" not in words:
         words.append("-n")
-    r = subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "workflow" / "Snakefile"), *words,
+    r = subprocess.run([*SNAKEMAKE, *words,
                         "--directory", str(tmp_path), "--quiet"], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, f"{where}: `{cmd}`:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
 
@@ -223,6 +221,7 @@ def test_bench_doc_page_from_captured_output(tmp_path):
     assert "old page" not in page and "$ genemask" not in page
 
 
+@pytest.mark.subprocess  # benchdoc.commit runs git
 def test_bench_doc_provenance_and_errors(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Fake CPU 9000\n")
@@ -235,14 +234,16 @@ def test_bench_doc_provenance_and_errors(tmp_path):
     assert not (tmp_path / "p.md").exists()
 
 
+@pytest.mark.subprocess
 def test_bench_doc_command_line(tmp_path):
     (tmp_path / "a.txt").write_text("$ genemask bench train\nours 1.0 steps/s\n")
-    r = subprocess.run([str(BIN / "genemask"), "bench-doc", "a.txt", "-o", "perf.md"], cwd=tmp_path, env=ENV,
+    r = subprocess.run([GENEMASK, "bench-doc", "a.txt", "-o", "perf.md"], cwd=tmp_path, env=ENV,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "## `genemask bench train`" in (tmp_path / "perf.md").read_text()
 
 
+@pytest.mark.subprocess
 def test_make_bench_writes_the_performance_page():
     r = subprocess.run(["make", "-n", "bench"], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

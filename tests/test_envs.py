@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 ENVS = sorted((ROOT / "envs").glob("*.yaml"))
 RULE_FILES = sorted((ROOT / "workflow" / "rules").glob("*.smk"))
 RUNNER = {"snakemake", "snakemake-executor-plugin-slurm"}

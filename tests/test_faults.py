@@ -3,11 +3,13 @@ uninterrupted run (pretraining's kill/resume is in test_pretrain.py, downloads i
 import os
 import signal
 import subprocess
-import sys
 
 import numpy as np
+import pytest
 
-BIN = os.path.join(os.path.dirname(sys.executable), "genemask")
+from conftest import GENEMASK
+
+pytestmark = pytest.mark.subprocess
 
 
 def test_sigkill_during_counting_then_rerun(mirror, tmp_path):
@@ -17,7 +19,7 @@ def test_sigkill_during_counting_then_rerun(mirror, tmp_path):
     # in the middle of its work (counting is too fast to catch by timing: ~200 Mbp/s).
     fifo = tmp_path / "half.fa"
     os.mkfifo(fifo)
-    proc = subprocess.Popen([BIN, "ngrams", str(fifo), "--max-order", "10", "-o", str(out)],
+    proc = subprocess.Popen([GENEMASK, "ngrams", str(fifo), "--max-order", "10", "-o", str(out)],
                             stderr=subprocess.DEVNULL)
     data = subprocess.run(["gzip", "-dc", str(chrx)], capture_output=True, check=True).stdout
     with open(fifo, "wb") as fh:
@@ -29,10 +31,10 @@ def test_sigkill_during_counting_then_rerun(mirror, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     fifo.unlink()
     assert not out.exists()
-    subprocess.run([BIN, "ngrams", str(chrx), "--max-order", "10", "-o", str(out)], check=True,
+    subprocess.run([GENEMASK, "ngrams", str(chrx), "--max-order", "10", "-o", str(out)], check=True,
                    stderr=subprocess.DEVNULL)
     ref = tmp_path / "ref.npz"
-    subprocess.run([BIN, "ngrams", str(chrx), "--max-order", "10", "-o", str(ref)], check=True,
+    subprocess.run([GENEMASK, "ngrams", str(chrx), "--max-order", "10", "-o", str(ref)], check=True,
                    stderr=subprocess.DEVNULL)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["counts.npz", "ref.npz"]  # nothing partial left
     a, b = np.load(out), np.load(ref)

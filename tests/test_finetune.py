@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +14,6 @@ from genemask.tasks import prepare_task_data
 from genemask.util import GeneMaskError
 
 QUICK = {"epochs": 2}  # paper regimes, epochs cut to 2
-BIN = os.path.join(os.path.dirname(sys.executable), "genemask")
 METRIC_KEYS = ("accuracy", "macro_f1", "mcc", "auroc")
 
 
@@ -303,7 +299,7 @@ def test_save_model_folder_loads_with_auto_classes_and_predicts(tiny_model, prom
     assert got["accuracy"] == r["accuracy"] and got["auroc"] == pytest.approx(r["auroc"], abs=1e-9)
 
 
-def test_damaged_weights_refused_in_one_line(tiny_model, prom_core_10, tmp_path):
+def test_damaged_weights_refused_in_one_line(tiny_model, prom_core_10, tmp_path, capsys, monkeypatch):
     """A model folder records the sha256 of its weights; flipped bytes are refused, not scored."""
     out = tmp_path / "m.json"
     finetune_cli(model=str(tiny_model), train=str(prom_core_10 / "train.tsv"), test=str(prom_core_10 / "test.tsv"),
@@ -318,8 +314,10 @@ def test_damaged_weights_refused_in_one_line(tiny_model, prom_core_10, tmp_path)
                  ["finetune", "--model", str(tmp_path / "m.model"), "--train", str(prom_core_10 / "train.tsv"),
                   "--test", str(prom_core_10 / "test.tsv"), "--task", "Prom-core", "--shot", "10", "--seed", "1",
                   "--scheme", "x", "--num-labels", "2", "-o", str(tmp_path / "x.json")]):
-        r = subprocess.run([BIN, *argv], capture_output=True, text=True, env={**os.environ, "GENEMASK_WORKER": "0"})
-        errors = [line for line in r.stderr.splitlines() if "error" in line]
-        assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+        monkeypatch.setenv("GENEMASK_WORKER", "0")  # the command itself, in this process (as its console script)
+        capsys.readouterr()
+        rc, err = main(argv), capsys.readouterr().err
+        errors = [line for line in err.splitlines() if "error" in line]
+        assert rc == 2 and len(errors) == 1 and "Traceback" not in err, err
         assert errors[0].startswith(f"genemask {argv[0]}: error: {w}: damaged weights (sha256 "), errors
         assert not (tmp_path / "p.tsv").exists() and not (tmp_path / "x.json").exists()

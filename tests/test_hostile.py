@@ -14,23 +14,19 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from conftest import ENV, ROOT, SNAKEMAKE
 from genemask import defaults as D
 from genemask import plan
 from genemask.cli import main
 from genemask.ngrams import count_sequence, load_counts
 
 pytestmark = pytest.mark.hostile
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-SNAKEMAKE = [str(BIN / "snakemake"), "-s", str(ROOT / "workflow" / "Snakefile")]
 
 # Each would run `touch PWNED` if it reached a shell unquoted or inside '...'.
 QUOTE_BREAK = "x'; touch PWNED; echo '"
@@ -43,7 +39,7 @@ CONTIGS = {"HLA-A*01:01:01:01": 1500, "chrUn_KI270302v1": 1200, "chr1:10-20": 11
 
 
 def _env(**extra):
-    return {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "GENEMASK_THREADS": "1", **extra}
+    return {**ENV, "GENEMASK_THREADS": "1", **extra}
 
 
 def _genome(rng) -> dict[str, str]:
@@ -80,6 +76,7 @@ def _pwned(*dirs: Path) -> list[Path]:
     return [p for d in dirs for p in d.rglob("*PWNED") if p.name in ("PWNED", ".PWNED")]
 
 
+@pytest.mark.subprocess
 def test_hostile_config_values_reach_no_shell(tmp_path):
     """Source URL and path, contig names (hence regions and NAME:LENGTH arguments), task names in
     write-missing: the rules run for real, in a folder whose path has a space, and nothing is
@@ -120,6 +117,7 @@ def test_hostile_config_values_reach_no_shell(tmp_path):
     assert (work / "results/corpus/c0000/meta.json").exists()
 
 
+@pytest.mark.subprocess
 def test_dry_run_commands_split_back_into_the_config_values(tmp_path):
     """`snakemake -n -p`: every printed command, split as the shell splits it, holds each hostile
     value as one intact argument (so it is data, never code)."""
@@ -200,6 +198,7 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
+@pytest.mark.subprocess  # tiny_fs: mount, umount
 @pytest.mark.parametrize("stage", ["index", "index-fai", "ngrams", "corpus", "chunks"])
 def test_disk_full_one_line_no_partial_output(stage, tiny_fs, tmp_path, capsys):
     """A 64 KiB file system: the BGZF write (index), the .fai (index-fai: 6000 tiny contigs compress
@@ -226,6 +225,7 @@ def test_disk_full_one_line_no_partial_output(stage, tiny_fs, tmp_path, capsys):
     assert sorted(p.name for p in tiny_fs.rglob("*") if p.is_file()) == []  # nothing partial, no temp file
 
 
+@pytest.mark.subprocess  # tiny_fs: mount, umount
 def test_read_only_file_system_one_line(tiny_fs, tmp_path, capsys):
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
     fa = tmp_path / "g.fa"
@@ -284,6 +284,7 @@ def test_check_config_refuses_a_yaml_alias_bomb_and_keeps_real_anchors(tmp_path,
     assert plan.expanded_size(yaml.safe_load(anchors.read_text())) == 1 + 1 + 3 + 1 + 3
 
 
+@pytest.mark.subprocess
 def test_training_rules_get_hostile_values_as_data(tmp_path, mirror):
     """The values that reach pretrain, finetune, task_data and baseline commands (a free-form
     fine-tuning setting, a baseline's model path, local task files, the study's eval steps and seeds)
@@ -330,6 +331,7 @@ def test_training_rules_get_hostile_values_as_data(tmp_path, mirror):
     assert not list(tmp_path.rglob("PWNED"))
 
 
+@pytest.mark.subprocess  # tiny_fs: mount, umount
 @pytest.mark.parametrize("stage", ["pretrain", "finetune", "task-data"])
 def test_disk_full_in_training_stages_one_line(stage, tiny_fs, tmp_path, hg38_slice, fewshot, capsys):
     """The stages that write model folders, checkpoints (torch.save), metrics and task files: a full

@@ -682,7 +682,8 @@ def test_curriculum_variants_pinned(real_ids, ranking, scheme, options, step, di
     assert hashlib.sha256(out.numpy().tobytes() + lab.numpy().tobytes()).hexdigest()[:16] == digest
 
 
-def test_pretrain_records_cm_gems_switch_through_a_kill(hg38_slice, data_a, tmp_path):
+@pytest.mark.subprocess
+def test_pretrain_records_cm_gems_switch_through_a_kill(hg38_slice, data_a, tmp_path, capfd):
     """pretrain reports each validation perplexity to the masker; cm_gems's switch step lands in
     genemask.json and the plateau rule's state survives SIGKILL + resume: threshold 1e9 switches at the
     second evaluation (step 8), which after a kill at the step-4 checkpoint needs the restored step-4
@@ -710,9 +711,15 @@ def test_pretrain_records_cm_gems_switch_through_a_kill(hg38_slice, data_a, tmp_
                 str(tmp_path / "tiny.json"), "--scheme", "cm_gems", "--ranking", str(data_a), "-o", str(out),
                 *[x for s in sets for x in ("--set", s)]]
 
-    ref = tmp_path / "ref"
-    r = subprocess.run(cmd(ref), check=True, capture_output=True, text=True)
-    assert "masking switches to global_pmi at step 8" in r.stderr
+    from genemask.cli import main
+
+    ref = tmp_path / "ref"  # the uninterrupted run, in this process (threads=1 sets torch's count: restored)
+    threads, _ = torch.get_num_threads(), capfd.readouterr()
+    try:
+        assert main(cmd(ref)[3:]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "masking switches to global_pmi at step 8" in capfd.readouterr().err
     assert json.loads((ref / "genemask.json").read_text())["switch_step"] == 8
 
     out = tmp_path / "killed"
@@ -730,7 +737,11 @@ def test_pretrain_records_cm_gems_switch_through_a_kill(hg38_slice, data_a, tmp_
     (ckpt,) = step4()
     state = torch.load(ckpt, weights_only=False)["state"]
     assert state["masker"]["last_perplexity"] is not None  # saved with the checkpoint
-    subprocess.run(cmd(out), check=True, capture_output=True)
+    threads = torch.get_num_threads()
+    try:
+        assert main(cmd(out)[3:]) == 0  # the rerun resumes from the step-4 checkpoint (in this process)
+    finally:
+        torch.set_num_threads(threads)
     assert json.loads((out / "genemask.json").read_text())["switch_step"] == 8
     a, b = load_file(ref / "step16" / "model.safetensors"), load_file(out / "step16" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import gzip
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,11 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import ENV
 from genemask import ngrams
 from genemask.kmers import kmer_to_index
 from genemask.util import GeneMaskError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def brute(seq: str, max_order: int, start: int = 0, end: int | None = None) -> dict[int, np.ndarray]:
@@ -229,11 +226,11 @@ def test_gzip_multi_record(tmp_path):
 
 # ---- (f) CLI --------------------------------------------------------------------------------
 
+@pytest.mark.subprocess
 def test_cli_ngrams_merge_npmi(tmp_path, hg38_slice):
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
 
     def gm(*args):
-        r = subprocess.run([sys.executable, "-m", "genemask.cli", *map(str, args)], env=env,
+        r = subprocess.run([sys.executable, "-m", "genemask.cli", *map(str, args)], env=ENV,
                            capture_output=True, text=True, timeout=120)
         return r
 

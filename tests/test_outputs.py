@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import GENEMASK
 from genemask.cli import main
 from genemask.util import MARKER, atomic_output, output_lock
 
 pytestmark = pytest.mark.hostile
-BIN = os.path.join(os.path.dirname(sys.executable), "genemask")
 
 
 def _fasta(path: Path, n: int = 3, length: int = 3000, seed: int = 0) -> Path:
@@ -173,11 +174,12 @@ def test_predict_and_embed_onto_a_folder_are_refused(tmp_path, capsys, root):
 
 
 # ---- one writer per output: a lock, and temporary files owned per process ---------------------
+@pytest.mark.subprocess
 def test_a_second_writer_of_the_same_output_is_refused(tmp_path, capsys):
     fa = _indexed(tmp_path)
     out = tmp_path / "chunks.tsv"
     with output_lock(out):  # this process writes chunks.tsv; a real second command must not race it
-        r = subprocess.run([BIN, "chunks", str(fa), "--size", "1000", "-o", str(out)], capture_output=True, text=True)
+        r = subprocess.run([GENEMASK, "chunks", str(fa), "--size", "1000", "-o", str(out)], capture_output=True, text=True)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "another genemask process is writing" in r.stderr
         assert not out.exists()
@@ -185,6 +187,7 @@ def test_a_second_writer_of_the_same_output_is_refused(tmp_path, capsys):
     assert not (tmp_path / ".chunks.tsv.lock").exists()
 
 
+@pytest.mark.subprocess
 def test_temporaries_of_live_processes_are_kept_and_of_dead_ones_removed(tmp_path):
     out = tmp_path / "x.tsv"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
@@ -205,31 +208,39 @@ def test_temporaries_of_live_processes_are_kept_and_of_dead_ones_removed(tmp_pat
         sleeper.wait()
 
 
+@pytest.mark.subprocess
 def test_two_pretraining_runs_with_the_same_output_do_not_race(tmp_path, hg38_slice, data_a):
-    """The second run is refused at once; the first finishes with its checkpoints and folder intact."""
+    """The second run is refused at once; the first finishes with its checkpoints and folder intact.
+    The first is stopped (SIGSTOP) while it holds its output's lock and continued once the second was
+    refused, so it is certainly mid-run without having to be a long run."""
     tiny = {"k": 6, "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64,
             "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 512}
     (tmp_path / "tiny.json").write_text(json.dumps(tiny))
     assert main(["corpus", str(hg38_slice), "--region", "chr2:1-200000", "-o", str(tmp_path / "c0")]) == 0
     out = tmp_path / "run"
-    cmd = [BIN, "pretrain", "--corpus", str(tmp_path / "c0"), "--model-config", str(tmp_path / "tiny.json"),
-           "--scheme", "genemask", "--ranking", str(data_a), "-o", str(out), "--set", "steps=40",
-           "--set", "batch_size=4", "--set", "checkpoint_every=5", "--set", "threads=1", "--set", "warmup_steps=2"]
+    cmd = [GENEMASK, "pretrain", "--corpus", str(tmp_path / "c0"), "--model-config", str(tmp_path / "tiny.json"),
+           "--scheme", "genemask", "--ranking", str(data_a), "-o", str(out), "--set", "steps=10",
+           "--set", "batch_size=4", "--set", "grad_accum=1", "--set", "checkpoint_every=5", "--set", "threads=1",
+           "--set", "warmup_steps=2"]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lock = tmp_path / ".run.lock"
         deadline = time.monotonic() + 60
         while not lock.exists() and time.monotonic() < deadline and first.poll() is None:
-            time.sleep(0.05)
-        assert lock.exists(), "the first run never took its output's lock"
+            time.sleep(0.002)
+        first.send_signal(signal.SIGSTOP)  # holds the lock, does nothing until SIGCONT
+        assert first.poll() is None and lock.exists(), "the first run never took its output's lock"
         second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert second.returncode == 2, second.stderr
         assert "another genemask process is writing" in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1, second.stderr
     finally:
+        first.send_signal(signal.SIGCONT)
         _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
-    assert (out / "step40" / "model.safetensors").is_file() and (out / MARKER).read_text().strip() == "pretraining run"
+    assert "10/10 steps" in err and sorted(p.name for p in (tmp_path / "run.ckpt").glob("*/step*.pt")) == \
+        ["step10.pt", "step5.pt"], err  # it trained to the end, checkpoints included
+    assert (out / "step10" / "model.safetensors").is_file() and (out / MARKER).read_text().strip() == "pretraining run"
     assert not lock.exists()
 
 

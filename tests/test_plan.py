@@ -6,17 +6,15 @@ import dataclasses
 import inspect
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from conftest import ROOT
 from genemask import defaults as D
 from genemask import plan
 from genemask.util import GeneMaskError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def demo() -> dict:

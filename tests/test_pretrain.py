@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -13,11 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import BIN, GENEMASK
+from genemask.cli import main
 from genemask.corpus import build_corpus
 
 TINY = {"k": 6, "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64,
         "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 512}
-BIN = os.path.join(os.path.dirname(sys.executable), "genemask")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def setup(hg38_slice, tmp_path_factory):
     return d
 
 
-def _cmd(d, out, ranking, *sets, launcher=(BIN,)):
+def _cmd(d, out, ranking, *sets, launcher=(GENEMASK,)):
     args = [*launcher, "pretrain", "--corpus", str(d / "c0"), str(d / "c1"), "--model-config", str(d / "tiny.json"),
             "--scheme", "genemask", "--ranking", str(ranking), "-o", str(out),
             "--set", "warmup_steps=3", "--set", "log_every=1", "--set", "eval_every=10", "--set", "eval_batches=2",
@@ -39,11 +39,37 @@ def _cmd(d, out, ranking, *sets, launcher=(BIN,)):
     return args
 
 
+def _here(args) -> int:
+    """Run the `genemask pretrain` command line of `_cmd` in this process: a tiny run spends most
+    of its time starting Python and importing torch + transformers, which this process has done.
+    Used for the runs that are references or plain runs; the runs that are killed, signalled,
+    resumed or launched by torchrun stay processes. torch's thread count (threads=1 sets it) is
+    restored afterwards."""
+    n = torch.get_num_threads()
+    try:
+        return main(args[1:])
+    finally:
+        torch.set_num_threads(n)
+
+
+STEPS16 = ["steps=16", "batch_size=4", "grad_accum=2"]
+
+
+@pytest.fixture(scope="module")
+def ref16(setup, data_a):
+    """The uninterrupted 16-step run that the SIGKILL and SIGTERM reruns must equal bitwise
+    (checkpoint_every 4; the SIGTERM runs use 1000: where checkpoints fall must not change training)."""
+    ref = setup / "ref"
+    assert _here(_cmd(setup, ref, data_a, *STEPS16, "checkpoint_every=4")) == 0
+    return ref
+
+
+
 def test_output_folder_loads_with_auto_classes(setup, data_a):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     out = setup / "m"
-    subprocess.run(_cmd(setup, out, data_a, "steps=6", "batch_size=4", "grad_accum=2"), check=True)
+    assert _here(_cmd(setup, out, data_a, "steps=6", "batch_size=4", "grad_accum=2")) == 0
     model = AutoModelForMaskedLM.from_pretrained(out / "step6")
     tok = AutoTokenizer.from_pretrained(out / "step6")
     assert model.config.vocab_size == 4101 and len(tok) == 4101
@@ -85,11 +111,11 @@ def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sigkill_then_rerun_equals_uninterrupted_run(setup, data_a):
+@pytest.mark.subprocess
+def test_sigkill_then_rerun_equals_uninterrupted_run(setup, data_a, ref16, capfd):
     """Bitwise equal weights on CPU: model, optimiser, scheduler, RNG states and data position resume."""
-    steps = ["steps=16", "batch_size=4", "grad_accum=2", "checkpoint_every=4"]
-    ref = setup / "ref"
-    subprocess.run(_cmd(setup, ref, data_a, *steps), check=True)
+    steps = [*STEPS16, "checkpoint_every=4"]
+    ref = ref16
 
     out = setup / "killed"
     proc = subprocess.Popen(_cmd(setup, out, data_a, *steps), stderr=subprocess.DEVNULL)
@@ -103,19 +129,21 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(setup, data_a):
     assert proc.returncode == -signal.SIGKILL and not out.exists()
     step_at_kill = max(int(p.name[4:-10]) for p in _ckpt_dir(out).glob("step*.pt.sha256"))
     assert 0 < step_at_kill < 16
-    r = subprocess.run(_cmd(setup, out, data_a, *steps), check=True, capture_output=True, text=True)
-    assert f"at step {step_at_kill}" in r.stderr and "resumed from" in r.stderr
+    capfd.readouterr()
+    assert _here(_cmd(setup, out, data_a, *steps)) == 0  # the rerun (in this process) resumes
+    err = capfd.readouterr().err
+    assert f"at step {step_at_kill}" in err and "resumed from" in err, err
     assert _same(_weights(ref / "step16"), _weights(out / "step16"))
     la, lb = pd.read_csv(ref / "train_log.tsv", sep="\t"), pd.read_csv(out / "train_log.tsv", sep="\t")
     assert np.array_equal(la["loss"].to_numpy(), lb["loss"].to_numpy())
 
 
-def test_sigterm_checkpoints_now_and_rerun_is_bitwise_equal(setup, data_a):
+@pytest.mark.subprocess
+def test_sigterm_checkpoints_now_and_rerun_is_bitwise_equal(setup, data_a, ref16, capfd):
     """SIGTERM (SLURM pre-emption) mid-run: a checkpoint at the current step, exit non-zero, and the
     resubmitted job finishes bitwise equal to an uninterrupted run."""
-    steps = ["steps=16", "batch_size=4", "grad_accum=2", "checkpoint_every=1000"]
-    ref = setup / "ref_t"
-    subprocess.run(_cmd(setup, ref, data_a, *steps), check=True)
+    steps = [*STEPS16, "checkpoint_every=1000"]
+    ref = ref16
     out = setup / "termed"
     proc = subprocess.Popen(_cmd(setup, out, data_a, *steps), stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -126,50 +154,55 @@ def test_sigterm_checkpoints_now_and_rerun_is_bitwise_equal(setup, data_a):
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 2 and "SIGTERM at step" in err and "checkpoint" in err, err
     assert not out.exists()
-    r = subprocess.run(_cmd(setup, out, data_a, *steps), check=True, capture_output=True, text=True)
-    assert "resumed from" in r.stderr
+    capfd.readouterr()
+    assert _here(_cmd(setup, out, data_a, *steps)) == 0  # the resubmitted job (in this process) resumes
+    assert "resumed from" in capfd.readouterr().err
     assert _same(_weights(ref / "step16"), _weights(out / "step16"))
 
 
-def test_eval_steps_saved_and_new_step_needs_no_retraining(setup, data_a):
+def test_eval_steps_saved_and_new_step_needs_no_retraining(setup, data_a, capfd):
     """step<N>/ per eval step; adding a passed step to the list exports it from its checkpoint."""
     steps = ["steps=8", "batch_size=4", "grad_accum=1", "checkpoint_every=2"]
     out = setup / "budgets"
-    subprocess.run(_cmd(setup, out, data_a, *steps) + ["--save-steps", "4"], check=True)
+    assert _here(_cmd(setup, out, data_a, *steps) + ["--save-steps", "4"]) == 0
     assert {p.name for p in out.glob("step*")} == {"step4", "step8"}
     assert not _same(_weights(out / "step4"), _weights(out / "step8"))
     first = {n: _weights(out / n) for n in ("step4", "step8")}
     import shutil
 
     shutil.rmtree(out)  # what snakemake does before rerunning the job with the new eval_steps
-    r = subprocess.run(_cmd(setup, out, data_a, *steps) + ["--save-steps", "4", "6"], check=True,
-                       capture_output=True, text=True)
-    assert "resumed from" in r.stderr and "tokens in" not in r.stderr, r.stderr  # nothing trained
+    capfd.readouterr()
+    assert _here(_cmd(setup, out, data_a, *steps) + ["--save-steps", "4", "6"]) == 0
+    err = capfd.readouterr().err
+    assert "resumed from" in err and "tokens in" not in err, err  # nothing trained
     assert {p.name for p in out.glob("step*")} == {"step4", "step6", "step8"}
     assert all(_same(first[n], _weights(out / n)) for n in first)
     assert json.loads((out / "step6" / "genemask.json").read_text())["pretrain_step"] == 6
 
 
-def test_changed_setting_or_damaged_checkpoint_never_resumed(setup, data_a):
+def test_changed_setting_or_damaged_checkpoint_never_resumed(setup, data_a, capfd):
     """Another lr is another fingerprint (fresh run); a checkpoint with flipped bytes is one line."""
     steps = ["steps=6", "batch_size=4", "grad_accum=1", "checkpoint_every=2"]
     out = setup / "fp"
-    subprocess.run(_cmd(setup, out, data_a, *steps), check=True)
+    assert _here(_cmd(setup, out, data_a, *steps)) == 0
     import shutil
 
     shutil.rmtree(out)
-    r = subprocess.run(_cmd(setup, out, data_a, *steps, "lr=0.001"), check=True, capture_output=True, text=True)
-    assert "resumed from" not in r.stderr
-    said = [line for line in r.stderr.splitlines() if "not resuming" in line]
-    assert len(said) == 1 and "settings.lr 0.0008 -> 0.001" in said[0], r.stderr
+    capfd.readouterr()
+    assert _here(_cmd(setup, out, data_a, *steps, "lr=0.001")) == 0
+    err = capfd.readouterr().err
+    assert "resumed from" not in err
+    said = [line for line in err.splitlines() if "not resuming" in line]
+    assert len(said) == 1 and "settings.lr 0.0008 -> 0.001" in said[0], err
     assert len(list((setup / "fp.ckpt").iterdir())) == 2  # two fingerprints side by side
     shutil.rmtree(out)
     ck = next(p for p in (setup / "fp.ckpt").iterdir() if (p / "step6.pt").exists() and p != _newest(setup / "fp.ckpt"))
     blob = bytearray((ck / "step6.pt").read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     (ck / "step6.pt").write_bytes(bytes(blob))
-    r = subprocess.run(_cmd(setup, out, data_a, *steps), capture_output=True, text=True)
-    assert r.returncode == 2 and "damaged checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    rc = _here(_cmd(setup, out, data_a, *steps))
+    err = capfd.readouterr().err
+    assert rc == 2 and "damaged checkpoint" in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 
 
@@ -177,12 +210,14 @@ def _newest(folder):
     return max(folder.iterdir(), key=lambda p: p.stat().st_mtime)
 
 
+@pytest.mark.slow  # torchrun and two ranks: three more interpreters importing torch (make test runs it)
+@pytest.mark.subprocess
 def test_ddp_two_processes_match_one_process(setup, data_a):
     """2 gloo ranks x 1 micro-batch == 1 process x 2 micro-batches (same global batch and masks)."""
     one, two = setup / "one", setup / "two"
     common = ["steps=8", "batch_size=4"]
-    subprocess.run(_cmd(setup, one, data_a, *common, "grad_accum=2"), check=True)
-    torchrun = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc_per_node=2",
+    assert _here(_cmd(setup, one, data_a, *common, "grad_accum=2")) == 0
+    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2",
                 "-m", "genemask.cli"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_cmd(setup, two, data_a, *common, "grad_accum=1", launcher=torchrun), check=True, env=env)

@@ -272,6 +272,7 @@ def test_plot_mask_ranks(tmp_path, data_a, capsys):
     assert not (tmp_path / "y.png").exists()
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs /usr/bin/chromium (headless)")
 def test_report_html_renders_in_chromium(metrics, missing_tsv, tmp_path):
     out = tmp_path / "out"

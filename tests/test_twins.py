@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import ENV, ROOT, SNAKEMAKE
 from genemask import plan
 from genemask.cli import main
 from genemask.inference import read_input
@@ -22,9 +23,6 @@ from genemask.util import GeneMaskError
 
 pytestmark = pytest.mark.hostile
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT / "src")}
 RNG = np.random.default_rng(20)
 
 
@@ -108,6 +106,7 @@ print(rc, int(hwm.split()[1]) // 1024)
 """
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("content", [b"\0", b"A"], ids=["zeros", "one-line"])
 def test_gzip_bomb_refused_in_bounded_memory(tmp_path, content):
     """300 MiB inflating from a ~300 KiB gzip: refused at the first (over-long or binary) line, with a
@@ -310,6 +309,7 @@ def test_max_test_below_the_class_count_refused(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 # 8. a truncated gzip FASTA: one line, no htslib noise
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.subprocess
 def test_truncated_gzip_fasta_one_line(tmp_path):
     seq = _dna(100_000)
     data = gzip.compress((">c1\n" + "\n".join(seq[i:i + 60] for i in range(0, len(seq), 60)) + "\n").encode())
@@ -335,7 +335,7 @@ def _task_data_mem(tmp_path: Path, pool_mb: int, key: int | None) -> list[int]:
            "finetune": {"tasks": ["Mine"], **({"task_data_mem_mb": key} if key else {})}}
     path = _config_with(tmp_path, cfg)
     work = tmp_path / "work"
-    r = subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "workflow" / "Snakefile"), "-n", "--directory",
+    r = subprocess.run([*SNAKEMAKE, "-n", "--directory",
                         str(work), "--configfile", str(path), "--until", "task_data"],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
@@ -345,12 +345,14 @@ def _task_data_mem(tmp_path: Path, pool_mb: int, key: int | None) -> list[int]:
     return [int(b.split("mem_mb=")[1].split(",")[0]) for b in blocks]
 
 
+@pytest.mark.subprocess
 def test_task_data_memory_from_config_key(tmp_path):
     assert _task_data_mem(tmp_path, 0, 3000) == [3000]
     (tmp_path / "default").mkdir()
     assert _task_data_mem(tmp_path / "default", 0, None) == [1000]
 
 
+@pytest.mark.subprocess
 def test_task_data_memory_scales_with_the_input(tmp_path):
     (mem,) = _task_data_mem(tmp_path, 300, None)
     want = plan.task_data_mem_mb({"finetune": {"task_data_mem_mb": 1000}}, 300.0)

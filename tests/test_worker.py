@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import GENEMASK
 from genemask import worker
 from genemask.tasks import prepare_task_data
 
-BIN = os.path.join(os.path.dirname(sys.executable), "genemask")
 TIMING = ("train_seconds", "eval_seconds")
 
 
@@ -52,7 +52,7 @@ def setup(fewshot, tmp_path_factory):
 def _finetune(d, sock, out, worker_on, *extra, seed=3, epochs=2, idle="20"):
     env = {**os.environ, "GENEMASK_WORKER": "1" if worker_on else "0", "GENEMASK_THREADS": "1",
            "GENEMASK_WORKER_DIR": str(sock), "GENEMASK_WORKER_IDLE": idle}
-    cmd = [BIN, "finetune", "--model", str(d / "model"), "--train", str(d / "train.tsv"), "--test",
+    cmd = [GENEMASK, "finetune", "--model", str(d / "model"), "--train", str(d / "train.tsv"), "--test",
            str(d / "test.tsv"), "--task", "Prom-core", "--shot", "10", "--seed", str(seed), "--scheme", "none",
            "--settings", json.dumps({"epochs": epochs}), "-o", str(out), *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -62,6 +62,7 @@ def _strip(p):
     return {k: v for k, v in json.loads(Path(p).read_text()).items() if k not in TIMING}
 
 
+@pytest.mark.subprocess
 def test_worker_run_equals_own_process_run(setup):
     d, sock = setup
     a = _finetune(d, sock, d / "alone.json", False, "--num-labels", "2")
@@ -74,6 +75,7 @@ def test_worker_run_equals_own_process_run(setup):
     assert list(sock.iterdir()) and all(p.stat().st_mode & 0o077 == 0 for p in sock.iterdir())
 
 
+@pytest.mark.subprocess
 def test_worker_passes_errors_and_exit_codes(setup):
     d, sock = setup
     r = _finetune(d, sock, d / "bad.json", True, "--num-labels", "1")
@@ -84,11 +86,12 @@ def test_worker_passes_errors_and_exit_codes(setup):
     assert r.returncode == 2 and "--num-labels" in r.stderr
 
 
+@pytest.mark.subprocess
 def test_cancelled_client_kills_its_run(setup):
     d, sock = setup
     _finetune(d, sock, d / "warm0.json", True, "--num-labels", "2")  # the server is up
     env = {**os.environ, "GENEMASK_WORKER": "1", "GENEMASK_THREADS": "1", "GENEMASK_WORKER_DIR": str(sock)}
-    cmd = [BIN, "finetune", "--model", str(d / "model"), "--train", str(d / "train.tsv"), "--test",
+    cmd = [GENEMASK, "finetune", "--model", str(d / "model"), "--train", str(d / "train.tsv"), "--test",
            str(d / "test.tsv"), "--task", "Prom-core", "--shot", "10", "--seed", "1", "--scheme", "none",
            "--num-labels", "2", "--settings", json.dumps({"epochs": 500}), "-o", str(d / "long.json")]
     p = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
@@ -108,6 +111,7 @@ def test_cancelled_client_kills_its_run(setup):
     assert not (d / "long.json").exists()
 
 
+@pytest.mark.subprocess
 def test_server_exits_when_idle(setup, tmp_path):
     d, _ = setup
     sock = tmp_path / "s"
@@ -230,6 +234,7 @@ def _assert_fell_back(r, out, alone, why):
     assert _strip(out) == _strip(alone)
 
 
+@pytest.mark.subprocess
 @pytest.mark.hostile
 def test_symlinked_folder_planted_by_another_user_is_refused(setup, alone, hostile_user, shared_tmp, tmp_path):
     d, _ = setup
@@ -249,6 +254,7 @@ def test_symlinked_folder_planted_by_another_user_is_refused(setup, alone, hosti
     assert link.is_symlink() and not _pids_with(link)  # left alone; no server started
 
 
+@pytest.mark.subprocess
 @pytest.mark.hostile
 @pytest.mark.parametrize("kind", ["mode", "owner", "file"])
 def test_unsafe_folder_is_refused(setup, alone, shared_tmp, tmp_path, kind, request):
@@ -287,6 +293,7 @@ def test_runtime_dir_is_preferred_over_temp_dir(monkeypatch, tmp_path):
     assert worker.base_dir() == tempfile.gettempdir()
 
 
+@pytest.mark.subprocess
 @pytest.mark.hostile
 def test_client_sends_nothing_to_a_server_of_another_uid(setup, alone, hostile_user, shared_tmp, tmp_path,
                                                          monkeypatch):
@@ -327,6 +334,7 @@ def test_client_sends_nothing_to_a_server_of_another_uid(setup, alone, hostile_u
         p.wait()
 
 
+@pytest.mark.subprocess
 @pytest.mark.hostile
 def test_server_refuses_a_peer_of_another_uid(setup, hostile_user, shared_tmp, tmp_path):
     """A socket another user can reach (folder and socket opened up by mistake): the server still
@@ -374,7 +382,7 @@ def _start_long_run(d, sock, out, worker_on):
     """A fine-tuning of many epochs, returned once it trains (its stderr is being read)."""
     env = {**os.environ, "GENEMASK_WORKER": "1" if worker_on else "0", "GENEMASK_THREADS": "1",
            "GENEMASK_WORKER_DIR": str(sock), "GENEMASK_WORKER_IDLE": "20"}
-    cmd = [BIN, "finetune", "--model", str(d / "model"), "--train", str(d / "train.tsv"), "--test",
+    cmd = [GENEMASK, "finetune", "--model", str(d / "model"), "--train", str(d / "train.tsv"), "--test",
            str(d / "test.tsv"), "--task", "Prom-core", "--shot", "10", "--seed", "1", "--scheme", "none",
            "--num-labels", "2", "--settings", json.dumps({"epochs": 500}), "-o", str(out)]
     p = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
@@ -401,6 +409,7 @@ def _eof_within(fd: int, timeout: float) -> bool:
     return bool(ready) and os.read(fd, 4096) == b""
 
 
+@pytest.mark.subprocess
 @pytest.mark.hostile
 def test_killed_server_takes_its_run_along(setup, tmp_path):
     d, sock = setup
@@ -438,6 +447,7 @@ MALFORMED = {  # name: (bytes after the header, header size, descriptors sent (c
 }
 
 
+@pytest.mark.subprocess
 @pytest.mark.hostile
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_malformed_request_closes_its_descriptors(setup, tmp_path, case):
@@ -464,6 +474,7 @@ def test_malformed_request_closes_its_descriptors(setup, tmp_path, case):
     assert _server_pid(sock) == server
 
 
+@pytest.mark.subprocess
 @pytest.mark.hostile
 def test_stalled_clients_block_no_run(setup, alone, tmp_path):
     d, sock = setup
@@ -495,6 +506,7 @@ def test_stalled_clients_block_no_run(setup, alone, tmp_path):
     assert _alive(server)
 
 
+@pytest.mark.subprocess
 @pytest.mark.hostile
 @pytest.mark.parametrize("worker_on", [False, True], ids=["own-process", "worker"])
 def test_ctrl_c_prints_one_line_and_exits_130(setup, tmp_path, worker_on):

@@ -2,7 +2,6 @@
 shrunk DAG end to end on real data, with incremental reruns checked by dry runs."""
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,37 +11,16 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import BIN, ENV, ROOT, SNAKEMAKE, error_lines, job_counts, smk
 from genemask import defaults as D
 from genemask import plan
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-SNAKEMAKE = [str(BIN / "snakemake"), "-s", str(ROOT / "workflow" / "Snakefile")]
-ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
 # A PATH without the environment: snakemake started by absolute path, nothing activated.
 BARE_PATH = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
                             if p and Path(p).resolve() != BIN.resolve() and not (Path(p) / "genemask").exists())
 
 
-def smk(*args, cwd=ROOT, check=True, env=ENV):
-    r = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Parse the 'Job stats' table of a dry run; {} when there is nothing to do."""
-    counts = {}
-    m = re.search(r"Job stats:\njob\s+count\n[-\s]+\n(.*?)\ntotal\s+(\d+)", output, re.S)
-    if not m:
-        return counts
-    for line in m.group(1).splitlines():
-        name, n = line.split()
-        counts[name] = int(n)
-    return counts
-
-
+@pytest.mark.subprocess
 def test_lint_and_format():
     r = smk("--lint", "--configfile", "config/demo.yaml")
     assert "Congratulations" in r.stdout + r.stderr
@@ -50,6 +28,7 @@ def test_lint_and_format():
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.subprocess
 def test_paper_scale_dry_run_builds_full_hg38_dag(tmp_path):
     # in an empty working directory: a demo's results/ in the checkout must not change the counts
     r = smk("-n", "--configfile", str(ROOT / "config/config.yaml"), "--directory", str(tmp_path))
@@ -65,7 +44,11 @@ def test_paper_scale_dry_run_builds_full_hg38_dag(tmp_path):
     }, counts
 
 
-@pytest.mark.parametrize("mutate, key, fault", [
+# Each config fault: (mutation of config/demo.yaml, the key its one line names, what it says). Every
+# one is raised by plan.resolve, which the Snakefile calls (rules/common.smk: `genemask: error: ` +
+# its message, exit 1) as does `genemask check-config` (plan.check_config_files), so they are checked
+# in-process; test_config_errors_one_line_from_the_dry_run runs two of them through `snakemake -n`.
+CONFIG_ERRORS = [
     (lambda c: c["pretrain"]["settings"].update(steps=-5), "pretrain.settings.steps", "less than the minimum"),
     (lambda c: c["pretrain"].update(foo=1), "pretrain", "unknown key(s) ('foo' was unexpected)"),
     (lambda c: c["finetune"].update(seeds="1"), "finetune.seeds", "is not of type 'array'"),
@@ -97,16 +80,49 @@ def test_paper_scale_dry_run_builds_full_hg38_dag(tmp_path):
      "predict.inputs.mine", "no such file 'no/such/regions.fa.gz'"),
     (lambda c: c.update(predict={"inputs": {"../up": "config/demo.yaml"}, "models": "all"}),
      "predict.inputs", "name '../up' is not allowed"),
-])
-def test_config_errors_name_the_key(tmp_path, mutate, key, fault):
+]
+# The two faults also checked end to end through `snakemake -n`: a schema error, and a cross-check
+# on a relative path, which resolves against the dry run's working directory (--directory).
+CONFIG_ERRORS_E2E = ["finetune.seeds.0", "predict.inputs.mine"]
+
+
+def _bad_config(tmp_path, mutate) -> Path:
     cfg = yaml.safe_load(open(ROOT / "config/demo.yaml"))
     mutate(cfg)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(cfg))
-    r = smk("-n", "--configfile", str(bad), "--directory", str(tmp_path), check=False)
+    return bad
+
+
+def _config_error_line(tmp_path, monkeypatch, bad) -> str:
+    """The line the Snakefile prints for `bad` (rules/common.smk: `genemask: error: ` + the message
+    of plan.resolve), computed in-process in the dry run's working directory."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(plan.GeneMaskError) as e:
+        plan.check_config_files([str(bad)])
+    return f"genemask: error: {e.value}"
+
+
+@pytest.mark.parametrize("mutate, key, fault", CONFIG_ERRORS)
+def test_config_errors_name_the_key(tmp_path, monkeypatch, mutate, key, fault):
+    bad = _bad_config(tmp_path, mutate)
+    line = _config_error_line(tmp_path, monkeypatch, bad)
+    assert len(error_lines(line)) == 1 and "\n" not in line, line  # one line, no traceback
+    assert line.startswith(f"genemask: error: {bad}: key '{key}'") and fault in line, line
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("mutate, key, fault", [c for c in CONFIG_ERRORS if c[1] in CONFIG_ERRORS_E2E],
+                         ids=CONFIG_ERRORS_E2E)
+def test_config_errors_one_line_from_the_dry_run(tmp_path, monkeypatch, mutate, key, fault):
+    """`snakemake -n` fails with exactly the line plan.resolve gives in-process, and nothing else
+    mentions an error."""
+    bad = _bad_config(tmp_path, mutate)
+    want = _config_error_line(tmp_path, monkeypatch, bad)
+    r = smk("-n", "--configfile", bad, "--directory", tmp_path, check=False)
     assert r.returncode != 0
-    errors = [line for line in (r.stdout + r.stderr).splitlines() if "error" in line.lower()]
-    assert len(errors) == 1, errors  # one line, no traceback
+    errors = error_lines(r.stdout + r.stderr)
+    assert errors == [want], errors  # one line, no traceback
     assert errors[0].startswith(f"genemask: error: {bad}: key '{key}'") and fault in errors[0], errors
 
 
@@ -120,10 +136,11 @@ E2E = ROOT / "tests" / "data" / "e2e.yaml"
 def e2e(tmp_path_factory, mirror):
     work = tmp_path_factory.mktemp("e2e")
     r = smk("--configfile", str(E2E), "--directory", str(work), "--cores", "2", "--show-failed-logs",
-            env={**os.environ, "PATH": BARE_PATH})  # jobs must find their own genemask (plan.export_own_bin)
+            env={**ENV, "PATH": BARE_PATH})  # jobs must find their own genemask (plan.export_own_bin)
     return work, r.stdout + r.stderr
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_e2e_jobs_find_genemask_without_an_activated_environment(e2e):
     """The whole shrunk DAG ran from `.venv/bin/snakemake` with a PATH that has no genemask on it."""
@@ -133,6 +150,7 @@ def test_e2e_jobs_find_genemask_without_an_activated_environment(e2e):
     assert (work / "results" / "report" / "report.html").is_file()
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_e2e_report_has_every_run(e2e):
     work, out = e2e
@@ -162,6 +180,7 @@ def test_e2e_report_has_every_run(e2e):
     assert "Few-shot accuracy" in out  # the mean +- sd table is printed
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_e2e_unchanged_rerun_does_nothing(e2e):
     work, _ = e2e
@@ -178,6 +197,7 @@ def _variant(work, mutate):
     return job_counts(r.stdout + r.stderr)
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_e2e_new_seed_reruns_only_new_finetuning(e2e):
     work, _ = e2e
@@ -186,6 +206,7 @@ def test_e2e_new_seed_reruns_only_new_finetuning(e2e):
     assert counts == {"finetune": 18, "aggregate": 1, "all": 1}, counts
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_e2e_new_shot_reruns_only_new_jobs(e2e):
     work, _ = e2e
@@ -194,6 +215,7 @@ def test_e2e_new_shot_reruns_only_new_jobs(e2e):
     assert counts == {"fetch": 3, "task_data": 4, "finetune": 12, "aggregate": 1, "all": 1}, counts
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_e2e_finetune_setting_reruns_finetuning_and_report_only(e2e):
     work, _ = e2e
@@ -201,6 +223,7 @@ def test_e2e_finetune_setting_reruns_finetuning_and_report_only(e2e):
     assert counts == {"finetune": 18, "aggregate": 1, "all": 1}, counts
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_e2e_settings_params_are_resolved_defaults_rerun_exactly_what_they_change(e2e):
     """The rules pass the resolved settings (plan.fill_settings) as params: a setting given equal to
@@ -235,6 +258,7 @@ def test_e2e_changed_genome_reruns_everything_downstream(e2e):
                       "aggregate": 1, "all": 1}, counts
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_e2e_snakemake_report(e2e):
     """`snakemake --report` collects the report() outputs with their captions into one HTML file."""
@@ -247,6 +271,7 @@ def test_e2e_snakemake_report(e2e):
         assert name in text, name
 
 
+@pytest.mark.subprocess
 def test_published_ranking_skips_counting(tmp_path):
     """npmi.ranking: published pretrains with the authors' Data-A table: no counting, no NPMI job."""
     cfg = yaml.safe_load(open(ROOT / "config/demo.yaml"))
@@ -272,6 +297,7 @@ def test_config_overrides_one_key_of_a_catalogued_source():
     assert plan.resolve(yaml.safe_load(open(ROOT / "config/config.yaml")))["sources"]["hg38"]["sha256"] is None
 
 
+@pytest.mark.subprocess
 def test_local_file_task_dry_run_job_counts(tmp_path, mirror):
     """config/gue-prom-core.yaml on top of the demo: 3 drawn K-shot sets from local files, nothing fetched
     for them; a missing local file fails the dry run with one line naming the key."""
@@ -333,6 +359,7 @@ def _profile(*names):
     return prof
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("configs, profiles", [
     (["config/config.yaml"], ["slurm"]),
     (["tests/data/e2e.yaml", "tests/data/e2e-slurm.yaml"], ["slurm", "slurm-ci"]),
@@ -382,6 +409,7 @@ def _predict_config(tmp_path, name="it's; my regions.fa"):
     return path
 
 
+@pytest.mark.subprocess
 def test_predict_section_dry_run_jobs_quoted_commands_and_a_real_prediction(tmp_path, root):
     """13 selected runs x 2 inputs = 26 predict jobs and 3 pretrained models x 2 inputs = 6 embed jobs
     on top of the demo; paths absolute and shell-quoted; then the printed predict command line and
