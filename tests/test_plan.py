@@ -193,16 +193,16 @@ def test_commands_and_functions_default_to_the_schema():
 
 def test_rules_have_no_copies_of_defaults():
     """plan.resolve fills every section the rules read (settings included), so the rules index the
-    config and keep no fallback of their own; only predict (filled only where given: its options
-    are passed only when given) has PREDICT.get fallbacks, and they are the schema's defaults."""
-    seen = 0
+    config and keep no fallback of their own; the predict section's resources (it is filled only
+    where given) come from plan.section_resources, which reads the schema."""
     for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
         text = smk.read_text()
         assert not re.findall(r'CFG\["(\w+)"\]\.get\("(\w+)", ([^)]+?)\)', text), smk.name
-        for key, literal in re.findall(r'PREDICT\.get\("(\w+)", ([^)]+?)\)', text):
-            assert yaml.safe_load(literal.replace('"', "")) == D.default(f"predict.{key}"), (smk.name, key)
-            seen += 1
-    assert seen >= 6
+        assert not re.findall(r'PREDICT\.get\(', text), smk.name
+        assert not re.findall(r'\.get\("(threads|gpus|mem_mb|runtime_min)"', text), smk.name
+    assert plan.section_resources({}, "predict") == {k: D.default(f"predict.{k}")
+                                                     for k in ("threads", "gpus", "runtime_min", "mem_mb")}
+    assert plan.section_resources({"predict": {"threads": 4}}, "predict")["threads"] == 4
 
 
 # ---------------------------------------------------------------------------------------------

@@ -428,6 +428,14 @@ def shot_source(cfg: dict, task: str, shot: int) -> str | None:
     return shots.get(str(shot), shots.get(shot))
 
 
+def section_resources(cfg: dict, section: str) -> dict:
+    """threads, gpus, runtime_min and mem_mb of a section's jobs that the section has, each from the
+    config, else from the schema (the predict section is not filled: its rules run only with it)."""
+    given = cfg.get(section) or {}
+    props = D.node(section).get("properties", {})
+    return {k: given.get(k, props[k]["default"]) for k in ("threads", "gpus", "runtime_min", "mem_mb") if k in props}
+
+
 def equivalence_margins(cfg: dict) -> dict[str, float]:
     """report.equivalence_margin with the schema's default for every metric it leaves out."""
     return {**D.defaults("report.equivalence_margin"), **(cfg["report"].get("equivalence_margin") or {})}

@@ -93,5 +93,5 @@ def model_folder(wildcards):
 
 
 def gpu_resources(section):
-    n = (CFG.get(section) or {}).get("gpus", 0)
+    n = plan.section_resources(CFG, section)["gpus"]
     return {"gpu": n} if n else {}

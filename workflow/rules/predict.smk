@@ -8,7 +8,7 @@ PREDICT_INPUTS = plan.predict_inputs(CFG)
 DATASETS = (
     "|".join(re.escape(d) for d in PREDICT_INPUTS) or "[A-Za-z0-9][A-Za-z0-9_.-]*"
 )
-PREDICT = CFG.get("predict") or {}
+PREDICT = plan.section_resources(CFG, "predict")  # threads, gpus, runtime_min, mem_mb
 EMBED_EXT = plan.embed_ext(CFG)
 PREDICT_OUTPUTS = [
     f"{RESULTS}/predict/{d}/{r['task']}/{r['shot']}/{r['model']}/seed{r['seed']}.tsv"
@@ -43,11 +43,11 @@ rule predict:
         f"{RESULTS}/benchmarks/predict/{{dataset}}/{{task}}/{{shot}}/{{model}}/seed{{seed}}.tsv"
     conda:
         ENV
-    threads: PREDICT.get("threads", 1)
+    threads: PREDICT["threads"]
     resources:
         **gpu_resources("predict"),
-        mem_mb=PREDICT.get("mem_mb", 4000),
-        runtime=PREDICT.get("runtime_min", 30),
+        mem_mb=PREDICT["mem_mb"],
+        runtime=PREDICT["runtime_min"],
     params:
         opts=plan.apply_args(CFG, "predict"),
     shell:
@@ -68,11 +68,11 @@ rule embed:
         f"{RESULTS}/benchmarks/embed/{{dataset}}/{{model}}.tsv"
     conda:
         ENV
-    threads: PREDICT.get("threads", 1)
+    threads: PREDICT["threads"]
     resources:
         **gpu_resources("predict"),
-        mem_mb=PREDICT.get("mem_mb", 4000),
-        runtime=PREDICT.get("runtime_min", 30),
+        mem_mb=PREDICT["mem_mb"],
+        runtime=PREDICT["runtime_min"],
     params:
         folder=model_folder,
         opts=plan.apply_args(CFG, "embed"),
