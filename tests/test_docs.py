@@ -99,7 +99,7 @@ def test_bash_commands_parses_continuations_comments_and_chains(tmp_path):
 @pytest.mark.parametrize("where,cmd", [c for c in COMMANDS if program(c[1]) == "make"])
 def test_make_targets_exist(where, cmd):
     words = shlex.split(cmd)
-    r = subprocess.run(["make", "-n", *words[1:]], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    r = subprocess.run(["make", "--no-print-directory", "-n", *words[1:]], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, f"{where}: `{cmd}`: {r.stderr}"
 
 
@@ -245,7 +245,7 @@ def test_bench_doc_command_line(tmp_path):
 
 @pytest.mark.subprocess
 def test_make_bench_writes_the_performance_page():
-    r = subprocess.run(["make", "-n", "bench"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    r = subprocess.run(["make", "--no-print-directory", "-n", "bench"], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     last = r.stdout.strip().splitlines()[-1]
     assert "genemask bench-doc" in r.stdout and last.endswith("-o docs/performance.md"), r.stdout
