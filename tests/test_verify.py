@@ -390,7 +390,7 @@ def _damage_stats(stats: dict, fault: str):
     raise AssertionError(fault)
 
 
-STATS_FAULTS = {"not_mapping": "JSON object", "missing_key": "lack key(s) num_labels",
+STATS_FAULTS = {"not_mapping": "JSON object", "missing_key": "lacks key(s) num_labels",
                 "label_names_list": "label_names", "label_ids_out_of_range": "label_names",
                 "num_labels_differs": "num_labels 3", "negative_rows": "train_rows",
                 "float_rows": "test_rows", "counts_disagree": "train_label_counts"}

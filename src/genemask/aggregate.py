@@ -34,7 +34,6 @@ in stats.py, the figures in figures.py, the HTML page (`summary_html`) in report
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -47,7 +46,7 @@ from .figures import plot_accuracy_vs_shots, plot_accuracy_vs_steps, steps_plot_
 from .plan import TASK_NAME
 from .report import summary_html
 from .tables import BASELINE, SCHEME_ORDER, TASK_ORDER, accuracy_table, missing_notes, ordered, to_markdown
-from .util import GeneMaskError, atomic_output, read_tsv
+from .util import GeneMaskError, atomic_output, read_json_object, read_tsv
 
 METRICS = ("accuracy", "macro_f1", "mcc", "auroc")
 ID_KEYS = ("task", "shot", "seed", "scheme")
@@ -69,17 +68,7 @@ def _is_number(v) -> bool:
 def load_run(path: str | Path) -> dict:
     """One metrics JSON, validated (GeneMaskError naming the file on any fault)."""
     path = Path(path)
-    try:
-        rec = json.loads(path.read_text())
-    except OSError as e:
-        raise GeneMaskError(f"{path}: cannot read metrics JSON ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GeneMaskError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(rec, dict):
-        raise GeneMaskError(f"{path}: metrics JSON must be an object, got {type(rec).__name__}")
-    missing = [k for k in REQUIRED_KEYS if k not in rec]
-    if missing:
-        raise GeneMaskError(f"{path}: metrics JSON lacks key(s) {', '.join(missing)}")
+    rec = read_json_object(path, "metrics JSON", REQUIRED_KEYS)
     for k in ("task", "scheme"):
         if not isinstance(rec[k], str) or not rec[k]:
             raise GeneMaskError(f"{path}: '{k}' must be a non-empty string, got {rec[k]!r}")

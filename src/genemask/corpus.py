@@ -22,7 +22,7 @@ import numpy as np
 from .defaults import defaults as config_defaults
 from .genome import acgt_segments, read_sequences
 from .kmers import N_SPECIAL, SPECIAL_TOKENS, SUPPORTED_K, encode, kmer_index, vocab_size
-from .util import CORPUS, GeneMaskError, atomic_output
+from .util import CORPUS, GeneMaskError, atomic_output, read_json_object
 
 DEFAULTS = config_defaults("corpus")  # k, max_bp, min_bp, valid_fraction, seed: the config schema's
 
@@ -119,14 +119,7 @@ def read_meta(folder: str | Path) -> dict:
     """A corpus folder's `meta.json`, validated: a mapping with k in SUPPORTED_K and non-negative
     integer `<split>_pieces` / `<split>_tokens` for both splits; any fault -> one line naming it."""
     path = Path(folder) / "meta.json"
-    try:
-        meta = json.loads(path.read_text())
-    except OSError as e:
-        raise GeneMaskError(f"{path}: cannot read corpus metadata ({e.strerror or e}); not a corpus folder?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GeneMaskError(f"{path}: corpus metadata is not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise GeneMaskError(f"{path}: corpus metadata must be a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(path, "corpus metadata", hint="; not a corpus folder?")
     if meta.get("k") not in SUPPORTED_K or isinstance(meta.get("k"), bool):
         raise GeneMaskError(f"{path}: corpus metadata key k must be one of {SUPPORTED_K}, got {meta.get('k')!r}")
     for key in ("train_pieces", "train_tokens", "valid_pieces", "valid_tokens"):

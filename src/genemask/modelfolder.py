@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from .kmers import N_SPECIAL, SPECIAL_TOKENS, SUPPORTED_K, all_kmers, vocab_size
-from .util import CLASSIFIER, GeneMaskError, atomic_output
+from .util import CLASSIFIER, GeneMaskError, atomic_output, read_json_object
 
 META = "genemask.json"
 CONFIG = "config.json"
@@ -61,15 +61,7 @@ DEFAULT_K = 6
 def read_meta(folder: str | os.PathLike) -> dict:
     """A model folder's genemask.json ({} when absent); a file that is not a JSON object -> one line."""
     p = Path(folder) / META
-    if not p.exists():
-        return {}
-    try:
-        meta = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GeneMaskError(f"{p}: cannot read model metadata ({e})") from None
-    if not isinstance(meta, dict):
-        raise GeneMaskError(f"{p}: model metadata must be a JSON object, got {type(meta).__name__}")
-    return meta
+    return read_json_object(p, "model metadata") if p.exists() else {}
 
 
 def write_meta(folder: str | os.PathLike, meta: dict) -> None:
@@ -156,12 +148,7 @@ def check_vocabulary(folder: str | os.PathLike) -> int:
     genemask.json, else from the length of the k-mer tokens in vocab.txt."""
     folder = Path(folder)
     cfg_path = require_config(folder)
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GeneMaskError(f"{cfg_path}: cannot read ({e})") from None
-    if not isinstance(cfg, dict):
-        raise GeneMaskError(f"{cfg_path}: must be a JSON object, got {type(cfg).__name__}")
+    cfg = read_json_object(cfg_path, "model configuration")
     vocab_file = folder / "vocab.txt"
     vocab = vocab_file.read_text().split("\n") if vocab_file.is_file() else None
     if vocab is not None:

@@ -35,7 +35,7 @@ from .defaults import defaults as config_defaults
 from .kmers import PAD, SEP, SUPPORTED_K, vocab_size
 from .masking import make_masker, rank_table
 from .training import linear_schedule, padded_rows, param_groups
-from .util import PRETRAINING_RUN, GeneMaskError, Progress, atomic_output, output_lock, read_settings
+from .util import PRETRAINING_RUN, GeneMaskError, Progress, atomic_output, output_lock, read_json_object, read_settings
 
 # The paper's settings (spec section 6) are the defaults: the config schema's pretrain.settings
 # defaults (one home: genemask.defaults), plus `threads`, no config key (the rule sets it from
@@ -647,17 +647,7 @@ def read_run_meta(path: str | Path) -> dict:
     scheme (a string), steps (an integer >= 0) and switch_step (null or an integer in [0, steps]);
     any fault -> one line naming the file and the key."""
     path = Path(path)
-    try:
-        meta = json.loads(path.read_text())
-    except OSError as e:
-        raise GeneMaskError(f"{path}: cannot read run metadata ({e.strerror or e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GeneMaskError(f"{path}: run metadata is not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise GeneMaskError(f"{path}: run metadata must be a JSON object, got {type(meta).__name__}")
-    missing = [key for key in ("scheme", "steps", "switch_step") if key not in meta]
-    if missing:
-        raise GeneMaskError(f"{path}: run metadata lacks key(s) {', '.join(missing)}")
+    meta = read_json_object(path, "run metadata", ("scheme", "steps", "switch_step"))
     if not isinstance(meta["scheme"], str) or not meta["scheme"]:
         raise GeneMaskError(f"{path}: run metadata key scheme must be a non-empty string, got {meta['scheme']!r}")
     steps, sw = meta["steps"], meta["switch_step"]

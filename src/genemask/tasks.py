@@ -48,7 +48,7 @@ import numpy as np
 
 from .defaults import default as _schema_default
 from .kmers import kmers_to_seq
-from .util import GeneMaskError, atomic_output, shorten, table_rows
+from .util import GeneMaskError, atomic_output, read_json_object, shorten, table_rows
 
 SEQ_NAMES = ("sequence", "seq")
 LABEL_NAMES = ("label",)
@@ -445,18 +445,8 @@ def read_stats(path: str | Path, num_labels: int | None = None) -> dict:
     Returns it with `labels`: the label names by class id ("0".."n-1" when the task has none).
     `num_labels`: the caller's class count, which must equal the file's."""
     path = Path(path)
-    try:
-        stats = json.loads(path.read_text())
-    except OSError as e:
-        raise GeneMaskError(f"{path}: cannot read task stats ({e.strerror or e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GeneMaskError(f"{path}: task stats are not valid JSON ({e})") from None
-    if not isinstance(stats, dict):
-        raise GeneMaskError(f"{path}: task stats must be a JSON object, got {type(stats).__name__}")
-    missing = [key for key in ("task", "num_labels", "train_rows", "test_rows", "train_label_counts",
-                               "test_label_counts", "label_names") if key not in stats]
-    if missing:
-        raise GeneMaskError(f"{path}: task stats lack key(s) {', '.join(missing)}")
+    stats = read_json_object(path, "task stats", ("task", "num_labels", "train_rows", "test_rows",
+                                                   "train_label_counts", "test_label_counts", "label_names"))
     if not isinstance(stats["task"], str) or not stats["task"]:
         raise GeneMaskError(f"{path}: task stats key task must be a non-empty string, got {stats['task']!r}")
     n = stats["num_labels"]

@@ -225,6 +225,26 @@ class Progress:
         self.update(0, force=True, extra=extra + f" done in {time.perf_counter() - self.start:.1f}s")
 
 
+def read_json_object(path, what: str, keys=(), hint: str = "") -> dict:
+    """A JSON file holding an object, with `keys` present; every fault is a one-line GeneMaskError
+    naming the file and `what` it should be ("run metadata"); `hint` ends the unreadable-file message."""
+    import json
+
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except OSError as e:
+        raise GeneMaskError(f"{path}: cannot read {what} ({e.strerror or e}){hint}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GeneMaskError(f"{path}: {what} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise GeneMaskError(f"{path}: {what} must be a JSON object, got {type(obj).__name__}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise GeneMaskError(f"{path}: {what} lacks key(s) {', '.join(missing)}")
+    return obj
+
+
 def read_settings(settings, what: str) -> tuple[dict, str]:
     """Settings given as a dict, a JSON string ('{...}', as the Snakemake rules pass them) or a
     JSON/YAML file -> (mapping, where it came from). `what` names them in errors, e.g. "fine-tuning"."""
