@@ -252,27 +252,19 @@ def _fallback(why: str) -> None:
 def run(argv: list[str]) -> int | None:
     """Run `genemask ARGV` in a child of the warm server; its exit status, or None (after one line
     on stderr saying why) when the command must run in this process."""
+    name = f"{_code_key()}.sock"
     try:
-        folder = PrivateFolder(folder_path())
+        with PrivateFolder(folder_path()) as folder:
+            s = _connect_or_start(folder, name)  # UnsafeFolder too when replaced after the check (no /proc)
     except UnsafeFolder as e:
         _fallback(f"warm worker disabled: {e}")
         return None
     except OSError as e:
         _fallback(f"warm worker unavailable ({e})")
         return None
-    name = f"{_code_key()}.sock"
-    with folder:
-        try:
-            s = _connect_or_start(folder, name)
-        except UnsafeFolder as e:  # replaced after it was checked (only without /proc)
-            _fallback(f"warm worker disabled: {e}")
-            return None
-        except OSError as e:
-            _fallback(f"warm worker unavailable ({e})")
-            return None
-        if s is None:
-            _fallback(f"warm worker did not start (see {folder.path / name.removesuffix('.sock')}.log)")
-            return None
+    if s is None:
+        _fallback(f"warm worker did not start (see {folder.path / name.removesuffix('.sock')}.log)")
+        return None
     with s:
         uid = peer_uid(s)
         if uid != os.getuid():  # not our server: it gets neither our descriptors nor our environment
