@@ -37,7 +37,7 @@ test: $(BIN)/genemask
 	$(BIN)/pytest -q
 
 test-fast: $(BIN)/genemask
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n 2 -m "not slow"
 
 # Root only (CI): installs SLURM + munge with apt, starts a one-node cluster with 2 fake GPUs, runs the
 # shrunk DAG through the SLURM executor (profiles/slurm + profiles/slurm-ci), stops it again (~3-4 min).

@@ -77,6 +77,7 @@ def _pwned(*dirs: Path) -> list[Path]:
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow  # runs the rules end to end through snakemake
 def test_hostile_config_values_reach_no_shell(tmp_path):
     """Source URL and path, contig names (hence regions and NAME:LENGTH arguments), task names in
     write-missing: the rules run for real, in a folder whose path has a space, and nothing is

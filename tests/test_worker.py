@@ -112,6 +112,7 @@ def test_cancelled_client_kills_its_run(setup):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow  # starts worker servers: make test runs it, make test-fast does not
 def test_server_exits_when_idle(setup, tmp_path):
     d, _ = setup
     sock = tmp_path / "s"
@@ -257,6 +258,7 @@ def test_symlinked_folder_planted_by_another_user_is_refused(setup, alone, hosti
 @pytest.mark.subprocess
 @pytest.mark.hostile
 @pytest.mark.parametrize("kind", ["mode", "owner", "file"])
+@pytest.mark.slow  # starts worker servers: make test runs it, make test-fast does not
 def test_unsafe_folder_is_refused(setup, alone, shared_tmp, tmp_path, kind, request):
     d, _ = setup
     folder = shared_tmp / f"genemask-{UID}"
@@ -295,6 +297,7 @@ def test_runtime_dir_is_preferred_over_temp_dir(monkeypatch, tmp_path):
 
 @pytest.mark.subprocess
 @pytest.mark.hostile
+@pytest.mark.slow  # starts worker servers: make test runs it, make test-fast does not
 def test_client_sends_nothing_to_a_server_of_another_uid(setup, alone, hostile_user, shared_tmp, tmp_path,
                                                          monkeypatch):
     """An impostor listening on our socket (bound as root, listening as another user): the client
@@ -336,6 +339,7 @@ def test_client_sends_nothing_to_a_server_of_another_uid(setup, alone, hostile_u
 
 @pytest.mark.subprocess
 @pytest.mark.hostile
+@pytest.mark.slow  # starts worker servers: make test runs it, make test-fast does not
 def test_server_refuses_a_peer_of_another_uid(setup, hostile_user, shared_tmp, tmp_path):
     """A socket another user can reach (folder and socket opened up by mistake): the server still
     refuses the peer (SO_PEERCRED) before reading anything; nothing runs."""
@@ -476,6 +480,7 @@ def test_malformed_request_closes_its_descriptors(setup, tmp_path, case):
 
 @pytest.mark.subprocess
 @pytest.mark.hostile
+@pytest.mark.slow  # starts worker servers: make test runs it, make test-fast does not
 def test_stalled_clients_block_no_run(setup, alone, tmp_path):
     d, sock = setup
     assert _finetune(d, sock, tmp_path / "w.json", True, "--num-labels", "2").returncode == 0  # server up
@@ -509,6 +514,7 @@ def test_stalled_clients_block_no_run(setup, alone, tmp_path):
 @pytest.mark.subprocess
 @pytest.mark.hostile
 @pytest.mark.parametrize("worker_on", [False, True], ids=["own-process", "worker"])
+@pytest.mark.slow  # starts worker servers: make test runs it, make test-fast does not
 def test_ctrl_c_prints_one_line_and_exits_130(setup, tmp_path, worker_on):
     d, sock = setup
     if worker_on:

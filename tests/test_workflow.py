@@ -410,6 +410,7 @@ def _predict_config(tmp_path, name="it's; my regions.fa"):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow  # dry runs and a real prediction through snakemake
 def test_predict_section_dry_run_jobs_quoted_commands_and_a_real_prediction(tmp_path, root):
     """13 selected runs x 2 inputs = 26 predict jobs and 3 pretrained models x 2 inputs = 6 embed jobs
     on top of the demo; paths absolute and shell-quoted; then the printed predict command line and
