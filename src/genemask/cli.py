@@ -35,6 +35,16 @@ def subcommand(name: str, help: str):
     return register
 
 
+def lazy(module: str, name: str):
+    """The loader a subcommand returns: imports genemask.<module> and returns its `name` only when
+    the subcommand runs (the parser is built without importing the modules behind the commands)."""
+    def load():
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    return load
+
+
 def D(path: str):
     """The config schema's default of one key (genemask.defaults, imported when the parser is built)."""
     from .defaults import default
@@ -97,10 +107,7 @@ def _index(p):
     p.add_argument("--contigs", nargs="*", default=None, help="contigs to keep, NAME or NAME:LENGTH (default: all)")
     p.add_argument("-o", "--output", required=True, help="output .fa.gz (bgzip)")
 
-    def target():
-        from .genome import index_fasta
-        return index_fasta
-    return target
+    return lazy("genome", "index_fasta")
 
 
 @subcommand("chunks", "split an indexed FASTA into contig windows, one region per line")
@@ -111,10 +118,7 @@ def _chunks(p):
                    help="contigs to plan, in this order, NAME or NAME:LENGTH (default: all, in file order)")
     p.add_argument("-o", "--output", required=True, help="TSV: chunk, contig, start, end (0-based, half-open)")
 
-    def target():
-        from .genome import write_chunks
-        return write_chunks
-    return target
+    return lazy("genome", "write_chunks")
 
 
 # ---- n-grams and NPMI (ngrams.py, npmi.py) --------------------------------------------------
@@ -127,10 +131,7 @@ def _ngrams(p):
     p.add_argument("--max-order", type=int, default=D("ngrams.max_order"))
     p.add_argument("-o", "--output", required=True)
 
-    def target():
-        from .ngrams import count_fasta_to_file
-        return count_fasta_to_file
-    return target
+    return lazy("ngrams", "count_fasta_to_file")
 
 
 @subcommand("merge", "add n-gram count files")
@@ -138,10 +139,7 @@ def _merge(p):
     p.add_argument("inputs", nargs="+", metavar="counts")
     p.add_argument("-o", "--output", required=True)
 
-    def target():
-        from .ngrams import merge_files
-        return merge_files
-    return target
+    return lazy("ngrams", "merge_files")
 
 
 @subcommand("npmi", "score n-grams by (normalised) PMI and rank them")
@@ -151,10 +149,7 @@ def _npmi(p):
     p.add_argument("--min-count", type=int, default=D("npmi.min_count"))
     p.add_argument("-o", "--output", required=True)
 
-    def target():
-        from .npmi import npmi_file
-        return npmi_file
-    return target
+    return lazy("npmi", "npmi_file")
 
 
 # ---- corpus (corpus.py) ---------------------------------------------------------------------
@@ -169,10 +164,7 @@ def _corpus(p):
     p.add_argument("--seed", type=int, default=D("corpus.seed"))
     p.add_argument("-o", "--output", required=True, help="output folder (train.bin, valid.bin, index)")
 
-    def target():
-        from .corpus import build_corpus
-        return build_corpus
-    return target
+    return lazy("corpus", "build_corpus")
 
 
 # ---- masking (maskstats.py) -----------------------------------------------------------------
@@ -190,10 +182,7 @@ def _mask_stats(p):
     p.add_argument("--step", type=int, default=0, help="training step (curriculum, cm_step, cm_gems)")
     p.add_argument("--total-steps", type=int, default=1, help="total training steps (curriculum, cm_step)")
 
-    def target():
-        from .maskstats import mask_stats_cli
-        return mask_stats_cli
-    return target
+    return lazy("maskstats", "mask_stats_cli")
 
 
 # ---- pretraining (pretrain.py, baselines.py) ------------------------------------------------
@@ -210,10 +199,7 @@ def _pretrain(p):
                    help="also save the model at these steps (the last step is always saved)")
     p.add_argument("-o", "--output", required=True, help="run folder: step<N>/ Hugging Face model folders + logs")
 
-    def target():
-        from .pretrain import pretrain_cli
-        return pretrain_cli
-    return target
+    return lazy("pretrain", "pretrain_cli")
 
 
 @subcommand("baseline", "resolve an external model (folder or hub id), check its k-mer vocabulary, copy it")
@@ -224,10 +210,7 @@ def _baseline(p):
     p.add_argument("--revision", default=None)
     p.add_argument("-o", "--output", required=True)
 
-    def target():
-        from .baselines import prepare_baseline
-        return prepare_baseline
-    return target
+    return lazy("baselines", "prepare_baseline")
 
 
 # ---- few-shot tasks (tasks.py, finetune.py) -------------------------------------------------
@@ -254,10 +237,7 @@ def _task_data(p):
     p.add_argument("--out-test", required=True)
     p.add_argument("--out-stats", required=True)
 
-    def target():
-        from .tasks import prepare_task_data
-        return prepare_task_data
-    return target
+    return lazy("tasks", "prepare_task_data")
 
 
 @subcommand("finetune", "fine-tune a pretrained model on a K-shot set and score it on the test set")
@@ -276,10 +256,7 @@ def _finetune(p):
                    help="also keep the fine-tuned classifier as a Hugging Face folder (config with id2label)")
     p.add_argument("-o", "--output", required=True, help="metrics JSON")
 
-    def target():
-        from .finetune import finetune_cli
-        return finetune_cli
-    return target
+    return lazy("finetune", "finetune_cli")
 
 
 # ---- using a model (inference.py) -----------------------------------------------------------
@@ -301,10 +278,7 @@ def _predict(p):
     _inference_args(p, "fine-tuned classifier folder (modelfolder.save_classifier)",
                     "TSV: id, prob_<label> per class, predicted")
 
-    def target():
-        from .inference import predict_cli
-        return predict_cli
-    return target
+    return lazy("inference", "predict_cli")
 
 
 @subcommand("embed", "per-sequence vectors of new sequences from any model folder (pretrained or fine-tuned)")
@@ -317,10 +291,7 @@ def _embed(p):
     _inference_args(p, "model folder", ".npy (ids in <stem>.ids.txt beside it) or .parquet (columns id, "
                     "embedding: list<float32>)", own)
 
-    def target():
-        from .inference import embed_cli
-        return embed_cli
-    return target
+    return lazy("inference", "embed_cli")
 
 
 # ---- report (report.py, aggregate.py, figures.py) -------------------------------------------
@@ -338,10 +309,7 @@ def _aggregate(p):
                    help="TOST margin of a verdict metric (default: the schema's report.equivalence_margin: "
                         + ", ".join(f"{k}={v}" for k, v in defaults("report.equivalence_margin").items()) + ")")
 
-    def target():
-        from .aggregate import aggregate_cli
-        return aggregate_cli
-    return target
+    return lazy("aggregate", "aggregate_cli")
 
 
 # ---- report figures and motifs (figures.py, motifs.py) -- owned by the report engineer ------
@@ -351,10 +319,7 @@ def _plot_loss(p):
     p.add_argument("--labels", nargs="*", default=None, help="one per log (default: the log's folder name)")
     p.add_argument("-o", "--output", required=True, help="PNG")
 
-    def target():
-        from .figures import plot_loss
-        return plot_loss
-    return target
+    return lazy("figures", "plot_loss")
 
 
 @subcommand("plot-mask-ranks", "plot the NPMI-rank distribution of masked tokens per masking scheme")
@@ -368,10 +333,7 @@ def _plot_mask_ranks(p):
     p.add_argument("--k", type=int, default=D("corpus.k"))
     p.add_argument("-o", "--output", required=True, help="PNG")
 
-    def target():
-        from .figures import plot_mask_ranks_cli
-        return plot_mask_ranks_cli
-    return target
+    return lazy("figures", "plot_mask_ranks_cli")
 
 
 @subcommand("motifs", "score the top-N NPMI k-mers against JASPAR motifs (offline) and test enrichment")
@@ -398,10 +360,7 @@ def _motifs(p):
     p.add_argument("-o", "--output", required=True, help="TSV: kmer, rank, npmi, then tomtom_matches, tomtom_motif, "
                    "tomtom_p, tomtom_q, tomtom_matched and/or rule_hits, rule_motif, rule_score")
 
-    def target():
-        from .motifs import motifs_cli
-        return motifs_cli
-    return target
+    return lazy("motifs", "motifs_cli")
 # ---- end of report figures and motifs -------------------------------------------------------
 
 
@@ -410,10 +369,7 @@ def _write_missing(p):
     p.add_argument("entries", nargs="*", metavar="TASK:SHOT")
     p.add_argument("-o", "--output", required=True)
 
-    def target():
-        from .plan import write_missing
-        return write_missing
-    return target
+    return lazy("plan", "write_missing")
 
 
 @subcommand("study-doc", "write docs/study.md from a finished study's report folder (generated, never by hand)")
@@ -427,10 +383,7 @@ def _study_doc(p):
     p.add_argument("-o", "--output", default="docs/study.md")
     p.add_argument("--readme", default=None, help="also quote the headline verdict line in this README (its markers)")
 
-    def target():
-        from .studydoc import study_doc
-        return study_doc
-    return target
+    return lazy("studydoc", "study_doc")
 
 
 @subcommand("plan-study", "designs (pretraining seeds x fine-tuning seeds x cells) that reach a target minimum "
@@ -449,10 +402,7 @@ def _plan_study(p):
     p.add_argument("--tokens-per-step", type=int, default=None, help="tokens of one pretraining step on the GPU")
     p.add_argument("--cells", type=int, nargs="*", default=[], help="numbers of task x shot cells to plan for")
 
-    def target():
-        from .planstudy import plan_study_cli
-        return plan_study_cli
-    return target
+    return lazy("planstudy", "plan_study_cli")
 
 
 @subcommand("probe", "frozen-representation probes of one pretrained model on one task: embed once, fit a "
@@ -471,10 +421,7 @@ def _probe(p):
     p.add_argument("--device", choices=node("predict.device")["enum"], default=D("predict.device"))
     p.add_argument("-o", "--output", required=True, help="JSON {runs: [...]}")
 
-    def target():
-        from .probe import probe_runs
-        return probe_runs
-    return target
+    return lazy("probe", "probe_runs")
 
 
 @subcommand("bench-doc", "write docs/performance.md from the benchmarks' captured output (generated by make bench)")
@@ -483,10 +430,7 @@ def _bench_doc(p):
                    help="one benchmark's printed output each; a first line '$ CMD' names its command")
     p.add_argument("-o", "--output", default="docs/performance.md")
 
-    def target():
-        from .benchdoc import bench_doc
-        return bench_doc
-    return target
+    return lazy("benchdoc", "bench_doc")
 
 
 @subcommand("check-config", "check config files as plain YAML (no YTE, no Snakemake): schema, names, paths, "
@@ -510,10 +454,7 @@ def check_config(configs: list[str]) -> int:
 def _timings(p):
     p.add_argument("bench_dir", help="results/benchmarks")
 
-    def target():
-        from .timings import timings_cli
-        return timings_cli
-    return target
+    return lazy("timings", "timings_cli")
 
 
 # ---- benchmarks (bench/) --------------------------------------------------------------------
