@@ -88,3 +88,29 @@ def test_probe_runs_of_a_real_model_on_real_task_files(tmp_path, root, fewshot):
     again = probe_runs(str(pre), "Prom-core", "dnabert", 2, shots, [1, 2], tmp_path / "again.json")
     assert [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in again] == \
         [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in runs]
+
+
+def test_probe_max_train_rows_probes_the_same_stratified_rows(tmp_path, root, fewshot):
+    """--max-train-rows: a fixed stratified subsample of the training rows (class shares kept), the same
+    for every call, so probes of different models stay paired; n_train says how many were used."""
+    import json
+
+    from genemask.pretrain import build_model
+    from genemask.probe import probe_runs
+    from genemask.tokenizer import build_tokenizer, save_tokenizer
+
+    pre = tmp_path / "pre"
+    model, k = build_model(json.loads((root / "resources" / "models" / "tiny.json").read_text()), seed=0)
+    model.save_pretrained(pre)
+    save_tokenizer(build_tokenizer(k), pre)
+    (pre / "genemask.json").write_text(json.dumps({"k": k, "scheme": "none", "pretrain_seed": 1, "pretrain_step": 0}))
+    test = tmp_path / "test.tsv"
+    lines = (fewshot / "Prom-core" / "test.tsv").read_text().splitlines()
+    test.write_text("\n".join(lines[:11] + lines[-10:]) + "\n")
+    shots = [(50, str(fewshot / "Prom-core" / "50" / "train.tsv"), str(test))]
+    a = probe_runs(str(pre), "Prom-core", "none", 2, shots, [1], tmp_path / "a.json", max_train_rows=30)
+    b = probe_runs(str(pre), "Prom-core", "none", 2, shots, [1], tmp_path / "b.json", max_train_rows=30)
+    full = probe_runs(str(pre), "Prom-core", "none", 2, shots, [1], tmp_path / "c.json")
+    assert a[0]["n_train"] == 30 and full[0]["n_train"] == 100
+    assert {k: v for k, v in a[0].items() if not k.endswith("seconds")} == \
+        {k: v for k, v in b[0].items() if not k.endswith("seconds")}

@@ -651,3 +651,45 @@ def test_study_doc_generated_from_the_report(planted, tmp_path):
     assert g.passes and g.tasks_won == "Cohn-enh, Prom-300, Prom-core, Splice-40"
     assert (tmp_path / "docs" / "study" / "accuracy_vs_shots.png").is_file()
     assert "![accuracy_vs_steps_Prom-core.png](study/accuracy_vs_steps_Prom-core.png)" in text
+
+
+def test_probe_runs_join_the_tables_with_their_own_protocol(tmp_path, metrics):
+    """A probe job's {"runs": [...]} JSON is read beside the fine-tuning JSONs; every table has a
+    protocol column, each protocol is analysed on its own runs (the fine-tuning rows equal those of an
+    aggregate without probes), and the probe's verdict lines say so."""
+    probe = tmp_path / "probe.json"
+    recs = []
+    for (task, shot, scheme), vals in ACC.items():
+        for seed, acc in zip(SEEDS, vals):
+            recs.append({**_record(task, shot, scheme, seed, min(1.0, acc + 0.05)), "protocol": "probe"})
+    probe.write_text(json.dumps({"runs": recs}))
+    both, alone = tmp_path / "both", tmp_path / "alone"
+    assert aggregate.aggregate_cli([*metrics, probe], both, margins=[], n_boot=200) == 0
+    assert aggregate.aggregate_cli(metrics, alone, margins=[], n_boot=200) == 0
+    for name in ("runs", "summary", "tests", "variance", "verdict"):
+        t = pd.read_csv(both / f"{name}.tsv", sep="\t")
+        assert list(dict.fromkeys(t["protocol"])) == ["finetune", "probe"], name
+        ft = t[t["protocol"] == "finetune"].reset_index(drop=True)
+        ref = pd.read_csv(alone / f"{name}.tsv", sep="\t")
+        pd.testing.assert_frame_equal(ft.drop(columns=[c for c in ("protocol", "source") if c in ft]),
+                                      ref.drop(columns=[c for c in ("protocol", "source") if c in ref]),
+                                      check_dtype=False)
+    verdict = pd.read_csv(both / "verdict.tsv", sep="\t")
+    pv = verdict[verdict["protocol"] == "probe"]
+    assert len(pv) and pv["verdict"].str.contains(r"^genemask vs dnabert \(probe\): |^\w+ vs \w+ \(probe\): ").all()
+    assert not verdict.loc[verdict["protocol"] == "finetune", "verdict"].str.contains("(probe)", regex=False).any()
+    assert (both / "probe_accuracy_vs_shots.png").stat().st_size > 1000
+    html_text = (both / "report.html").read_text()
+    assert "frozen-representation probes" in html_text and "fine-tuning runs" in html_text
+    assert "# Frozen-representation probes" in (both / "summary.md").read_text()
+
+
+def test_a_probe_json_with_a_bad_run_names_the_file_and_the_run(tmp_path):
+    p = tmp_path / "probe.json"
+    good = {**_record("Prom-core", 10, "dnabert", 1, 0.6), "protocol": "probe"}
+    p.write_text(json.dumps({"runs": [good, {**good, "protocol": "linear"}]}))
+    with pytest.raises(GeneMaskError, match=r"probe\.json run 2: 'protocol' must be one of finetune, probe"):
+        aggregate.load_run(p)
+    p.write_text(json.dumps({"runs": []}))
+    with pytest.raises(GeneMaskError, match="non-empty list"):
+        aggregate.load_run(p)

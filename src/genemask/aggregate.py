@@ -1,10 +1,12 @@
 """`genemask aggregate`: fine-tuning metrics -> tables, tests, figures and a self-contained HTML page.
 
-`aggregate_cli` (the `genemask aggregate` command) reads one metrics JSON per fine-tuning run and
-writes, in `outdir`:
+`aggregate_cli` (the `genemask aggregate` command) reads one metrics JSON per fine-tuning run (and
+one `{"runs": [...]}` JSON per probe job, `genemask probe`) and writes, in `outdir`:
 
-* `runs.tsv`     one row per run, sorted by task, shot, scheme, pretrain_step, pretrain_seed, seed
-                 (the two pretraining columns empty/NaN where the metrics JSON does not record them);
+* `runs.tsv`     one row per run, sorted by protocol (finetune, probe), task, shot, scheme,
+                 pretrain_step, pretrain_seed, seed (the two pretraining columns empty/NaN where the
+                 metrics JSON does not record them). Every table below is computed per protocol on
+                 that protocol's runs alone and has a `protocol` column first;
 * `summary.tsv`  mean, sample sd (ddof=1), n (runs) and n_pretrain_seeds of accuracy, macro-F1, MCC
                  and AUROC per task x shot x scheme x pretrain_step (over all pretraining x
                  fine-tuning seed runs); settings listed as missing (see below) appear with
@@ -18,7 +20,7 @@ writes, in `outdir`:
 * `variance.tsv` pretraining- vs fine-tuning-seed variance components: `stats.variance_table`;
 * `verdict.tsv`, `verdict.md`  mean difference over cells with a hierarchical-bootstrap 95% CI, cells
                  won / lost / tied and one generated sentence per comparison: `stats.verdicts`;
-* `accuracy_vs_shots.png`  one panel per task, accuracy vs shots (log x), one line per scheme (at its
+* `accuracy_vs_shots.png` (`probe_accuracy_vs_shots.png` for probes: figures.shots_plot_name)  one panel per task, accuracy vs shots (log x), one line per scheme (at its
                  largest pretraining step), error bars = sd over runs, missing shots marked;
 * `accuracy_vs_steps_<task>.png` (`steps_plot_name`) accuracy and MCC vs pretraining steps per shot;
 * `report.html`  a self-contained page (verdict on top, tables + figures embedded as base64), so a
@@ -42,7 +44,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import stats
-from .figures import plot_accuracy_vs_shots, plot_accuracy_vs_steps, steps_plot_name, write_bytes
+from .figures import plot_accuracy_vs_shots, plot_accuracy_vs_steps, shots_plot_name, steps_plot_name, write_bytes
 from .plan import TASK_NAME
 from .report import summary_html
 from .tables import BASELINE, SCHEME_ORDER, TASK_ORDER, accuracy_table, missing_notes, ordered, to_markdown
@@ -65,45 +67,70 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def load_run(path: str | Path) -> dict:
-    """One metrics JSON, validated (GeneMaskError naming the file on any fault)."""
+PROTOCOLS = ("finetune", "probe")  # how a pretrained model was read: fine-tuned, or probed frozen (probe.py)
+
+
+def load_run(path: str | Path) -> list[dict]:
+    """The runs of one metrics JSON, validated (GeneMaskError naming the file on any fault): a
+    fine-tuning run's object, or `{"runs": [...]}` (a probe job's shots x seeds)."""
     path = Path(path)
-    rec = read_json_object(path, "metrics JSON", REQUIRED_KEYS)
+    obj = read_json_object(path, "metrics JSON")
+    if "runs" not in obj:
+        return [check_run(obj, str(path))]
+    if not isinstance(obj["runs"], list) or not obj["runs"]:
+        raise GeneMaskError(f"{path}: 'runs' must be a non-empty list of run objects")
+    out = []
+    for i, rec in enumerate(obj["runs"], 1):
+        if not isinstance(rec, dict):
+            raise GeneMaskError(f"{path}: run {i} must be a JSON object, got {type(rec).__name__}")
+        out.append(check_run(rec, f"{path} run {i}", source=str(path)))
+    return out
+
+
+def check_run(rec: dict, where: str, source: str | None = None) -> dict:
+    """One run record validated; `where` names it in errors (the file, and the run's place in it)."""
+    missing = [k for k in REQUIRED_KEYS if k not in rec]
+    if missing:
+        raise GeneMaskError(f"{where}: metrics JSON lacks key(s) {', '.join(missing)}")
+    rec = dict(rec)
     for k in ("task", "scheme"):
         if not isinstance(rec[k], str) or not rec[k]:
-            raise GeneMaskError(f"{path}: '{k}' must be a non-empty string, got {rec[k]!r}")
+            raise GeneMaskError(f"{where}: '{k}' must be a non-empty string, got {rec[k]!r}")
     if not TASK_NAME.fullmatch(rec["task"]):  # it names the steps plot and result folders
-        raise GeneMaskError(f"{path}: 'task' {rec['task']!r} must be letters, digits, '_' or '-' (as in the config)")
+        raise GeneMaskError(f"{where}: 'task' {rec['task']!r} must be letters, digits, '_' or '-' (as in the config)")
     if "$" in rec["scheme"] or not rec["scheme"].isprintable():  # '$...$' is math to the figures' labels
-        raise GeneMaskError(f"{path}: 'scheme' {rec['scheme']!r} has a '$' or a control character")
+        raise GeneMaskError(f"{where}: 'scheme' {rec['scheme']!r} has a '$' or a control character")
+    rec["protocol"] = rec.get("protocol", PROTOCOLS[0])
+    if rec["protocol"] not in PROTOCOLS:
+        raise GeneMaskError(f"{where}: 'protocol' must be one of {', '.join(PROTOCOLS)}, got {rec['protocol']!r}")
     for k in ("shot", "seed", "n_train", "n_test"):
         v = rec[k]
         if not (_is_number(v) and math.isfinite(v) and float(v).is_integer()):
-            raise GeneMaskError(f"{path}: '{k}' must be an integer, got {v!r}")
+            raise GeneMaskError(f"{where}: '{k}' must be an integer, got {v!r}")
         low = 1 if k == "shot" else 0
         if not low <= v <= MAX_INT:
-            raise GeneMaskError(f"{path}: '{k}' = {v} is outside [{low}, 2^53]")
+            raise GeneMaskError(f"{where}: '{k}' = {v} is outside [{low}, 2^53]")
         rec[k] = int(v)
     for k in METRICS + ("train_seconds", "eval_seconds") + OPTIONAL_KEYS:
         v = rec.get(k)
         if v is None:  # not computed (e.g. auroc with one class in the test set)
             rec[k] = math.nan
         elif not _is_number(v):
-            raise GeneMaskError(f"{path}: '{k}' must be a number or null, got {v!r}")
+            raise GeneMaskError(f"{where}: '{k}' must be a number or null, got {v!r}")
         elif not math.isfinite(v):  # JSON NaN/Infinity: counted in n but not in the mean otherwise
-            raise GeneMaskError(f"{path}: '{k}' = {v} is not a finite number (null marks a value not computed)")
+            raise GeneMaskError(f"{where}: '{k}' = {v} is not a finite number (null marks a value not computed)")
     for k in METRICS:
         v = rec[k]
         if not math.isnan(v) and not -1.0 <= v <= 1.0:
-            raise GeneMaskError(f"{path}: '{k}' = {v} is outside [-1, 1]")
+            raise GeneMaskError(f"{where}: '{k}' = {v} is outside [-1, 1]")
     for k in DESIGN_KEYS:
         v = rec.get(k)
         if v is None:
             rec[k] = math.nan
         elif not (_is_number(v) and math.isfinite(v) and float(v).is_integer() and 0 <= v <= MAX_INT):
-            raise GeneMaskError(f"{path}: '{k}' must be a non-negative integer or null, got {v!r}")
-    out = {k: rec[k] for k in REQUIRED_KEYS + OPTIONAL_KEYS + DESIGN_KEYS}
-    out["source"] = str(path)
+            raise GeneMaskError(f"{where}: '{k}' must be a non-negative integer or null, got {v!r}")
+    out = {k: rec[k] for k in REQUIRED_KEYS + ("protocol",) + OPTIONAL_KEYS + DESIGN_KEYS}
+    out["source"] = source or where
     return out
 
 
@@ -112,22 +139,23 @@ def load_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
     an error naming both files. `pretrain_step`/`pretrain_seed` are nullable integers (NA: not recorded)."""
     if not paths:
         raise GeneMaskError("no metrics JSON files given")
-    recs = [load_run(p) for p in paths]
+    recs = [r for p in paths for r in load_run(p)]
     seen: dict[tuple, str] = {}
     for r in recs:
-        key = tuple(r[k] for k in ("task", "shot", "scheme", "pretrain_step", "pretrain_seed", "seed"))
+        key = tuple(r[k] for k in ("protocol", "task", "shot", "scheme", "pretrain_step", "pretrain_seed", "seed"))
         key = tuple(None if isinstance(v, float) and math.isnan(v) else v for v in key)
         if key in seen:
-            raise GeneMaskError(f"{r['source']}: same task/shot/scheme/pretrain_step/pretrain_seed/seed {key} "
+            raise GeneMaskError(f"{r['source']}: same protocol/task/shot/scheme/pretrain_step/pretrain_seed/seed {key} "
                                 f"as {seen[key]}")
         seen[key] = r["source"]
     df = pd.DataFrame.from_records(recs)
     for k in DESIGN_KEYS:
         df[k] = df[k].astype(float).astype("Int64")
-    cols = ["task", "shot", "scheme", "pretrain_step", "pretrain_seed", "seed", *METRICS, "n_train", "n_test",
-            "num_labels", "epochs", "batch_size", "lr", "train_seconds", "eval_seconds", "source"]
-    return df[cols].sort_values(["task", "shot", "scheme", "pretrain_step", "pretrain_seed", "seed"],
-                                kind="stable").reset_index(drop=True)
+    cols = ["protocol", "task", "shot", "scheme", "pretrain_step", "pretrain_seed", "seed", *METRICS, "n_train",
+            "n_test", "num_labels", "epochs", "batch_size", "lr", "train_seconds", "eval_seconds", "source"]
+    df["_p"] = df["protocol"].map(PROTOCOLS.index)
+    return df.sort_values(["_p", "task", "shot", "scheme", "pretrain_step", "pretrain_seed", "seed"],
+                          kind="stable")[cols].reset_index(drop=True)
 
 
 def load_missing(path: str | Path | None) -> pd.DataFrame:
@@ -276,6 +304,28 @@ def parse_margins(items: Sequence[str]) -> dict[str, float]:
     return out
 
 
+PROTOCOL_TITLE = {"finetune": "Fine-tuning", "probe": "Frozen-representation probes (probe.py)"}
+
+
+def analyse(runs: pd.DataFrame, missing: pd.DataFrame, baseline: str, margin: dict, n_boot: int,
+            boot_seed: int) -> dict:
+    """Every table of one protocol's runs, each with its `protocol` column first."""
+    protocol = runs["protocol"].iloc[0]
+    refs = references(runs, baseline)
+    out = {"summary": summarize(runs, missing if protocol == PROTOCOLS[0] else None),
+           "tests": stats.paired_tests(runs, refs, METRICS),
+           "variance": stats.variance_table(runs)}
+    verdict = ordered_verdict(stats.verdicts(runs, out["tests"], refs, margin, n_boot=n_boot, boot_seed=boot_seed),
+                              refs)
+    verdict.insert(0, "protocol", protocol)
+    verdict["verdict"] = [stats.verdict_sentence(r) for r in verdict.to_dict("records")]
+    out["md"] = summary_markdown(out["summary"], out["tests"], verdict, baseline)
+    for k in ("summary", "tests", "variance"):
+        out[k].insert(0, "protocol", protocol)
+    out["verdict"] = verdict
+    return out
+
+
 def aggregate_cli(metrics_jsons: Sequence[str | Path], outdir: str | Path, expected: str | Path | None = None,
                   include: Sequence[str | Path] = (), baseline: str = BASELINE, *, margins: Sequence[str] = (),
                   n_boot: int = stats.N_BOOT, boot_seed: int = stats.BOOT_SEED) -> int:
@@ -285,6 +335,8 @@ def aggregate_cli(metrics_jsons: Sequence[str | Path], outdir: str | Path, expec
     `include`: extra PNG/TSV files to embed in report.html (e.g. loss.png, motifs.tsv).
     `margins`: METRIC=MARGIN items, the verdict's TOST margins (others: the schema's defaults).
     `n_boot`, `boot_seed`: replicates and seed of the verdict's hierarchical bootstrap.
+    Each protocol present (fine-tuning, probes) is analysed on its own runs; the tables stack them
+    with a `protocol` column, summary.md has a part per protocol.
     """
     outdir = Path(outdir)
     margin = parse_margins(margins)
@@ -293,29 +345,29 @@ def aggregate_cli(metrics_jsons: Sequence[str | Path], outdir: str | Path, expec
     for p in map(Path, include):
         if not p.exists():
             raise GeneMaskError(f"{p}: file to include in the report does not exist")
-    summary = summarize(runs, missing)
-    refs = references(runs, baseline)
-    tests = stats.paired_tests(runs, refs, METRICS)
-    variance = stats.variance_table(runs)
-    verdict = ordered_verdict(stats.verdicts(runs, tests, refs, margin, n_boot=n_boot, boot_seed=boot_seed), refs)
-    verdict_md = stats.verdict_markdown(verdict, primary=(baseline, "none"))
-    md = summary_markdown(summary, tests, verdict, baseline)
-    png = plot_accuracy_vs_shots(summary)
+    parts = {p: analyse(r, missing, baseline, margin, n_boot, boot_seed)
+             for p, r in runs.groupby("protocol", sort=False)}
+    tables = {k: pd.concat([a[k] for a in parts.values()], ignore_index=True)
+              for k in ("summary", "tests", "variance", "verdict")}
+    verdict_md = stats.verdict_markdown(tables["verdict"], primary=(baseline, "none"))
+    md = "\n".join(a["md"] if len(parts) == 1 else f"# {PROTOCOL_TITLE[p]}\n\n{a['md']}" for p, a in parts.items())
+    pngs = {shots_plot_name(p): plot_accuracy_vs_shots(a["summary"].drop(columns="protocol"))
+            for p, a in parts.items()}
     kinds = stats.scheme_kinds(runs)
-    steps_png = {t: plot_accuracy_vs_steps(summary, t, kinds) for t in ordered(runs["task"], TASK_ORDER)}
+    first = next(iter(parts.values()))["summary"].drop(columns="protocol")  # fine-tuning when present
+    steps_png = {t: plot_accuracy_vs_steps(first, t, kinds) for t in ordered(runs["task"], TASK_ORDER)}
 
     _write_tsv(outdir / "runs.tsv", runs)
-    _write_tsv(outdir / "summary.tsv", summary)
-    _write_tsv(outdir / "tests.tsv", tests)
-    _write_tsv(outdir / "variance.tsv", variance)
-    _write_tsv(outdir / "verdict.tsv", verdict)
+    for k in ("summary", "tests", "variance", "verdict"):
+        _write_tsv(outdir / f"{k}.tsv", tables[k])
     _write_text(outdir / "verdict.md", verdict_md)
     _write_text(outdir / "summary.md", md)
-    write_bytes(outdir / "accuracy_vs_shots.png", png)
+    for name, data in pngs.items():
+        write_bytes(outdir / name, data)
     for t, data in steps_png.items():
         write_bytes(outdir / steps_plot_name(t), data)
     _write_text(outdir / "report.html", summary_html(outdir, include))
     print(md)
     print(f"wrote {outdir}/{{runs.tsv,summary.tsv,summary.md,tests.tsv,variance.tsv,verdict.tsv,verdict.md,"
-          f"accuracy_vs_shots.png,{','.join(steps_plot_name(t) for t in steps_png)},report.html}}", file=sys.stderr)
+          f"{','.join(pngs)},{','.join(steps_plot_name(t) for t in steps_png)},report.html}}", file=sys.stderr)
     return 0

@@ -415,7 +415,9 @@ def _probe(p):
     p.add_argument("--shot", dest="shots", nargs=3, action="append", required=True, metavar=("K", "TRAIN", "TEST"),
                    help="a shot size and its cleaned train/test TSVs (genemask task-data); repeat per shot")
     p.add_argument("--seeds", type=int, nargs="+", required=True, help="one probe per seed (cross-validation folds)")
-    p.add_argument("--batch-size", type=int, default=D("predict.batch_size"), help="sequences per forward pass")
+    p.add_argument("--batch-size", type=int, default=D("probe.batch_size"), help="sequences per forward pass")
+    p.add_argument("--max-train-rows", type=int, default=D("probe.max_train_rows"),
+                   help="probe at most this many training rows of a shot (a fixed stratified subsample; 0 = all)")
     from .defaults import node
 
     p.add_argument("--device", choices=node("predict.device")["enum"], default=D("predict.device"))

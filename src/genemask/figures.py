@@ -116,6 +116,11 @@ def plot_accuracy_vs_shots(summary: pd.DataFrame, metric: str = "accuracy") -> b
     return png_bytes(fig)
 
 
+def shots_plot_name(protocol: str = "finetune") -> str:
+    """The accuracy-vs-shots figure of a protocol: accuracy_vs_shots.png (fine-tuning), <protocol>_... else."""
+    return "accuracy_vs_shots.png" if protocol == "finetune" else f"{protocol}_accuracy_vs_shots.png"
+
+
 def steps_plot_name(task: str) -> str:
     """File name of the accuracy-vs-pretraining-steps figure of `task` (the report rule lists these)."""
     return "accuracy_vs_steps_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in task) + ".png"

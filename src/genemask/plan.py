@@ -22,7 +22,8 @@ from .util import GeneMaskError  # noqa: F401 - re-exported for the Snakefile
 # (fill_settings): the rules pass the resolved settings as the jobs' params, so a changed default
 # changes the params of exactly the jobs it changes and Snakemake reruns them. Not filled: predict
 # (its options are passed only when given, so the commands' own defaults, the schema's, hold).
-FILLED = {"ngrams": True, "npmi": True, "corpus": True, "report": True, "pretrain": False, "finetune": False}
+FILLED = {"ngrams": True, "npmi": True, "corpus": True, "report": True, "probe": True, "pretrain": False,
+          "finetune": False}
 SETTINGS = ("pretrain.settings", "finetune.settings")  # filled by fill_settings (pretrain's masking options too)
 
 
@@ -490,6 +491,25 @@ def runs(cfg: dict) -> list[dict]:
                     out.append({"task": t, "shot": shot, "scheme": m["scheme"], "seed": seed, "model": m["id"],
                                 "pretrain_seed": m["pretrain_seed"], "pretrain_step": m["pretrain_step"]})
     return out
+
+
+def probe_shots(cfg: dict, task: str) -> list[int]:
+    """K values a task is probed at (probe.enabled): the shots fine-tuned that have a file, plus with
+    probe.pool a catalogued task's largest K with a public file (its full training pool)."""
+    shots = [s for s in task_shots(cfg, task) if shot_source(cfg, task, s) is not None]
+    if cfg["probe"]["pool"] and not is_local(cfg, task):
+        public = [int(k) for k, v in cfg["tasks"][task]["shots"].items() if v is not None]
+        if public:
+            shots.append(max(public))
+    return sorted(set(shots))
+
+
+def probes(cfg: dict) -> list[dict]:
+    """Every probe job: task x model (plan.models), each covering probe_shots(task); none when disabled."""
+    if not cfg["probe"]["enabled"]:
+        return []
+    return [{"task": t, "model": m["id"], "scheme": m["scheme"]} for t in cfg["finetune"]["tasks"]
+            if probe_shots(cfg, t) for m in models(cfg)]
 
 
 # ---------------------------------------------------------------------------------------------

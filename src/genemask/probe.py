@@ -59,12 +59,14 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed
 
 
 def probe_runs(model: str, task: str, scheme: str, num_labels: int, shots, seeds, output,
-               batch_size: int = 64, device: str = "auto") -> list[dict]:
+               batch_size: int = 64, device: str = "auto", max_train_rows: int = 0) -> list[dict]:
     """`genemask probe`: every (shot, seed) probe run of one pretrained model on one task, in one JSON.
 
     shots: (shot, train TSV, test TSV) per shot size (the cleaned files of `genemask task-data`, the
     same rows fine-tuning trains and scores on). Every distinct sequence is embedded once (mean
-    pooling, last layer); each seed draws its own cross-validation folds. The JSON is
+    pooling, last layer); each seed draws its own cross-validation folds. `max_train_rows` > 0 caps a
+    shot's training rows at a stratified subsample of that size (`tasks.stratified_subsample`, seed 0:
+    the same rows for every model, so probes stay paired), e.g. a task's full pool. The JSON is
     {"runs": [record, ...]}, each record with the keys of a fine-tuning run's JSON plus
     `protocol: probe` and the chosen `probe_c`.
     """
@@ -75,27 +77,31 @@ def probe_runs(model: str, task: str, scheme: str, num_labels: int, shots, seeds
     from .finetune import compute_metrics
     from .inference import embed
     from .modelfolder import read_meta
-    from .tasks import read_task_file
+    from .tasks import read_task_file, stratified_subsample
     from .util import atomic_output
 
     meta = read_meta(model)
-    files = {}
+    files, used = {}, {}  # path -> TaskData, path -> the row indices probed
     for _, train, test in shots:
         for path in (train, test):
             if path not in files:
                 files[path] = read_task_file(path, num_labels)
-    distinct = list(dict.fromkeys(s for f in files.values() for s in f.sequences))
+                used[path] = np.arange(len(files[path].labels))
+        if max_train_rows > 0:  # a fixed stratified subsample of a large training file
+            used[train] = stratified_subsample(files[train].labels, max_train_rows, 0)
+    distinct = list(dict.fromkeys(files[p].sequences[i] for p in files for i in used[p]))
     t0 = time.perf_counter()
     vecs = embed(model, distinct, pooling="mean", batch_size=batch_size, device=device, source=f"{task} task files")
     embed_s = time.perf_counter() - t0
     row = {s: i for i, s in enumerate(distinct)}
 
-    def features(f):
-        return vecs[[row[s] for s in f.sequences]], np.asarray(f.labels, np.int64)
+    def features(path):
+        f, idx = files[path], used[path]
+        return vecs[[row[f.sequences[i]] for i in idx]], np.asarray(f.labels, np.int64)[idx]
 
     runs = []
     for shot, train, test in shots:
-        (x_tr, y_tr), (x_te, y_te) = features(files[train]), features(files[test])
+        (x_tr, y_tr), (x_te, y_te) = features(train), features(test)
         for seed in seeds:
             t0 = time.perf_counter()
             prob, c = fit_probe(x_tr, y_tr, x_te, int(seed), int(num_labels))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import stats
-from .figures import steps_plot_name
+from .figures import shots_plot_name, steps_plot_name
 from .tables import BASELINE, SCHEME_ORDER, TASK_ORDER, accuracy_table, missing_notes, ordered
 from .util import GeneMaskError
 
@@ -38,7 +38,10 @@ img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
 _VERDICT_NOTE = ("Each line: scheme minus reference, averaged over task × shot cells, with a 95% CI from a "
                  "hierarchical bootstrap (pretraining seeds, then fine-tuning seeds within them); won / lost = "
                  "cells with Holm-adjusted p < 0.05 and a positive / negative difference, tied = the other "
-                 "tested cells. Better / worse when the CI excludes 0, else no difference beyond noise. "
+                 "tested cells. Better / worse when the CI excludes 0; equivalent within +-margin when TOST puts the "
+                 "difference inside report.equivalence_margin and the design's minimum detectable effect (MDE, 80 % "
+                 "power) is at most the margin; else inconclusive, with the MDE. Probe lines read the frozen "
+                 "pretrained model (embeddings + logistic regression) instead of fine-tuning it. "
                  "Headline: the largest pretraining step all pretrained schemes share; verdict.tsv has them all.")
 
 
@@ -52,6 +55,30 @@ def _table_html(df: pd.DataFrame, float_digits: int = 4) -> str:
                       float_format=lambda v: f"{v:.{float_digits}g}")
 
 
+RUN_WORD = {"finetune": "fine-tuning", "probe": "probe"}
+
+
+def _accuracy_section(outdir: Path, summary: pd.DataFrame, protocol: str, tagged: bool) -> list[str]:
+    """The accuracy table, missing settings and accuracy-vs-shots figure of one protocol."""
+    if "protocol" in summary:
+        summary = summary[summary["protocol"] == protocol].drop(columns="protocol")
+    title = " (frozen-representation probes)" if protocol == "probe" else (" (fine-tuning)" if tagged else "")
+    acc, n_ref = accuracy_table(summary)
+    parts = [f"<h2>Accuracy{title}, mean ± sd over seeds</h2>",
+             f"<p class='note'>Rows: task and shots per class; columns: pretraining scheme (none = random "
+             f"initialisation). sd is the sample sd over seeds; cells computed from a number of seeds other "
+             f"than the usual {n_ref} say so. 'missing' marks settings without data (reason given).</p>",
+             _table_html(acc).replace("<td>missing", "<td class='missing'>missing")]
+    notes = missing_notes(summary)
+    if notes:
+        parts.append("<p class='missing'>Missing settings (no data):</p><ul>"
+                     + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    png = outdir / shots_plot_name(protocol)
+    if png.exists():
+        parts.append(f"<h2>Accuracy vs shots{title}</h2>" + _img_tag(png, f"accuracy vs shots{title}"))
+    return parts
+
+
 def summary_html(outdir: str | Path, include: Sequence[str | Path] = (), title: str = "GeneMask report") -> str:
     """A self-contained HTML page from the files `aggregate` wrote in `outdir` (+ `include`d PNG/TSV)."""
     outdir = Path(outdir)
@@ -61,10 +88,12 @@ def summary_html(outdir: str | Path, include: Sequence[str | Path] = (), title: 
     summary = pd.read_csv(outdir / "summary.tsv", sep="\t", keep_default_na=False, na_values=["NaN"])
     pseeds = sorted(runs["pretrain_seed"].dropna().astype(int).unique()) if "pretrain_seed" in runs else []
     psteps = sorted(runs["pretrain_step"].dropna().astype(int).unique()) if "pretrain_step" in runs else []
+    protocols = list(dict.fromkeys(runs["protocol"])) if "protocol" in runs else ["finetune"]
+    counts = runs["protocol"].value_counts() if "protocol" in runs else pd.Series({"finetune": len(runs)})
     parts.append("<p class='note'>" + html.escape(
-        f"{len(runs)} fine-tuning runs: {runs['task'].nunique()} task(s), "
+        f"{' and '.join(f'{counts[p]} {RUN_WORD[p]} runs' for p in protocols)}: {runs['task'].nunique()} task(s), "
         f"{runs['scheme'].nunique()} scheme(s) ({', '.join(map(str, ordered(runs['scheme'], SCHEME_ORDER)))}), "
-        f"fine-tuning seeds {', '.join(str(s) for s in sorted(runs['seed'].unique()))}; "
+        f"seeds {', '.join(str(s) for s in sorted(runs['seed'].unique()))}; "
         f"pretraining seeds {', '.join(map(str, pseeds)) or 'not recorded (one)'}; "
         f"pretraining steps {', '.join(map(str, psteps)) or 'not recorded (one)'}.") + "</p>")
     if (outdir / "verdict.tsv").exists():
@@ -83,18 +112,8 @@ def summary_html(outdir: str | Path, include: Sequence[str | Path] = (), title: 
                 parts.append("<details><summary>Every step and reference</summary><ul>"
                              + "".join(f"<li>{html.escape(v)}</li>" for v in rest["verdict"]) + "</ul></details>")
 
-    acc, n_ref = accuracy_table(summary)
-    parts.append("<h2>Accuracy, mean ± sd over seeds</h2>")
-    parts.append(f"<p class='note'>Rows: task and shots per class; columns: pretraining scheme (none = random "
-                 f"initialisation). sd is the sample sd over seeds; cells computed from a number of seeds other "
-                 f"than the usual {n_ref} say so. 'missing' marks settings without data (reason given).</p>")
-    parts.append(_table_html(acc).replace("<td>missing", "<td class='missing'>missing"))
-    notes = missing_notes(summary)
-    if notes:
-        parts.append("<p class='missing'>Missing settings (no data):</p><ul>"
-                     + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-    if (outdir / "accuracy_vs_shots.png").exists():
-        parts.append("<h2>Accuracy vs shots</h2>" + _img_tag(outdir / "accuracy_vs_shots.png", "accuracy vs shots"))
+    for protocol in protocols:
+        parts += _accuracy_section(outdir, summary, protocol, len(protocols) > 1)
 
     for t in ordered(runs["task"], TASK_ORDER):
         p = outdir / steps_plot_name(t)

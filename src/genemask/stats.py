@@ -428,13 +428,15 @@ def verdict_sentence(row: Mapping) -> str:
       pretrained (with 2 the SE has 1 degree of freedom and is small by luck half the time):
       "equivalent within +-<margin>";
     * otherwise: "inconclusive: a difference smaller than <MDE> could not have been detected".
-    Prefix: "<scheme> vs <baseline>[ at <step> steps]: <diff> <metric> [95% CI lo, hi] over <n> cells,
+    Prefix: "<scheme> vs <baseline>[ at <step> steps][ (probe)]: <diff> <metric> [95% CI lo, hi] over <n> cells,
     <won> won, <lost> lost, <tied> tied[, <u> untested]; MDE <mde>, TOST p <p> at +-<margin>"; suffix
     " (one pretraining seed: the CI covers fine-tuning noise only)" when no cell had two pretraining
     seeds and a side was pretrained.
     """
     step = STEP_NA if pd.isna(row["pretrain_step"]) else int(row["pretrain_step"])
-    head = f"{row['scheme']} vs {row['baseline']}{step_text(step)}: "
+    protocol = row.get("protocol")
+    tag = f" ({protocol})" if protocol and protocol != "finetune" else ""  # the protocol, when not fine-tuning
+    head = f"{row['scheme']} vs {row['baseline']}{step_text(step)}{tag}: "
     if row["conclusion"] == "too few runs to judge":
         return head + f"{row['metric']} from {row['n_pairs']} pair(s) over {row['n_cells']} cell(s): too few runs to judge."
     untested = f", {row['n_untested']} untested" if row["n_untested"] else ""

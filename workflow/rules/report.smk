@@ -6,7 +6,7 @@ from genemask.figures import steps_plot_name
 METRICS = [
     f"{RESULTS}/finetune/{r['task']}/{r['shot']}/{r['model']}/seed{r['seed']}.json"
     for r in RUNS
-]
+] + PROBE_JSONS
 PRETRAINED = [
     s for s in SCHEMES if s != "none"
 ]  # loss and mask-rank plots: the first pretraining seed
