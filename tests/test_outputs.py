@@ -265,6 +265,8 @@ def _argv(command: str, d: Path, out: str) -> list[str]:
                      "--seed", "1", "--scheme", "dnabert", "--num-labels", "2", "-o", out],
         "predict": ["predict", "--model", str(d), fa, "-o", out],
         "embed": ["embed", "--model", str(d), fa, "-o", out],
+        "explain": ["explain", "--model", str(d), fa, "-o", out],
+        "explain --bedgraph": ["explain", "--model", str(d), fa, "-o", str(d.parent / "e.npz"), "--bedgraph", out],
         "aggregate": ["aggregate", "--outdir", out, f],
         "plot-loss": ["plot-loss", tsv, "-o", out],
         "plot-mask-ranks": ["plot-mask-ranks", "--stats", tsv, "-o", out],
@@ -278,6 +280,7 @@ def _argv(command: str, d: Path, out: str) -> list[str]:
 
 
 FILE_COMMANDS = ["fetch", "index", "chunks", "ngrams", "merge", "npmi", "task-data", "finetune", "predict", "embed",
+                 "explain", "explain --bedgraph",
                  "plot-loss", "plot-mask-ranks", "motifs", "write-missing", "study-doc", "bench-doc",
                  "probe"]
 FOLDER_COMMANDS = ["corpus", "pretrain", "baseline"]

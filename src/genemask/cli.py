@@ -260,15 +260,17 @@ def _finetune(p):
 
 
 # ---- using a model (inference.py) -----------------------------------------------------------
-def _inference_args(p, model_help: str, output_help: str, own=None) -> None:
-    """The arguments predict and embed share (their own, if any, after the input)."""
+def _inference_args(p, model_help: str, output_help: str, own=None, unit: str = "windows") -> None:
+    """The arguments predict, embed and explain share (their own, if any, after the input); --stride
+    where the unit of a batch is windows (explain runs one window per record)."""
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("input", help="FASTA (.fa/.fasta/.fna[.gz]) or table (.tsv/.csv[.gz], a sequence column)")
     if own is not None:
         own(p)
-    p.add_argument("--stride", type=int, default=D("predict.stride"),
-                   help="tokens between window starts (default: half a window)")
-    p.add_argument("--batch-size", type=int, default=D("predict.batch_size"), help="windows per forward pass")
+    if unit == "windows":
+        p.add_argument("--stride", type=int, default=D("predict.stride"),
+                       help="tokens between window starts (default: half a window)")
+    p.add_argument("--batch-size", type=int, default=D("predict.batch_size"), help=f"{unit} per forward pass")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=D("predict.device"))
     p.add_argument("-o", "--output", required=True, help=output_help)
 
@@ -292,6 +294,23 @@ def _embed(p):
                     "embedding: list<float32>)", own)
 
     return lazy("inference", "embed_cli")
+
+
+@subcommand("explain", "per-base attributions of a fine-tuned classifier by in-silico saturation mutagenesis "
+            "(every single-base substitution's change in the target class's log-odds)")
+def _explain(p):
+    def own(p):
+        p.add_argument("--target-class", type=int, default=1,
+                       help="class index whose log-odds are explained (default 1: a binary task's positive class)")
+        p.add_argument("--max-seqs", type=int, default=None, metavar="N", help="explain the first N records only")
+        p.add_argument("--bedgraph", default=None, metavar="FILE",
+                       help="also the per-base score as bedGraph (record ids must be chrom:start-end, 1-based)")
+
+    _inference_args(p, "fine-tuned classifier folder (modelfolder.save_classifier)",
+                    ".npz: ids, sequence, lengths, ism / centred [n, 4, L] (rows A C G T), score [n, L], "
+                    "reference_logit", own, unit="mutant sequences")
+
+    return lazy("explain", "explain_cli")
 
 
 # ---- report (report.py, aggregate.py, figures.py) -------------------------------------------
@@ -533,7 +552,7 @@ def _main(argv: list[str] | None) -> int:
         return 1
 
 
-OUTPUT_ARGS = ("output", "outdir", "out_train", "out_test", "out_stats", "save_model", "plot")
+OUTPUT_ARGS = ("output", "outdir", "out_train", "out_test", "out_stats", "save_model", "plot", "bedgraph")
 FOLDER_OUTPUTS = {("corpus", "output"): CORPUS, ("pretrain", "output"): PRETRAINING_RUN,
                   ("finetune", "save_model"): CLASSIFIER, ("baseline", "output"): BASELINE_MODEL,
                   ("aggregate", "outdir"): RECEIVING}  # (command, argument) -> the folder's kind
