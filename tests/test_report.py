@@ -693,3 +693,46 @@ def test_a_probe_json_with_a_bad_run_names_the_file_and_the_run(tmp_path):
     p.write_text(json.dumps({"runs": []}))
     with pytest.raises(GeneMaskError, match="non-empty list"):
         aggregate.load_run(p)
+
+
+def test_study_doc_with_probes_what_changed_and_the_next_plan(tmp_path):
+    """Both protocols in every generated section, the design facts that changed since the previous
+    config (and only those), the MDE of each headline comparison, plan-study's text per protocol, and
+    the report's tables copied beside the figures for the next plan."""
+    from genemask.studydoc import study_doc
+
+    recs = _design_records({"none": -0.2, "dnabert": 0.0, "genemask": 0.0}, steps=(2500,))
+    probes = [{**r, "protocol": "probe", "accuracy": r["accuracy"] - 0.05} for r in recs]
+    paths = _write_records(recs, tmp_path / "metrics")
+    (tmp_path / "probe.json").write_text(json.dumps({"runs": probes}))
+    out = tmp_path / "report"
+    assert aggregate.aggregate_cli([*paths, tmp_path / "probe.json"], out, n_boot=200) == 0
+    bench = tmp_path / "benchmarks"
+    for stage, secs in (("pretrain", 450.0), ("finetune", 14.0), ("probe", 30.0)):
+        (bench / stage).mkdir(parents=True)
+        pd.DataFrame({"s": [secs], "cpu_time": [secs]}).to_csv(bench / stage / "job.tsv", sep="\t", index=False)
+    base = ("genome: {source: g, contigs: {X: 10}}\nfinetune: {shots: [10], seeds: [0, 1, 2, 3], max_test: 400}\n"
+            "pretrain: {model: demo, schemes: [none, dnabert, genemask%s], seeds: %s, eval_steps: %s, "
+            "settings: {steps: 2500, batch_size: 5, lr: 0.002}}\n")
+    prev, cfg = tmp_path / "previous.yaml", tmp_path / "study.yaml"
+    prev.write_text(base % (", cm_step", "[1, 2, 3]", "[1000]"))
+    cfg.write_text(base % ("", "[0, 1, 2]", "[]") + "probe: {enabled: true}\n")
+    doc = study_doc(out, cfg, tmp_path / "docs" / "study.md", "make study", 60.0, previous_config=prev,
+                    bench_dir=bench)
+    text = doc.read_text()
+    changed = text.partition("## What changed since the previous study")[2].partition("\n## ")[0]
+    assert "| schemes | none, dnabert, genemask, cm_step | none, dnabert, genemask |" in changed
+    assert "| budgets fine-tuned (steps) | 1000, 2500 | 2500 |" in changed
+    assert "| protocols | fine-tuning | fine-tuning + probes (also the full pool) |" in changed
+    assert "learning rate" not in changed and "fine-tuning seeds" not in changed  # unchanged facts are left out
+    assert "genemask vs dnabert at 2500 steps (probe): " in text
+    mde = text.partition("## Minimum detectable effect")[2].partition("\n## ")[0]
+    v = _read(out, "verdict.tsv")
+    for protocol in ("finetune", "probe"):
+        row = v[(v.protocol == protocol) & (v.scheme == "genemask") & (v.baseline == "dnabert")
+                & (v.metric == "accuracy")].iloc[0]
+        assert f"| {protocol} | genemask | dnabert | 2500 | accuracy |" in mde and f"{row.mde:.3f}" in mde
+        assert f"$ genemask plan-study --target 0.02 --protocol {protocol}" in text
+    assert "### Frozen-representation probes" in text and "### Fine-tuning" in text
+    for f in ("runs.tsv", "variance.tsv", "verdict.tsv", "probe_accuracy_vs_shots.png"):
+        assert (tmp_path / "docs" / "study" / f).is_file(), f

@@ -462,6 +462,9 @@ def _study_report(d: Path) -> Path:
     (r / "summary.md").write_text("| x |\n")
     (r / "tests.tsv").write_text("task\tscheme\tbaseline\tmetric\tpretrain_step\tmean_diff\tp_holm\n")
     (r / "variance.tsv").write_text("task\tscheme\n")
+    (r / "runs.tsv").write_text("task\tshot\tscheme\tseed\taccuracy\n")
+    (r / "summary.tsv").write_text("task\tshot\tscheme\tpretrain_step\tn\taccuracy_mean\taccuracy_sd\tstatus\treason\n")
+    (r / "verdict.tsv").write_text("scheme\tbaseline\tmetric\tmde\n")
     (d / "study.yaml").write_text("pretrain: {model: tiny, schemes: [cm_gems], seeds: [0], settings: {steps: 1}}\n")
     return r
 

@@ -46,6 +46,7 @@ import pandas as pd
 from . import stats
 from .figures import plot_accuracy_vs_shots, plot_accuracy_vs_steps, shots_plot_name, steps_plot_name, write_bytes
 from .plan import TASK_NAME
+from .probe import PROTOCOLS
 from .report import summary_html
 from .tables import BASELINE, SCHEME_ORDER, TASK_ORDER, accuracy_table, missing_notes, ordered, to_markdown
 from .util import GeneMaskError, atomic_output, read_json_object, read_tsv
@@ -65,9 +66,6 @@ MAX_INT = 2**53  # integer keys beyond it (e.g. shot 99999999999999999999) overf
 # ---------------------------------------------------------------------------------------------
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-PROTOCOLS = ("finetune", "probe")  # how a pretrained model was read: fine-tuned, or probed frozen (probe.py)
 
 
 def load_run(path: str | Path) -> list[dict]:

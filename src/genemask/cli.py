@@ -401,6 +401,10 @@ def _study_doc(p):
     p.add_argument("--timings", default=None, help="a file with `genemask timings` output")
     p.add_argument("-o", "--output", default="docs/study.md")
     p.add_argument("--readme", default=None, help="also quote the headline verdict line in this README (its markers)")
+    p.add_argument("--previous-config", default=None,
+                   help="the previous study's config: a generated 'what changed' section")
+    p.add_argument("--bench-dir", default=None,
+                   help="the study's Snakemake benchmark files: a generated plan-study section")
 
     return lazy("studydoc", "study_doc")
 
@@ -420,6 +424,10 @@ def _plan_study(p):
                    help="measured GPU pretraining throughput: price pretraining in GPU-hours")
     p.add_argument("--tokens-per-step", type=int, default=None, help="tokens of one pretraining step on the GPU")
     p.add_argument("--cells", type=int, nargs="*", default=[], help="numbers of task x shot cells to plan for")
+    from .probe import PROTOCOLS
+
+    p.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0],
+                   help="plan for the fine-tuning or the probe runs of the report")
 
     return lazy("planstudy", "plan_study_cli")
 

@@ -81,19 +81,35 @@ def designs(comp: dict, target: float, pretrain_s: float, finetune_s: float,
     return out.sort_values(["reaches", "cost", "mde"], ascending=[False, True, True]).reset_index(drop=True)
 
 
+def run_seconds(bench_dir: str | Path, runs: pd.DataFrame, protocol: str) -> float:
+    """Core seconds of one evaluation run: a fine-tuning job, or a probe job's share per run (a probe
+    job covers one model x task: all its shots x seeds)."""
+    if protocol == "finetune":
+        return job_seconds(bench_dir, "finetune")
+    per_job = runs.groupby(["task", "scheme", "pretrain_step", "pretrain_seed"], dropna=False).size().mean()
+    return job_seconds(bench_dir, protocol) / float(per_job)
+
+
 def plan_study(report: str | Path, bench_dir: str | Path, target: float, scheme: str = "genemask",
                reference: str = "dnabert", metric: str = "accuracy", step: int | None = None,
                steps: int | None = None, gpu_tokens_per_s: float | None = None, tokens_per_step: int | None = None,
-               cells: Sequence[int] = (), top: int = 15) -> str:
+               cells: Sequence[int] = (), top: int = 15, protocol: str = "finetune") -> str:
     """The plan-study report as text: the comparison's components, the current design's MDE, the
-    cheapest designs that reach `target` (or, if none does, the most powerful ones)."""
+    cheapest designs that reach `target` (or, if none does, the most powerful ones), for the runs of
+    one evaluation `protocol` (runs.tsv's protocol column; a table without it is all fine-tuning)."""
     runs = read_tsv(Path(report) / "runs.tsv", "runs table", ("task", "shot", "scheme", "seed", metric))
+    if "protocol" in runs:
+        runs = runs[runs["protocol"] == protocol]
+    elif protocol != "finetune":
+        runs = runs.iloc[:0]
+    if runs.empty:
+        raise GeneMaskError(f"{report}/runs.tsv: no runs of protocol {protocol}")
     cell_list, step = comparison_cells(runs, scheme, reference, metric, step)
     comp = power.components(cell_list)
     if math.isnan(comp["var_p"]):
         raise GeneMaskError(f"{report}/runs.tsv: {scheme} vs {reference} has one pretraining seed: the "
                             f"between-model variance cannot be estimated (a plan needs a study with >= 2)")
-    pre_s, ft_s = job_seconds(bench_dir, "pretrain"), job_seconds(bench_dir, "finetune")
+    pre_s, ft_s = job_seconds(bench_dir, "pretrain"), run_seconds(bench_dir, runs, protocol)
     scale = steps / step if steps and step > 0 else 1.0
     gpu_h = None
     if gpu_tokens_per_s:
@@ -104,14 +120,14 @@ def plan_study(report: str | Path, bench_dir: str | Path, target: float, scheme:
     now = power.design_mde(comp, comp["n_pretrain_seeds"], comp["n_finetune_seeds"], comp["n_cells"])
     reach = table[table["reaches"]]
     lines = [
-        f"comparison: {scheme} vs {reference}, {metric}, pretraining step {step}",
+        f"comparison: {scheme} vs {reference}, {metric}, pretraining step {step}, protocol {protocol}",
         f"variance components of the difference: between models {comp['var_p']:.3g}, model x cell "
         f"{comp['var_cp']:.3g}, fine-tuning {comp['var_f']:.3g}",
         f"this study: {comp['n_pretrain_seeds']} pretraining seeds x {comp['n_finetune_seeds']:g} fine-tuning seeds x "
         f"{comp['n_cells']} cells: MDE {now:.4f}",
         f"cost per run: pretraining {pre_s * scale / 3600:.3f} core-h" + (f" ({gpu_h:.3f} GPU-h on the GPU)" if gpu_h
                                                                           else "")
-        + f", fine-tuning {ft_s / 3600:.4f} core-h",
+        + f", {'fine-tuning' if protocol == 'finetune' else protocol} {ft_s / 3600:.4f} core-h per run",
         (f"designs reaching MDE <= {target:g}, cheapest first:" if len(reach) else
          f"no design in the ranges reaches MDE <= {target:g}; the most powerful ones:"),
     ]

@@ -15,9 +15,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from .figures import shots_plot_name
+from .probe import PROTOCOLS
 from .util import GeneMaskError, atomic_output, read_tsv
 
-FIGURES = ("accuracy_vs_shots.png", "pretrain_loss.png", "mask_ranks.png")
+FIGURES = (*(shots_plot_name(p) for p in PROTOCOLS), "pretrain_loss.png", "mask_ranks.png")
 # The README quotes the study's headline verdict line between these markers (written by study-doc).
 README_BEGIN = "<!-- study-result: the first verdict line of docs/study.md, written by genemask study-doc -->"
 README_END = "<!-- /study-result -->"
@@ -75,23 +77,119 @@ def write_readme_result(readme: str | Path, study_md: str | Path) -> None:
         tmp.write_text(text)
 
 
+PROTOCOL_NAME = {"finetune": "Fine-tuning", "probe": "Frozen-representation probes"}
+DATA_FILES = ("runs.tsv", "variance.tsv", "verdict.tsv")  # copied beside the figures: the next plan-study's input
+MDE_COLUMNS = ["protocol", "scheme", "baseline", "pretrain_step", "metric", "mean_diff", "ci_low", "ci_high", "mde",
+               "margin", "p_tost", "conclusion"]
+
+
+def design_facts(cfg: dict) -> dict[str, str]:
+    """The design of a study config as readable facts (what "what changed" compares)."""
+    pre, ft, st = cfg.get("pretrain", {}), cfg.get("finetune", {}), cfg.get("pretrain", {}).get("settings", {})
+    probe = cfg.get("probe") or {}
+    steps = st.get("steps")
+    return {
+        "genome": str(cfg.get("genome", {}).get("source")),
+        "model": str(pre.get("model")),
+        "schemes": ", ".join(pre.get("schemes", [])),
+        "pretraining seeds": str(len(pre.get("seeds", []))),
+        "pretraining steps (batch x tokens)": f"{steps} ({st.get('batch_size')} x {st.get('max_len', 512)})",
+        "budgets fine-tuned (steps)": ", ".join(map(str, sorted(set(pre.get("eval_steps") or []) | {steps}))),
+        "learning rate": str(st.get("lr")),
+        "tasks x shots": str(ft.get("shots")),
+        "fine-tuning seeds": str(len(ft.get("seeds", []))),
+        "test rows per task": str(ft.get("max_test")),
+        "protocols": "fine-tuning" + (" + probes" + (" (also the full pool)" if probe.get("pool", True) else "")
+                                      if probe.get("enabled") else ""),
+    }
+
+
+def what_changed(previous: dict, current: dict) -> list[str]:
+    """Markdown lines: the design facts that differ between two study configs (previous -> this)."""
+    a, b = design_facts(previous), design_facts(current)
+    rows = [f"| {k} | {a[k]} | {b[k]} |" for k in b if a[k] != b[k]]
+    if not rows:
+        return ["The design is the same as the previous study's.", ""]
+    return ["| design | previous study | this study |", "|---|---|---|", *rows, ""]
+
+
+def _read_yaml(path: str | Path, what: str) -> dict:
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise GeneMaskError(f"{path}: cannot read the {what} ({e})") from None
+
+
+def _protocols(df: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(df["protocol"])) if "protocol" in df else ["finetune"]
+
+
+def _of(df: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    return df[df["protocol"] == protocol].drop(columns="protocol") if "protocol" in df else df
+
+
+def _sanity_section(tests: pd.DataFrame) -> list[str]:
+    lines = ["## Sanity bar: pretrained models beat random initialisation", "",
+             "A scheme passes at a step when it beats `none` beyond noise (a won cell: Holm-adjusted p < 0.05 "
+             "on pretraining-seed means, positive difference) on at least two tasks.", ""]
+    for protocol in _protocols(tests):
+        bar = sanity_bar(_of(tests, protocol))
+        lines += [f"### {PROTOCOL_NAME[protocol]}", ""] if "protocol" in tests else []
+        if bar.empty:
+            lines += ["No comparison against `none` in this study.", ""]
+            continue
+        passed = bar[bar["passes"]]
+        lines += [_md_table(bar), "",
+                  f"**{len(passed)} of {len(bar)} scheme x step rows pass the bar.**" if len(passed) else
+                  "**No scheme passes the bar at this budget and replication: no masking conclusion should be "
+                  "drawn from the comparisons below** (the verdict's pooled CIs against `none` are the evidence "
+                  "on pretraining itself).", ""]
+    return lines
+
+
+def _accuracy_section(summary: pd.DataFrame) -> list[str]:
+    from .tables import accuracy_table, to_markdown
+
+    lines = ["## Accuracy, mean +- sd over all (pretraining seed, seed) runs", ""]
+    for protocol in _protocols(summary):
+        acc, n_ref = accuracy_table(_of(summary, protocol))
+        lines += ([f"### {PROTOCOL_NAME[protocol]}", ""] if "protocol" in summary else []) + [
+            to_markdown(acc), "", f"sd over runs; usual n = {n_ref} runs (other n shown).", ""]
+    return lines
+
+
+def _plan_section(report: Path, bench: str | Path, protocols: list[str], margin: float) -> list[str]:
+    """plan-study's text for genemask vs dnabert per protocol, at the accuracy margin as target."""
+    from .planstudy import plan_study
+
+    lines = ["## Planning the next study (genemask plan-study on this report)", "",
+             f"Designs that would reach an MDE of {margin:g} accuracy (the equivalence margin), from this study's "
+             "own variance components and job times:", ""]
+    for protocol in protocols:
+        try:
+            text = plan_study(report, bench, margin, protocol=protocol, top=8)
+        except GeneMaskError as e:
+            text = f"not computed: {e}"
+        lines += ["```", f"$ genemask plan-study --target {margin:g} --protocol {protocol}", text, "```", ""]
+    return lines
+
+
 def study_doc(report: str | Path, config: str | Path, output: str | Path, run_command: str, wall_s: float | None,
               models: str | Path | None = None, timings: str | Path | None = None,
-              readme: str | Path | None = None) -> Path:
+              readme: str | Path | None = None, previous_config: str | Path | None = None,
+              bench_dir: str | Path | None = None) -> Path:
     report, output = Path(report), Path(output)
-    for f in ("verdict.md", "summary.md", "tests.tsv", "variance.tsv"):
+    for f in ("verdict.md", "summary.tsv", "tests.tsv", "variance.tsv", "verdict.tsv"):
         if not (report / f).is_file():
             raise GeneMaskError(f"{report / f}: missing (run the study's aggregate step first)")
-    try:
-        cfg = yaml.safe_load(Path(config).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise GeneMaskError(f"{config}: cannot read the study config ({e})") from None
+    cfg = _read_yaml(config, "study config")
     tests = read_tsv(report / "tests.tsv", "paired tests", ("task", "scheme", "baseline", "metric", "pretrain_step",
                                                             "mean_diff", "p_holm"))
     variance = read_tsv(report / "variance.tsv", "variance table")
-    bar = sanity_bar(tests)
-    pre = cfg.get("pretrain", {})
-    st = pre.get("settings", {})
+    verdict_tsv = read_tsv(report / "verdict.tsv", "verdict table", ("scheme", "baseline", "metric", "mde"))
+    summary = read_tsv(report / "summary.tsv", "summary table", ("task", "shot", "scheme"), keep_default_na=False,
+                       na_values=["NaN"])
+    facts = design_facts(cfg)
     fig_dir = output.with_suffix("")  # docs/study/ beside docs/study.md
     lines = [
         "# The study: does NPMI-guided masking help, and at which pretraining budget?", "",
@@ -100,57 +198,56 @@ def study_doc(report: str | Path, config: str | Path, output: str | Path, run_co
         "## What was run", "",
         f"- config: `{config}`; command: `{run_command}`" + (f"; wall time **{wall_s / 60:.1f} min** on this machine"
                                                           if wall_s else ""),
-        f"- genome: `{cfg.get('genome', {}).get('source')}` ({', '.join(cfg.get('genome', {}).get('contigs', {}))})",
-        f"- model `{pre.get('model')}`; schemes {', '.join(pre.get('schemes', []))}; pretraining seeds "
-        f"{pre.get('seeds')}; {st.get('steps')} steps of {st.get('batch_size')} x {st.get('max_len', 512)} tokens, "
-        f"saved and fine-tuned at steps {sorted(set(pre.get('eval_steps', [])) | {st.get('steps')})}",
-        f"- fine-tuning: tasks x shots {cfg.get('finetune', {}).get('shots')}, seeds "
-        f"{cfg.get('finetune', {}).get('seeds')}, {cfg.get('finetune', {}).get('max_test')} test rows per task, "
-        "the paper's regimes unless the config says otherwise", "",
+        *[f"- {k}: {v}" for k, v in facts.items()], "",
     ]
-    if models:
-        from .pretrain import read_run_meta  # the run file's writer validates it on read
-
-        sw = []
-        for meta in sorted(Path(models).glob("cm_gems/seed*/genemask.json")):
-            sw.append(f"{meta.parent.name}: {read_run_meta(meta)['switch_step']}")
-        if sw:
-            lines += [f"- cm_gems switch step (null = never switched): {'; '.join(sw)}", ""]
-    lines += ["## Sanity bar: pretrained models beat random initialisation", "",
-              "A scheme passes at a step when it beats `none` beyond noise (a won cell: Holm-adjusted p < 0.05 "
-              "on pretraining-seed means, positive difference) on at least two tasks.", ""]
-    if bar.empty:
-        lines += ["No comparison against `none` in this study.", ""]
-    else:
-        lines += [_md_table(bar), ""]
-        passed = bar[bar["passes"]]
-        lines += [f"**{len(passed)} of {len(bar)} scheme x step rows pass the bar.**" if len(passed) else
-                  "**No scheme passes the bar at this budget and replication: no masking conclusion should be "
-                  "drawn from the comparisons below** (with two pretraining seeds a cell's test has one degree "
-                  "of freedom; the verdict's pooled CIs against `none` are the evidence on pretraining itself).", ""]
+    if previous_config:
+        lines += ["## What changed since the previous study", "",
+                  f"Previous design: `{previous_config}`; this one: `{config}`.", "",
+                  *what_changed(_read_yaml(previous_config, "previous study config"), cfg)]
+    lines += _switch_lines(models) + _sanity_section(tests)
     verdict = (report / "verdict.md").read_text().split("\n", 1)[1].strip()
     lines += ["## Verdict (as the report printed it)", "", verdict, ""]
-    summary = (report / "summary.md").read_text()
-    table = summary[summary.find("|"):] if "|" in summary else summary
-    lines += ["## Accuracy, mean +- sd over all (pretraining seed, fine-tuning seed) runs", "", table.strip(), ""]
+    mde = verdict_tsv[verdict_tsv["headline"].astype(str) == "True"] if "headline" in verdict_tsv else verdict_tsv
+    mde = mde[(mde["scheme"] != "none")][[c for c in MDE_COLUMNS if c in mde]]
+    lines += ["## Minimum detectable effect per comparison (headline step)", "",
+              "MDE: the smallest difference this design detects with 80 % power at alpha 0.05; a comparison is "
+              "called equivalent only when its MDE is at most the margin and TOST p < 0.05.", "",
+              _md_table(mde), ""]
+    lines += _accuracy_section(summary)
     if not variance.empty and {"metric", "scheme"} <= set(variance.columns):
         share = [c for c in variance.columns if "share" in c]
         if share:
-            v = variance[variance["metric"] == "accuracy"].groupby("scheme")[share].mean().reset_index()
-            lines += ["## Where the spread comes from (accuracy; mean over cells and steps)", "",
-                      _md_table(v), ""]
+            keys = [c for c in ("protocol", "scheme") if c in variance]
+            v = variance[variance["metric"] == "accuracy"].groupby(keys)[share].mean().reset_index()
+            lines += ["## Where the spread comes from (accuracy; mean over cells and steps)", "", _md_table(v), ""]
+    if bench_dir:
+        margin = float(verdict_tsv.loc[verdict_tsv["metric"] == "accuracy", "margin"].iloc[0]) \
+            if "margin" in verdict_tsv and (verdict_tsv["metric"] == "accuracy").any() else 0.02
+        lines += _plan_section(report, bench_dir, _protocols(verdict_tsv), margin)
     figs = sorted(p.name for p in report.glob("accuracy_vs_steps_*.png")) + [f for f in FIGURES
                                                                              if (report / f).is_file()]
     if figs:
         lines += ["## Figures", ""] + [f"![{f}]({fig_dir.name}/{f})" for f in figs] + [""]
+    lines += ["The report's tables are copied beside the figures: "
+              + ", ".join(f"[{f}]({fig_dir.name}/{f})" for f in DATA_FILES) + ".", ""]
     if timings and Path(timings).is_file():
         lines += ["## Time per stage", "", "```", Path(timings).read_text().strip(), "```", ""]
     with atomic_output(output) as tmp:
         tmp.write_text("\n".join(lines))
-    if figs:
-        fig_dir.mkdir(parents=True, exist_ok=True)
-        for f in figs:
-            shutil.copyfile(report / f, fig_dir / f)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for f in (*figs, *DATA_FILES):
+        shutil.copyfile(report / f, fig_dir / f)
     if readme:
         write_readme_result(readme, output)
     return output
+
+
+def _switch_lines(models: str | Path | None) -> list[str]:
+    """cm_gems' switch step per pretraining seed, where the study ran it."""
+    if not models:
+        return []
+    from .pretrain import read_run_meta  # the run file's writer validates it on read
+
+    sw = [f"{meta.parent.name}: {read_run_meta(meta)['switch_step']}"
+          for meta in sorted(Path(models).glob("cm_gems/seed*/genemask.json"))]
+    return [f"- cm_gems switch step (null = never switched): {'; '.join(sw)}", ""] if sw else []
