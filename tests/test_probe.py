@@ -114,3 +114,38 @@ def test_probe_max_train_rows_probes_the_same_stratified_rows(tmp_path, root, fe
     assert a[0]["n_train"] == 30 and full[0]["n_train"] == 100
     assert {k: v for k, v in a[0].items() if not k.endswith("seconds")} == \
         {k: v for k, v in b[0].items() if not k.endswith("seconds")}
+
+
+def test_a_probe_of_a_random_model_reads_composition_and_nothing_else(tmp_path, root):
+    """`none` (random initialisation): its mean-pooled features are a fixed random function of the
+    k-mers present, so a probe is above chance where the classes differ in composition (GC content)
+    and at chance where the label is independent of the sequence."""
+    import json
+
+    from genemask.pretrain import build_model
+    from genemask.probe import probe_runs
+    from genemask.tokenizer import build_tokenizer, save_tokenizer
+
+    pre = tmp_path / "none"
+    model, k = build_model(json.loads((root / "resources" / "models" / "tiny.json").read_text()), seed=0)
+    model.save_pretrained(pre)
+    save_tokenizer(build_tokenizer(k), pre)
+    (pre / "genemask.json").write_text(json.dumps({"k": k, "scheme": "none", "pretrain_seed": 1, "pretrain_step": 0}))
+    rng = np.random.default_rng(5)
+
+    def seqs(n, gc):
+        p = [(1 - gc) / 2, gc / 2, gc / 2, (1 - gc) / 2]
+        return ["".join(rng.choice(list("ACGT"), 80, p=p)) for _ in range(n)]
+
+    def write(path, rows):
+        path.write_text("sequence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
+        return str(path)
+
+    tasks = {}
+    for name, gc1 in (("gc", 0.8), ("random", 0.5)):  # positives GC-rich, or drawn like the negatives
+        train = [(s, 0) for s in seqs(40, 0.5)] + [(s, 1) for s in seqs(40, gc1)]
+        test = [(s, 0) for s in seqs(150, 0.5)] + [(s, 1) for s in seqs(150, gc1)]
+        shots = [(40, write(tmp_path / f"{name}_train.tsv", train), write(tmp_path / f"{name}_test.tsv", test))]
+        tasks[name] = probe_runs(str(pre), name, "none", 2, shots, [1], tmp_path / f"{name}.json")[0]["accuracy"]
+    assert tasks["gc"] > 0.65, tasks  # chance 0.5; 300 test rows: SE about 0.03
+    assert abs(tasks["random"] - 0.5) < 0.08, tasks
