@@ -23,14 +23,17 @@ demo: $(BIN)/genemask
 	$(BIN)/genemask timings results/benchmarks && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s; reports: results/snakemake_report.html, results/report/report.html"
 
-# The study (config/study.yaml, ~1-2 h on 2 CPU cores), then docs/study.md generated from its report.
+# The study (config/study.yaml, ~2 h on 2 CPU cores), then docs/study.md generated from its report
+# ("what changed" against docs/study/previous-study.yaml: before a new study, copy the config that
+# docs/study.md describes there).
 STUDY_CMD = snakemake --configfile config/study.yaml --cores $(CORES)
 study: $(BIN)/genemask
 	@start=$$(date +%s); \
 	$(BIN)/$(STUDY_CMD) --keep-going && \
 	$(BIN)/genemask timings results/benchmarks > results/report/timings.txt && \
 	$(BIN)/genemask study-doc --config config/study.yaml --command "make study ($(STUDY_CMD))" \
-	  --wall-s $$(( $$(date +%s) - start )) --timings results/report/timings.txt -o docs/study.md --readme README.md && \
+	  --wall-s $$(( $$(date +%s) - start )) --timings results/report/timings.txt -o docs/study.md --readme README.md \
+	  --previous-config docs/study/previous-study.yaml --bench-dir results/benchmarks && \
 	echo "study finished in $$(( $$(date +%s) - start )) s: docs/study.md"
 
 test: $(BIN)/genemask

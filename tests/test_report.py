@@ -734,5 +734,6 @@ def test_study_doc_with_probes_what_changed_and_the_next_plan(tmp_path):
         assert f"| {protocol} | genemask | dnabert | 2500 | accuracy |" in mde and f"{row.mde:.3f}" in mde
         assert f"$ genemask plan-study --target 0.02 --protocol {protocol}" in text
     assert "### Frozen-representation probes" in text and "### Fine-tuning" in text
+    assert "## What a random model's features read (probes of `none`)" in text
     for f in ("runs.tsv", "variance.tsv", "verdict.tsv", "probe_accuracy_vs_shots.png"):
         assert (tmp_path / "docs" / "study" / f).is_file(), f

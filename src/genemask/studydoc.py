@@ -158,6 +158,25 @@ def _accuracy_section(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _none_probe_section(runs: pd.DataFrame) -> list[str]:
+    """Probes of `none` (random initialisation) against chance, per task x shot: above chance only
+    where k-mer composition separates the classes (docs/study-design.md); shown, not hidden."""
+    if "protocol" not in runs:
+        return []
+    r = runs[(runs["protocol"] == "probe") & (runs["scheme"] == "none")]
+    if r.empty:
+        return []
+    t = r.groupby(["task", "shot"], sort=True).agg(accuracy=("accuracy", "mean"), sd=("accuracy", "std"),
+                                                   n=("accuracy", "size"), num_labels=("num_labels", "first"))
+    t = t.reset_index()
+    t["chance"] = 1.0 / t["num_labels"]
+    t["above_chance_by"] = t["accuracy"] - t["chance"]
+    return ["## What a random model's features read (probes of `none`)", "",
+            "A probe of random initialisation reads random features of k-mer composition: above chance only "
+            "where composition alone separates the classes. Chance = 1 / classes (balanced test rows).", "",
+            _md_table(t.drop(columns="num_labels")), ""]
+
+
 def _plan_section(report: Path, bench: str | Path, protocols: list[str], margin: float) -> list[str]:
     """plan-study's text for genemask vs dnabert per protocol, at the accuracy margin as target."""
     from .planstudy import plan_study
@@ -214,6 +233,7 @@ def study_doc(report: str | Path, config: str | Path, output: str | Path, run_co
               "called equivalent only when its MDE is at most the margin and TOST p < 0.05.", "",
               _md_table(mde), ""]
     lines += _accuracy_section(summary)
+    lines += _none_probe_section(read_tsv(report / "runs.tsv", "runs table", ("task", "shot", "scheme", "accuracy")))
     if not variance.empty and {"metric", "scheme"} <= set(variance.columns):
         share = [c for c in variance.columns if "share" in c]
         if share:
