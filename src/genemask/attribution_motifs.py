@@ -23,24 +23,29 @@ Seqlets (our own caller, TF-MoDISco's idea with a simpler null):
 * Non-overlapping: passing windows, largest |sum| first, each taken unless its seqlet overlaps one
   already taken in the same record.
 
-Motifs: modisco-lite (`modiscolite`, pinned; Kundaje lab's TF-MoDISco reimplementation) clusters
-the seqlets of each sign (positive: bases that raise the target class's log-odds; negative: bases
-that lower it) when a sign has at least `min_seqlets` (default 20) seqlets:
-`modiscolite.tfmodisco.seqlets_to_patterns` on our seqlets, with one-hot sequences and the
-`centred` arrays as hypothetical contributions (contributions = one-hot x hypothetical, as
-`TFMoDISco` makes them), trimmed to the seqlet width with `flank` bp added, clusters of at least
-`min_seqlets` seqlets kept, modisco-lite's defaults otherwise. `TFMoDISco` itself is not called: it
-calls seqlets with its own null, and the seqlets table and the reliance below would then describe
-other seqlets than the motifs were built from. A sign with fewer seqlets gets no motifs (said on
-stderr).
+Motifs: modisco-lite (`modiscolite` 3.0.0, pinned; the Kundaje lab's TF-MoDISco reimplementation)
+clusters the seqlets of each sign (positive: bases that raise the target class's log-odds; negative:
+bases that lower it) when a sign has at least `min_seqlets` (default 20) seqlets:
+`modiscolite.tfmodisco.seqlets_to_patterns` on our seqlets, with one-hot sequences and the `centred`
+arrays as hypothetical contributions (contributions = one-hot x hypothetical, as `TFMoDISco` makes
+them); patterns trimmed to the seqlet width with no flank added (an added flank drops every seqlet
+within that many bp of its record's end: most of them in records of 60-100 bp), clusters of at
+least `min_seqlets` seqlets kept, modisco-lite's defaults otherwise (50 Leiden runs of fixed seeds:
+deterministic). `TFMoDISco` itself is not called: it calls seqlets with its own null, and the
+seqlets table and the reliance below would then describe other seqlets than the motifs were built
+from. A sign with fewer seqlets gets no motifs (said on stderr).
 
 A motif's letter-probability matrix (the mean one-hot of its aligned seqlets) is trimmed to the
-columns from the first to the last whose |contribution| (summed over bases) is at least
-`trim` (0.3) of the largest, as modisco-lite's report trims before Tomtom; `consensus` is its most
-probable base per column, upper case where the column holds >= 1 bit. Each motif is compared with
-the JASPAR CORE vertebrate matrices (pyjaspar, offline) by Tomtom (memelite; motifs.tomtom_jaspar):
-the best match by p-value, its Benjamini-Hochberg q-value over the JASPAR matrices of that motif,
-and `matched` = q <= `q_threshold` (the config's report.motif_q_threshold, 0.05).
+columns from the first to the last that hold >= `trim_bits` (0.5) bits. modisco-lite's report trims
+by contribution (columns >= 0.3 of the largest |contribution|) instead; ISM of a k-mer model puts
+the contribution on a few bases of a site (the 6-mers the model keys on) while the aligned seqlets
+still hold the whole site, so that trim cut a learnt 15-bp CTCF site to 6 bp and another to 2 bp
+(tests/test_attribution_motifs.py's task). `consensus` is the most probable base per column, upper
+case where the column holds >= 1 bit. Each motif is compared with the JASPAR CORE vertebrate
+matrices (pyjaspar, offline) by Tomtom (memelite; motifs.tomtom_jaspar): the best match by p-value,
+its Benjamini-Hochberg q-value over the JASPAR matrices of that motif (n_jaspar_matches: how many
+have q <= the threshold), and `matched` = q <= `q_threshold` (the config's
+report.motif_q_threshold, 0.05).
 
 A seqlet belongs to the motif whose aligned seqlet (modisco-lite moves seqlets while aligning them)
 overlaps it most in the same record (`strand`: - where the motif holds it reverse-complemented).
