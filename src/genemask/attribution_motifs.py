@@ -442,8 +442,10 @@ def explain_motifs_cli(inputs: list[str], output: str, seqlets: str | None = Non
         if "l" in tmp:
             plot_logos(res["motifs"], t, res["jaspar"], tmp["l"])
     matched = t[t["matched"]]
+    rel = res["reliance"]["reliance"].to_numpy(dtype=np.float64)
+    mean_reliance = float(rel[np.isfinite(rel)].mean()) if np.isfinite(rel).any() else math.nan
     print(f"explain-motifs: {len(att.ids)} records, {len(s)} seqlets ({int((s['sign'] > 0).sum())} positive), "
           f"{len(t)} motifs, {len(matched)} matched to JASPAR (q <= {res['q_threshold']:g}): "
           + (", ".join(f"{r.motif} {r.jaspar_id} {r.jaspar_name} q={r.q:.2g}" for r in matched.itertuples()) or "none")
-          + f"; mean reliance {np.nanmean(res['reliance']['reliance']):.3f}")
+          + f"; mean reliance {mean_reliance:.3f} over {int(np.isfinite(rel).sum())} records with attribution")
     return 0
