@@ -176,6 +176,7 @@ def run_motifs(npz: str, tmp) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
 @pytest.mark.slow  # two fine-tunes of 8,000 rows, two ISM runs, modisco-lite twice: ~1 min on 2 loaded cores
 def test_planted_jaspar_motif_is_recovered_and_shuffled_labels_give_none(root, tmp_path, one_thread, capsys):  # noqa: F811
     metrics, npz, starts, width = train_and_explain(root, tmp_path / "planted", shuffle=False)
+    print(f"planted: test accuracy {metrics['accuracy']:.3f}, AUROC {metrics['auroc']:.3f}")
     assert metrics["accuracy"] > 0.8, metrics  # the model learnt the task
     motifs, seqlets, rel = run_motifs(npz, tmp_path / "planted")
     print(capsys.readouterr().out)
@@ -190,6 +191,7 @@ def test_planted_jaspar_motif_is_recovered_and_shuffled_labels_give_none(root, t
     assert rel["reliance"].astype(float).mean() > 0.1 and len(rel) == N_EXPLAIN
 
     metrics, npz, _, _ = train_and_explain(root, tmp_path / "shuffled", shuffle=True)
+    print(f"shuffled: test accuracy {metrics['accuracy']:.3f}, AUROC {metrics['auroc']:.3f}")
     assert metrics["accuracy"] < 0.65, metrics  # nothing to learn
     motifs, seqlets, rel = run_motifs(npz, tmp_path / "shuffled")
     print(capsys.readouterr().out)
