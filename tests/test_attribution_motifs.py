@@ -173,7 +173,7 @@ def run_motifs(npz: str, tmp) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
     return tuple(pd.read_csv(outs[n], sep="\t", keep_default_na=False) for n in ("motifs", "seqlets", "reliance"))
 
 
-@pytest.mark.slow  # two fine-tunes of 8,000 rows, two ISM runs, modisco-lite twice: ~1 min on 2 loaded cores
+@pytest.mark.slow  # two fine-tunes of 8,000 rows, two ISM runs, modisco-lite twice: ~45 s of CPU, 1-2 min on 2 loaded cores
 def test_planted_jaspar_motif_is_recovered_and_shuffled_labels_give_none(root, tmp_path, one_thread, capsys):  # noqa: F811
     metrics, npz, starts, width = train_and_explain(root, tmp_path / "planted", shuffle=False)
     print(f"planted: test accuracy {metrics['accuracy']:.3f}, AUROC {metrics['auroc']:.3f}")
