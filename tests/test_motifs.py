@@ -100,7 +100,7 @@ def test_tomtom_queries_are_the_kmers(jaspar, tomtom_pq):
     assert p.shape == q.shape == (4096, len(jaspar))
     picks = ["CACGTG", "TATAAA", "GATTCA", "CCGGTA"]
     onehot = [np.eye(4)[:, ["ACGT".index(b) for b in s]] for s in picks]
-    direct = tomtom(onehot, [M._probabilities(m) for m in jaspar], n_jobs=1)[0]
+    direct = tomtom(onehot, [M.jaspar_probabilities(m) for m in jaspar], n_jobs=1)[0]
     np.testing.assert_array_equal(p[kmer_to_index(picks, 6)], direct)
     row = p[kmer_to_index(["CACGTG"], 6)[0]]
     o = np.argsort(row)

@@ -267,6 +267,10 @@ def _argv(command: str, d: Path, out: str) -> list[str]:
         "embed": ["embed", "--model", str(d), fa, "-o", out],
         "explain": ["explain", "--model", str(d), fa, "-o", out],
         "explain --bedgraph": ["explain", "--model", str(d), fa, "-o", str(d.parent / "e.npz"), "--bedgraph", out],
+        "explain-motifs": ["explain-motifs", npz, "-o", out],
+        "explain-motifs --seqlets": ["explain-motifs", npz, "-o", str(d.parent / "m.tsv"), "--seqlets", out],
+        "explain-motifs --reliance": ["explain-motifs", npz, "-o", str(d.parent / "m.tsv"), "--reliance", out],
+        "explain-motifs --logos": ["explain-motifs", npz, "-o", str(d.parent / "m.tsv"), "--logos", out],
         "aggregate": ["aggregate", "--outdir", out, f],
         "plot-loss": ["plot-loss", tsv, "-o", out],
         "plot-mask-ranks": ["plot-mask-ranks", "--stats", tsv, "-o", out],
@@ -280,7 +284,8 @@ def _argv(command: str, d: Path, out: str) -> list[str]:
 
 
 FILE_COMMANDS = ["fetch", "index", "chunks", "ngrams", "merge", "npmi", "task-data", "finetune", "predict", "embed",
-                 "explain", "explain --bedgraph",
+                 "explain", "explain --bedgraph", "explain-motifs", "explain-motifs --seqlets",
+                 "explain-motifs --reliance", "explain-motifs --logos",
                  "plot-loss", "plot-mask-ranks", "motifs", "write-missing", "study-doc", "bench-doc",
                  "probe"]
 FOLDER_COMMANDS = ["corpus", "pretrain", "baseline"]

@@ -313,6 +313,31 @@ def _explain(p):
     return lazy("explain", "explain_cli")
 
 
+@subcommand("explain-motifs", "seqlets (windows of high attribution) and motifs (modisco-lite) of explain .npz "
+            "files, matched to JASPAR by Tomtom, and each record's reliance on matched motifs")
+def _explain_motifs(p):
+    from .attribution_motifs import DEFAULTS as A
+
+    p.add_argument("inputs", nargs="+", metavar="NPZ", help="genemask explain outputs (pooled)")
+    p.add_argument("-o", "--output", required=True, help="motifs TSV: motif, attribution, n_seqlets, width, "
+                   "consensus, jaspar_id, jaspar_name, p, q, matched, n_jaspar_matches, strand")
+    p.add_argument("--seqlets", default=None, metavar="TSV", help="seqlets: source, id, start, end (0-based), "
+                   "strand, attribution, window_sum, q, mass, motif, matched")
+    p.add_argument("--reliance", default=None, metavar="TSV", help="per record: source, id, length, total_mass, "
+                   "seqlet_mass, matched_mass, n_seqlets, n_matched_seqlets, seqlet_share, reliance")
+    p.add_argument("--logos", default=None, metavar="PNG", help="motif logos beside their best JASPAR matches")
+    p.add_argument("--window", type=int, default=A["window"], help="bp summed per candidate window")
+    p.add_argument("--flank", type=int, default=A["flank"], help="bp added on each side: a seqlet is window + 2 flank")
+    p.add_argument("--fdr", type=float, default=A["fdr"], help="Benjamini-Hochberg level of the windows' Laplace null")
+    p.add_argument("--min-seqlets", type=int, default=A["min_seqlets"],
+                   help="seqlets a sign needs for motif discovery, and seqlets a motif needs")
+    p.add_argument("--q-threshold", type=float, default=D("report.motif_q_threshold"),
+                   help="Tomtom q-value for a JASPAR match")
+    p.add_argument("--release", default=None, help="JASPAR release in pyjaspar (default: the latest shipped)")
+
+    return lazy("attribution_motifs", "explain_motifs_cli")
+
+
 # ---- report (report.py, aggregate.py, figures.py) -------------------------------------------
 @subcommand("aggregate", "collect run metrics: one TSV row per run, mean +- sd table, tests, plots")
 def _aggregate(p):
@@ -560,7 +585,8 @@ def _main(argv: list[str] | None) -> int:
         return 1
 
 
-OUTPUT_ARGS = ("output", "outdir", "out_train", "out_test", "out_stats", "save_model", "plot", "bedgraph")
+OUTPUT_ARGS = ("output", "outdir", "out_train", "out_test", "out_stats", "save_model", "plot", "bedgraph", "seqlets",
+               "reliance", "logos")
 FOLDER_OUTPUTS = {("corpus", "output"): CORPUS, ("pretrain", "output"): PRETRAINING_RUN,
                   ("finetune", "save_model"): CLASSIFIER, ("baseline", "output"): BASELINE_MODEL,
                   ("aggregate", "outdir"): RECEIVING}  # (command, argument) -> the folder's kind

@@ -71,6 +71,52 @@ def write_bytes(path: Path, data: bytes) -> None:
         Path(tmp).write_bytes(data)
 
 
+LOGO_COLOURS = {"A": "#109648", "C": "#255c99", "G": "#f7b32b", "T": "#d62839"}  # the usual DNA logo colours
+
+
+def information_content(ppm: np.ndarray) -> np.ndarray:
+    """Bits per column of a letter-probability matrix [w, 4] (rows sum to 1): 2 - entropy (log2)."""
+    p = np.clip(np.asarray(ppm, dtype=np.float64), 0.0, None)
+    p = p / np.where(p.sum(1, keepdims=True) > 0, p.sum(1, keepdims=True), 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.where(p > 0, p * np.log2(p), 0.0).sum(1)
+    return 2.0 - h
+
+
+def draw_logo(ax, ppm: np.ndarray, alphabet: str = "ACGT", title: str | None = None) -> None:
+    """A sequence logo of a letter-probability matrix [w, 4] (columns in `alphabet` order) on `ax`:
+    column i is a stack of letters of heights p_ib x IC_i bits, tallest on top (Schneider & Stephens
+    1990, no small-sample correction); y from 0 to 2 bits."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.patches import PathPatch
+    from matplotlib.textpath import TextPath
+    from matplotlib.transforms import Affine2D
+
+    ppm = np.asarray(ppm, dtype=np.float64)
+    heights = ppm / np.where(ppm.sum(1, keepdims=True) > 0, ppm.sum(1, keepdims=True), 1.0)
+    heights = heights * information_content(ppm)[:, None]
+    font = FontProperties(family="DejaVu Sans", weight="bold")
+    for i, col in enumerate(heights):
+        y = 0.0
+        for b in np.argsort(col, kind="stable"):
+            if col[b] <= 1e-3:
+                continue
+            path = TextPath((0, 0), alphabet[b], size=1, prop=font)
+            ext = path.get_extents()
+            tf = (Affine2D().translate(-ext.x0, -ext.y0).scale(0.9 / ext.width, col[b] / ext.height)
+                  .translate(i + 0.05, y))
+            ax.add_patch(PathPatch(tf.transform_path(path), color=LOGO_COLOURS.get(alphabet[b], "0.3"), lw=0))
+            y += col[b]
+    ax.set_xlim(0, max(len(heights), 1))
+    ax.set_ylim(0, 2)
+    ax.set_ylabel("bits")
+    ax.set_xticks(np.arange(len(heights)) + 0.5, [str(i + 1) for i in range(len(heights))], fontsize=6)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
 # ---------------------------------------------------------------------------------------------
 # few-shot results
 # ---------------------------------------------------------------------------------------------

@@ -221,29 +221,39 @@ def load_scores(path: str | Path, k: int = DEFAULT_K) -> tuple[np.ndarray, np.nd
     return ranks, npmi
 
 
-def _probabilities(motif) -> np.ndarray:
+def jaspar_probabilities(motif) -> np.ndarray:
     """[4, L] base frequencies in memelite's order (A, C, G, T): the JASPAR counts over each column's
     total, no pseudocounts (the letter-probability matrix of JASPAR's MEME-format download)."""
     c = np.array([motif.counts[b] for b in "ACGT"], dtype=np.float64)
     return c / c.sum(axis=0, keepdims=True)
 
 
+def tomtom_jaspar(queries: list[np.ndarray], motifs: list, n_jobs: int = 1) -> dict[str, np.ndarray]:
+    """Tomtom (memelite; see the module docstring) of query motifs ([4, w] each, rows A C G T: letter
+    probabilities or one-hot) against JASPAR motifs: {p, q, strand}, each [n_queries, n_motifs]: the
+    p-value of the best offset and strand, its per-query Benjamini-Hochberg q-value over the motifs,
+    and the strand of that alignment (0: the query as given, 1: its reverse complement)."""
+    try:
+        from memelite import tomtom
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise GeneMaskError(f"memelite is not importable ({e}); install it (pip install memelite==0.5.0; "
+                            "genemask motifs can also run --method rule)") from None
+    from scipy.stats import false_discovery_control
+
+    out = tomtom([np.ascontiguousarray(q, dtype=np.float64) for q in queries],
+                 [jaspar_probabilities(m) for m in motifs], n_jobs=n_jobs)
+    p = np.clip(out[0], 0.0, 1.0)
+    return {"p": p, "q": false_discovery_control(p, axis=1), "strand": np.asarray(out[4])}
+
+
 def tomtom_all_kmers(motifs: list, k: int = DEFAULT_K, n_jobs: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(p, q), each [4**k, n_motifs]: Tomtom (memelite) p-value of every k-mer, as a one-hot query
     motif, against every motif (best offset and strand), and its per-query Benjamini-Hochberg
     q-value over the n_motifs targets (see the module docstring)."""
-    try:
-        from memelite import tomtom
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise GeneMaskError(f"memelite is not importable ({e}); install it (pip install memelite==0.5.0) "
-                            "or use --method rule") from None
-    from scipy.stats import false_discovery_control
-
     # one-hot [4**k, k*4] in kmers' order A,T,C,G -> [4**k, 4, k] in memelite's A,C,G,T
     x = _one_hot(k).reshape(4**k, k, 4)[:, :, [ALPHABET.index(b) for b in "ACGT"]].transpose(0, 2, 1)
-    p = tomtom(list(np.ascontiguousarray(x)), [_probabilities(m) for m in motifs], n_jobs=n_jobs)[0]
-    p = np.clip(p, 0.0, 1.0)
-    return p, false_discovery_control(p, axis=1)
+    t = tomtom_jaspar(list(x), motifs, n_jobs)
+    return t["p"], t["q"]
 
 
 def _enrichment(hits: np.ndarray, in_top: np.ndarray, n_perm: int, seed: int) -> tuple[dict, np.ndarray]:
