@@ -95,12 +95,16 @@ class Attributions:
     centred: np.ndarray  # float32 [n, 4, L] (rows A C G T), 0 past each end
     target_class: int
     target_label: str
+    provenance: dict  # source -> its classifier's run (explain.PROVENANCE keys), as stored in the .npz
 
 
 def load_attributions(paths: list[str]) -> Attributions:
     """Read and pool explain .npz files; one-line GeneMaskError for a file that is not one, or files
     that explain different classes or quantities."""
     import numpy as np
+
+    from .explain import PROVENANCE
+
     parts, seen = [], None
     for path in paths:
         try:
@@ -108,6 +112,8 @@ def load_attributions(paths: list[str]) -> Attributions:
                 d = {key: z[key] for key in ("ids", "sequence", "lengths", "score", "centred", "target_class",
                                              "quantity", "alphabet")}
                 d["target_label"] = str(z["target_label"]) if "target_label" in z.files else ""
+                d["provenance"] = {key: z[key].item() if key in z.files else default
+                                   for key, default in PROVENANCE.items()}
         except KeyError as e:
             raise GeneMaskError(f"{path}: not a genemask explain .npz (no {e.args[0]})") from None
         except (OSError, ValueError) as e:
@@ -130,7 +136,8 @@ def load_attributions(paths: list[str]) -> Attributions:
         ids=[str(x) for _, d in parts for x in d["ids"]], sequence=[str(x) for _, d in parts for x in d["sequence"]],
         lengths=np.concatenate([d["lengths"].astype(np.int64) for _, d in parts]),
         score=np.nan_to_num(score, nan=0.0), centred=np.nan_to_num(centred, nan=0.0).astype(np.float32),
-        target_class=seen[1][0], target_label=parts[0][1]["target_label"])
+        target_class=seen[1][0], target_label=parts[0][1]["target_label"],
+        provenance={p: d["provenance"] for p, d in parts})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,6 +419,8 @@ def explain_motifs(att: Attributions, window: int = DEFAULTS["window"], flank: i
     rel = reliance(att.score, att.lengths, seqlets, seqlets["matched"].to_numpy(dtype=bool))
     rel.insert(0, "length", att.lengths)
     rel.insert(0, "id", att.ids)
+    for key in reversed(("scheme", "pretrain_seed", "pretrain_step")):  # the classifier's run: for pairing
+        rel.insert(0, key, [att.provenance[src][key] for src in att.source])
     rel.insert(0, "source", att.source)
     return {"seqlets": seqlets, "motifs": motifs, "table": table, "reliance": rel, "jaspar": jaspar,
             "q_threshold": q_threshold}

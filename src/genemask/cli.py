@@ -305,6 +305,8 @@ def _explain(p):
         p.add_argument("--max-seqs", type=int, default=None, metavar="N", help="explain the first N records only")
         p.add_argument("--bedgraph", default=None, metavar="FILE",
                        help="also the per-base score as bedGraph (record ids must be chrom:start-end, 1-based)")
+        p.add_argument("--label", type=int, default=None,
+                       help="the input is a task file (sequence, label): explain only its rows of this label")
 
     _inference_args(p, "fine-tuned classifier folder (modelfolder.save_classifier)",
                     ".npz: ids, sequence, lengths, ism / centred [n, 4, L] (rows A C G T), score [n, L], "
@@ -336,6 +338,18 @@ def _explain_motifs(p):
     p.add_argument("--release", default=None, help="JASPAR release in pyjaspar (default: the latest shipped)")
 
     return lazy("attribution_motifs", "explain_motifs_cli")
+
+
+@subcommand("explain-report", "motifs per scheme and motif reliance compared between schemes, paired on "
+            "pretraining seed and test record (from explain-motifs' tables)")
+def _explain_report(p):
+    p.add_argument("--input", dest="inputs", nargs=4, action="append", required=True,
+                   metavar=("TASK", "SCHEME", "MOTIFS_TSV", "RELIANCE_TSV"),
+                   help="one scheme's explain-motifs tables on one task; repeat per task x scheme")
+    p.add_argument("--motifs-out", required=True, help="TSV: every motif with its task, scheme and JASPAR match")
+    p.add_argument("--reliance-out", required=True, help="TSV: mean reliance per task x scheme and the paired tests")
+
+    return lazy("explainreport", "explain_report_cli")
 
 
 # ---- report (report.py, aggregate.py, figures.py) -------------------------------------------
@@ -586,7 +600,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 OUTPUT_ARGS = ("output", "outdir", "out_train", "out_test", "out_stats", "save_model", "plot", "bedgraph", "seqlets",
-               "reliance", "logos")
+               "reliance", "logos", "motifs_out", "reliance_out")
 FOLDER_OUTPUTS = {("corpus", "output"): CORPUS, ("pretrain", "output"): PRETRAINING_RUN,
                   ("finetune", "save_model"): CLASSIFIER, ("baseline", "output"): BASELINE_MODEL,
                   ("aggregate", "outdir"): RECEIVING}  # (command, argument) -> the folder's kind

@@ -268,7 +268,19 @@ def explain(folder, seqs: list[bytes | str], ids: list[str] | None = None, targe
     rows = check_sequences(ids, seqs, k, int(model.config.max_position_embeddings) - 2, source)
     ism, ref = saturation_mutagenesis(model, rows, k, target_class, batch_size, dev)
     return pack(ids, rows, ism, ref, k=k, target_class=target_class, target_label=labels[target_class],
-                model=str(folder))
+                model=str(folder), **provenance(folder))
+
+
+PROVENANCE = {"task": "", "scheme": "", "shot": -1, "seed": -1, "pretrain_seed": -1, "pretrain_step": -1}
+
+
+def provenance(folder) -> dict:
+    """The classifier's run (its genemask.json: task, scheme, shot, seed, pretrain_seed, pretrain_step),
+    stored in the .npz so attributions can be grouped and paired; "" / -1 where not recorded."""
+    from .modelfolder import read_meta
+
+    meta = read_meta(folder)
+    return {key: default if meta.get(key) is None else type(default)(meta[key]) for key, default in PROVENANCE.items()}
 
 
 def pack(ids: list[str], rows: list[np.ndarray], ism: np.ndarray, ref: np.ndarray, **scalars) -> dict[str, np.ndarray]:
@@ -360,15 +372,27 @@ def save_bedgraph(path: str | os.PathLike, regions: list[tuple[str, int]], score
 
 def explain_cli(model: str, input: str, output: str, bedgraph: str | None = None, target_class: int = 1,
                 max_seqs: int | None = None, batch_size: int = DEFAULTS["batch_size"],
-                device: str = DEFAULTS["device"]) -> None:
-    """`genemask explain`: the .npz of the module docstring, and the bedGraph of the per-base score."""
+                device: str = DEFAULTS["device"], label: int | None = None) -> None:
+    """`genemask explain`: the .npz of the module docstring, and the bedGraph of the per-base score.
+    `label`: the input is a task file (sequence, label: tasks.read_task_file) and only its rows of
+    that label are explained, ids = their 1-based file lines."""
     from .inference import read_input
 
     if not str(output).lower().endswith(".npz"):
         raise GeneMaskError(f"{output}: attributions are written as .npz; use a .npz name")
     if max_seqs is not None and max_seqs < 1:
         raise GeneMaskError(f"--max-seqs: must be >= 1, got {max_seqs}")
-    ids, seqs = read_input(input)
+    if label is None:
+        ids, seqs = read_input(input)
+    else:
+        from .tasks import read_task_file
+
+        task = read_task_file(input)
+        rows = [i for i, y in enumerate(task.labels) if y == label]
+        if not rows:
+            raise GeneMaskError(f"{input}: no row has label {label} (--label)")
+        ids = [f"line{task.lines[i]}" for i in rows]
+        seqs = [task.sequences[i].encode() for i in rows]
     if max_seqs is not None and len(seqs) > max_seqs:
         print(f"[explain] {input}: explaining the first {max_seqs} of {len(seqs)} sequences (--max-seqs)",
               file=sys.stderr, flush=True)

@@ -371,6 +371,7 @@ def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regi
     if save_model:  # a Hugging Face folder that AutoModelForSequenceClassification loads (modelfolder.py)
         save_classifier(clf.cpu(), save_model, {
             "task": task, "shot": int(shot), "seed": int(seed), "scheme": scheme, "source_model": str(model),
+            "pretrain_seed": meta.get("pretrain_seed"), "pretrain_step": meta.get("pretrain_step"),
             "metrics": metrics, "labels": names})
         result["saved_model"] = str(save_model)
     with atomic_output(output) as tmp:

@@ -22,8 +22,8 @@ from .util import GeneMaskError  # noqa: F401 - re-exported for the Snakefile
 # (fill_settings): the rules pass the resolved settings as the jobs' params, so a changed default
 # changes the params of exactly the jobs it changes and Snakemake reruns them. Not filled: predict
 # (its options are passed only when given, so the commands' own defaults, the schema's, hold).
-FILLED = {"ngrams": True, "npmi": True, "corpus": True, "report": True, "probe": True, "pretrain": False,
-          "finetune": False}
+FILLED = {"ngrams": True, "npmi": True, "corpus": True, "report": True, "probe": True, "explain": True,
+          "pretrain": False, "finetune": False}
 SETTINGS = ("pretrain.settings", "finetune.settings")  # filled by fill_settings (pretrain's masking options too)
 
 
@@ -386,10 +386,22 @@ def _check_names(cfg: dict, where: str) -> None:
 
 
 # What `resolve` checks after the schema, in this order (the first failing check is the error).
+def _check_explain(cfg: dict, where: str) -> None:
+    """Refuses explain.tasks outside finetune.tasks, and a target class a task does not have."""
+    e = cfg["explain"]
+    for t in e["tasks"] or []:
+        if t not in cfg["finetune"]["tasks"]:
+            raise GeneMaskError(f"{where}: key 'explain.tasks': {t!r} is not one of finetune.tasks")
+    for t in (e["tasks"] if e["tasks"] is not None else cfg["finetune"]["tasks"]) if e["enabled"] else []:
+        if e["target_class"] >= cfg["tasks"][t]["num_labels"]:
+            raise GeneMaskError(f"{where}: key 'explain.target_class': {e['target_class']} is not a class of {t} "
+                                f"({cfg['tasks'][t]['num_labels']} classes)")
+
+
 TASK_CHECKS = (_check_task_known, _check_task_name, _check_max_test, _check_local_files, _check_task_sources,
                _check_task_shots)  # each of finetune.tasks in turn, by `_check_tasks`
 CHECKS = (_check_genome_source, _check_tasks, _check_names, _check_model_file, _check_regimes, _check_eval_steps,
-          _check_baseline_names, _check_corpus_lengths, _check_ngram_order, _check_untrained_schemes)
+          _check_baseline_names, _check_corpus_lengths, _check_ngram_order, _check_untrained_schemes, _check_explain)
 
 
 def check_config_files(paths: list[str]) -> dict:
@@ -510,6 +522,27 @@ def probes(cfg: dict) -> list[dict]:
         return []
     return [{"task": t, "model": m["id"], "scheme": m["scheme"]} for t in cfg["finetune"]["tasks"]
             if probe_shots(cfg, t) for m in models(cfg)]
+
+
+def explain_runs(cfg: dict) -> list[dict]:
+    """The fine-tuning runs explained (explain.enabled): per explained task, its smallest shot with a
+    file, the first fine-tuning seed, every scheme x pretraining seed at its largest saved step
+    (external baselines left out); plan.runs' keys. None when disabled."""
+    e = cfg["explain"]
+    if not e["enabled"]:
+        return []
+    tasks = e["tasks"] if e["tasks"] is not None else cfg["finetune"]["tasks"]
+    seed = cfg["finetune"]["seeds"][0]
+    out = []
+    for t in tasks:
+        shots = [s for s in task_shots(cfg, t) if shot_source(cfg, t, s) is not None]
+        if not shots:
+            continue
+        for r in runs(cfg):
+            if (r["task"] == t and r["shot"] == min(shots) and r["seed"] == seed and r["pretrain_step"] is not None
+                    and r["pretrain_step"] == max(eval_steps(cfg, r["scheme"]))):
+                out.append(r)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

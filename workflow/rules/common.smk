@@ -22,6 +22,7 @@ except plan.GeneMaskError as e:  # one line naming the config file and key, no t
 plan.export_root()  # GENEMASK_ROOT, for envs/genemask.post-deploy.sh (--sdm conda)
 plan.export_own_bin()  # jobs find this environment's `genemask` without an activated environment
 RESULTS = "results"
+REPORT = f"{RESULTS}/report"
 ENV = "../../envs/genemask.yaml"
 CHUNKS = plan.chunks(CFG)
 CHUNK_IDS = [c["chunk"] for c in CHUNKS]

@@ -10,7 +10,6 @@ METRICS = [
 PRETRAINED = [
     s for s in SCHEMES if s != "none"
 ]  # loss and mask-rank plots: the first pretraining seed
-REPORT = f"{RESULTS}/report"
 # accuracy/MCC vs pretraining steps: one figure per task with runs (names: figures.steps_plot_name)
 STEPS_PLOTS = [
     f"{REPORT}/{steps_plot_name(t)}" for t in sorted({r["task"] for r in RUNS})
@@ -145,6 +144,8 @@ rule aggregate:
             rules.mask_ranks.output,
             rules.motifs.output.tsv,
             rules.motifs.output.plot,
+            *EXPLAIN_TABLES,
+            *EXPLAIN_LOGOS,
         ],
     output:
         runs=report(
