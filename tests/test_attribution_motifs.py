@@ -197,3 +197,39 @@ def test_planted_jaspar_motif_is_recovered_and_shuffled_labels_give_none(root, t
     print(capsys.readouterr().out)
     assert not (motifs["q"].astype(float) < 0.05).any(), motifs
     assert (rel["reliance"].astype(float).fillna(0) == 0).all()
+
+
+def test_explain_report_pairs_reliance_on_pretraining_seed_and_record(tmp_path):
+    """genemask explain-report: motif reliance of each scheme against dnabert and none, paired on
+    (pretraining seed, record), the differences averaged per pretraining seed and t-tested on those
+    means (stats.cell_test); a planted +0.2 for genemask is found, an identical scheme is not."""
+    import pandas as pd
+
+    from genemask.explainreport import explain_report_cli
+
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.1, 0.5, size=(4, 30))  # pretraining seed x record: shared by the schemes
+    inputs = []
+    for scheme, shift in (("none", -0.1), ("dnabert", 0.0), ("genemask", 0.2), ("random", 0.0)):
+        rows = [{"source": f"{scheme}/seed{p}.npz", "scheme": scheme, "pretrain_seed": p, "pretrain_step": 300,
+                 "id": f"line{i}", "reliance": float(np.clip(base[p, i] + shift + rng.normal(0, 0.01), 0, 1))}
+                for p in range(4) for i in range(30)]
+        rel = tmp_path / f"{scheme}.reliance.tsv"
+        pd.DataFrame(rows).to_csv(rel, sep="\t", index=False)
+        mot = tmp_path / f"{scheme}.motifs.tsv"
+        mot.write_text("motif\tn_seqlets\tconsensus\tjaspar_id\tjaspar_name\tq\tmatched\n"
+                       "pos_0\t25\tCCGCGNGGNGGCAG\tMA0139.2\tCTCF\t1e-9\tTrue\n")
+        inputs.append(("Prom-core", scheme, str(mot), str(rel)))
+    mo, ro = tmp_path / "explain_motifs.tsv", tmp_path / "explain_reliance.tsv"
+    assert explain_report_cli(inputs, str(mo), str(ro)) == 0
+    t = pd.read_csv(ro, sep="\t")
+    g = t[(t.scheme == "genemask") & (t.baseline == "dnabert")].iloc[0]
+    assert g.mean_diff == pytest.approx(0.2, abs=0.01) and g.p_ttest < 0.01 and g.n_units == 4
+    assert g.test_level == "pretrain_seed"
+    r = t[(t.scheme == "random") & (t.baseline == "dnabert")].iloc[0]
+    assert abs(r.mean_diff) < 0.01 and r.p_ttest > 0.01
+    d = t[(t.scheme == "dnabert") & (t.baseline == "none")].iloc[0]
+    assert d.mean_diff == pytest.approx(0.1, abs=0.01)
+    assert not (t.scheme == "none").any()  # none is the floor, never a candidate
+    m = pd.read_csv(mo, sep="\t")
+    assert list(m.columns[:2]) == ["task", "scheme"] and set(m.scheme) == {"none", "dnabert", "genemask", "random"}

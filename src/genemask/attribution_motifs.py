@@ -68,6 +68,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .defaults import defaults
 from .util import GeneMaskError, atomic_output
 
 TYPE_CHECKING = False  # typing's constant without importing typing
@@ -78,7 +79,9 @@ if TYPE_CHECKING:
 # every genemask command builds that parser.
 
 ALPHABET = "ACGT"  # rows of the explain arrays and columns of the letter-probability matrices here
-DEFAULTS = {"window": 10, "flank": 5, "fdr": 0.05, "min_seqlets": 20, "trim_bits": 0.5}
+# the seqlet settings' defaults are the schema's explain section (their one home); trim_bits is ours
+DEFAULTS = {**{k: v for k, v in defaults("explain").items() if k in ("window", "flank", "fdr", "min_seqlets")},
+            "trim_bits": 0.5}
 NULL_QUANTILE = 0.25  # the quantile of |window sums| that sets the Laplace scale
 SIGN_NAME = {1: "positive", -1: "negative"}
 
