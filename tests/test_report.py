@@ -737,3 +737,30 @@ def test_study_doc_with_probes_what_changed_and_the_next_plan(tmp_path):
     assert "## What a random model's features read (probes of `none`)" in text
     for f in ("runs.tsv", "variance.tsv", "verdict.tsv", "probe_accuracy_vs_shots.png"):
         assert (tmp_path / "docs" / "study" / f).is_file(), f
+
+
+def test_the_page_has_a_section_on_what_the_classifiers_learned(tmp_path, metrics):
+    """explain-report's tables and explain-motifs' logos, given to aggregate --include, become one
+    section per task (reliance, motifs, each scheme's logos), not a list of file names."""
+    from genemask.figures import draw_logo
+
+    logo = tmp_path / "explain" / "Prom-core" / "10" / "genemask.motifs.png"
+    logo.parent.mkdir(parents=True)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3, 1))
+    draw_logo(ax, np.full((12, 4), 0.25))
+    fig.savefig(logo)
+    rel, mot = tmp_path / "explain_reliance.tsv", tmp_path / "explain_motifs.tsv"
+    rel.write_text("task\tscheme\tmean_reliance\tbaseline\tmean_diff\tp_ttest\nProm-core\tgenemask\t0.41\tdnabert\t0.12\t0.003\n")
+    mot.write_text("task\tscheme\tmotif\tjaspar_id\tjaspar_name\tq\nProm-core\tgenemask\tpos_0\tMA0108.3\tTBP\t1e-06\n")
+    out = tmp_path / "out"
+    assert aggregate.aggregate_cli(metrics, out, include=[str(rel), str(mot), str(logo)], n_boot=100) == 0
+    page = (out / "report.html").read_text()
+    section = page.partition("<h2>What the classifiers learned</h2>")[2]
+    assert section and "<h3>Prom-core</h3>" in section and "MA0108.3" in section and "TBP" in section
+    assert "genemask: motif logos" in section and section.count("data:image/png;base64") >= 1
+    assert "<h2>explain_reliance.tsv</h2>" not in page

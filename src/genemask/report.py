@@ -79,6 +79,36 @@ def _accuracy_section(outdir: Path, summary: pd.DataFrame, protocol: str, tagged
     return parts
 
 
+EXPLAIN_TABLES = ("explain_motifs.tsv", "explain_reliance.tsv")  # genemask explain-report's outputs
+_EXPLAIN_NOTE = ("Attributions: in-silico saturation mutagenesis of the first test rows of the target class "
+                 "(genemask explain); seqlets, TF-MoDISco motifs and their best JASPAR CORE match by Tomtom "
+                 "(genemask explain-motifs). Motif reliance: the share of a record's attribution mass inside "
+                 "seqlets of JASPAR-matched motifs (q <= report.motif_q_threshold), compared between schemes "
+                 "paired on pretraining seed and record: differences averaged per pretraining seed, t-test on "
+                 "those means (with one pretraining seed the records are the units: about that one model).")
+
+
+def _explain_section(files: list[Path]) -> list[str]:
+    """'What the classifiers learned': per task, the reliance comparison, the motifs and each scheme's
+    logos (results/explain/<task>/<K>/<scheme>.motifs.png)."""
+    tables = {p.name: pd.read_csv(p, sep="\t") for p in files if p.name in EXPLAIN_TABLES}
+    logos = [p for p in files if p.name.endswith(".motifs.png")]
+    tasks = sorted({str(t) for df in tables.values() for t in df.get("task", [])} | {p.parent.parent.name for p in logos})
+    parts = ["<h2>What the classifiers learned</h2>", f"<p class='note'>{html.escape(_EXPLAIN_NOTE)}</p>"]
+    for task in tasks:
+        parts.append(f"<h3>{html.escape(task)}</h3>")
+        for name, title in (("explain_reliance.tsv", "Motif reliance"), ("explain_motifs.tsv", "Motifs")):
+            df = tables.get(name)
+            if df is not None and "task" in df:
+                sub = df[df["task"].astype(str) == task].drop(columns="task")
+                parts.append(f"<h4>{title}</h4>" + (_table_html(sub) if len(sub) else
+                                                    "<p class='note'>none (too few seqlets for a motif)</p>"))
+        for p in sorted(q for q in logos if q.parent.parent.name == task):
+            parts.append(f"<h4>{html.escape(p.name.removesuffix('.motifs.png'))}: motif logos</h4>"
+                         + _img_tag(p, f"{task} {p.name}"))
+    return parts
+
+
 def summary_html(outdir: str | Path, include: Sequence[str | Path] = (), title: str = "GeneMask report") -> str:
     """A self-contained HTML page from the files `aggregate` wrote in `outdir` (+ `include`d PNG/TSV)."""
     outdir = Path(outdir)
@@ -150,9 +180,16 @@ def summary_html(outdir: str | Path, include: Sequence[str | Path] = (), title: 
     parts.append("<h2>All metrics, mean and sd per task × shot × scheme × pretraining step</h2>")
     parts.append(_table_html(summary))
 
-    for p in map(Path, include):
+    include = [Path(p) for p in include]
+    for p in include:
         if not p.exists():
             raise GeneMaskError(f"{p}: file to include in the report does not exist")
+    explained = [p for p in include if p.name in EXPLAIN_TABLES or p.name.endswith(".motifs.png")]
+    if explained:
+        parts += _explain_section(explained)
+    for p in include:
+        if p in explained:
+            continue
         parts.append(f"<h2>{html.escape(p.name)}</h2>")
         if p.suffix.lower() == ".png":
             parts.append(_img_tag(p, p.name))
