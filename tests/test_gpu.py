@@ -8,9 +8,11 @@ GENEMASK_GPU_TESTS_ON_CPU=1: then they run on the CPU at tiny sizes, a check of 
 (scripts/gpu_check.sh --cpu-smoke), not of a GPU.
 
 Bitwise on CUDA needs deterministic kernels: the bitwise tests run under
-torch.use_deterministic_algorithms(True) with CUBLAS_WORKSPACE_CONFIG set (below, before cuBLAS
-starts): without them kernels that accumulate with atomics (the attention backward with a padding
-mask) make two identical runs differ in the last bits. Inputs: GENEMASK_GPU_INPUTS (`scripts/gpu_check.sh
+torch.use_deterministic_algorithms(True) (strict: with warn_only=True the memory-efficient attention
+backward that BERT's SDPA takes with a padding mask stays non-deterministic and only warns) with
+CUBLAS_WORKSPACE_CONFIG set (below, before cuBLAS starts). Without them kernels that accumulate with
+atomics make two identical runs differ in the last bits; an op with no deterministic kernel raises,
+naming itself. Inputs: GENEMASK_GPU_INPUTS (`scripts/gpu_check.sh
 --prepare DIR`: corpora and ranking built where pysam and the data mirror are), else built here from
 the mirror. About 1-2 minutes on one H200.
 """
@@ -94,10 +96,9 @@ def _cmd(inputs, model_json, out, *sets, launcher=("genemask",)):
 
 @contextmanager
 def deterministic():
-    """torch.use_deterministic_algorithms(True) (warn only: an op without a deterministic kernel warns
-    and the bitwise comparison then says whether it mattered), restored afterwards."""
+    """torch.use_deterministic_algorithms(True), strict (see the module docstring), restored afterwards."""
     before, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(True)
     try:
         yield
     finally:

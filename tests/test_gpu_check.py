@@ -78,6 +78,49 @@ def test_mfu_arithmetic_and_gpu_peaks():
     assert gc.steady_tokens_per_s(rows, skip_steps=4) is None
 
 
+def test_measure_on_a_pretend_h200(tmp_path, monkeypatch):
+    """The GPU path of `measure` (lines, figures, the runs it plans) with torch.cuda and the runs faked:
+    peaks on the line static + B x per_seq, 1M (LOGO) or 300k (BERT-base) tokens/s."""
+    from types import SimpleNamespace
+
+    lines = {"logo": (0.2225, 0.02175, 1e6), "bert": (1.48, 0.215, 3e5)}
+    planned = []
+
+    def run(self, name, batch, accum, steps, log_every=1):
+        static, per_seq, tps = lines[self.model]
+        planned.append((self.model, name, batch, accum))
+        meta = {"peak_gpu_mem_gib": static + batch * per_seq, "tokens_seen": steps * batch * accum * 508, "steps": steps}
+        return {"meta": meta, "rows": [{"step": i, "tokens_per_s": tps} for i in range(1, steps + 1)], "wall_s": 1.0}
+
+    monkeypatch.setattr(gc.Runner, "run", run)
+    monkeypatch.setattr(gc, "model_size", lambda config: 4_933_125 if config["hidden_size"] == 256 else 89_196_549)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: SimpleNamespace(total_memory=143_771 * 2**20))
+    monkeypatch.delenv("GPU_PEAK_TFLOPS", raising=False)
+    report = gc.Report(tmp_path / "gpu_check.txt")
+    for part in ("logo", "bert"):
+        assert gc.measure(part, tmp_path / "inputs", tmp_path / "work", report, smoke=False) == 0
+    assert planned == [("logo", "probe16", 16, 1), ("logo", "probe64", 64, 1), ("logo", "50x5", 50, 5),
+                       ("logo", "250x1", 250, 1), ("bert", "probe8", 8, 1), ("bert", "probe32", 32, 1),
+                       ("bert", "384x1", 384, 1), ("bert", "250x1", 250, 1)]
+    text = report.path.read_text()
+    for line in ("LOGO memory: 0.0217 GiB (22.3 MiB) per sequence of 508 tokens + 0.22 GiB static",
+                 "LOGO largest micro-batch within 60% of 140.4 GiB: 3862",
+                 "LOGO recommended config: batch_size 250, grad_accum 1 on 1 GPU",
+                 "LOGO 50 x 5: 1,000,000 tokens/s, MFU 3.0% (6N), 3.3% with attention, peak 1.31 GiB (1% of the GPU)",
+                 "10k paper steps (250 sequences each) 21.2 min",
+                 "goal LOGO 10k paper steps <= 10 min: NOT met (21.2 min at 50x5)",
+                 "LOGO for genemask plan-study: --gpu-tokens-per-s 1000000 --tokens-per-step 127000 (50x5)",
+                 "BERT-base memory: 0.2150 GiB", "BERT-base largest micro-batch within 60% of 140.4 GiB: 384",
+                 "BERT-base 384 x 1: 300,000 tokens/s, MFU 16.2% (6N)",
+                 "goal BERT-base >= 350,000 tokens/s: NOT met (300,000 at 384x1)"):
+        assert line in text, (line, text)
+    figures = json.loads(report.json.read_text())
+    assert figures["bert"]["memory"]["largest_micro_batch"] == 384 and figures["bert"]["recommended"] == [250, 1]
+    assert figures["logo"]["runs"]["250x1"]["mfu_6n"] == pytest.approx(0.0299, abs=1e-4)
+
+
 @pytest.mark.subprocess
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the script would run the whole check")
 def test_without_a_gpu_the_script_fails_in_one_line(tmp_path):
