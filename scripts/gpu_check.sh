@@ -23,16 +23,18 @@
 #   temporary folder first: packages a bare GPU node lacks, e.g. jsonschema), GPU_PEAK_TFLOPS (the
 #   GPU's dense bf16 peak for the MFU when its name is not in scripts/gpu_check.py).
 set -uo pipefail
-cd "$(dirname "$0")/.." || exit 2
-root=$PWD
 smoke=${GPU_CHECK_DRY_RUN:-0}
 prepare_only=
 case "${1:-}" in
   "") ;;
   --cpu-smoke) smoke=1 ;;
-  --prepare) prepare_only=${2:?"--prepare DIR"} ;;
+  --prepare) prepare_only=$(realpath -m "${2:?"--prepare DIR"}") ;;
   *) echo "gpu_check: unknown argument ${1} (usage: scripts/gpu_check.sh [--cpu-smoke | --prepare DIR])" >&2; exit 2 ;;
 esac
+[[ -n ${GENEMASK_GPU_INPUTS:-} ]] && GENEMASK_GPU_INPUTS=$(realpath -m "$GENEMASK_GPU_INPUTS")
+[[ -n ${GPU_CHECK_WHEELS:-} ]] && GPU_CHECK_WHEELS=$(realpath -m "$GPU_CHECK_WHEELS")
+cd "$(dirname "$0")/.." || exit 2
+root=$PWD
 [[ $smoke == 0 || $smoke == "" ]] && smoke=
 py=${PYTHON:-}
 [[ -z $py && -x .venv/bin/python ]] && py=$root/.venv/bin/python
