@@ -248,7 +248,7 @@ def measure(part: str, inputs: Path, work: Path, report: Report, smoke: bool) ->
         plan.append(("50x5", 50, 5) if not smoke else ("4x2", 4, 2))
         if rec and rec[0] != plan[0][1]:
             plan.append((f"{rec[0]}x{rec[1]}", *rec))
-        steps = 6 if smoke else 80
+        steps = 6 if smoke else 60
     else:
         if b_max:
             plan.append((f"{b_max}x1", b_max, 1))
