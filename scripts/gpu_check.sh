@@ -48,7 +48,8 @@ if [[ -n ${GPU_CHECK_WHEELS:-} ]]; then
   export PYTHONPATH="$PYTHONPATH:$work/site"
 fi
 if [[ -n $prepare_only ]]; then
-  exec $py scripts/gpu_check.py prepare "$prepare_only"
+  $py scripts/gpu_check.py prepare "$prepare_only"
+  exit $?
 fi
 
 # no GPU: one line, before anything else
