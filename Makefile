@@ -9,7 +9,7 @@ GENEMASK_MIRROR ?= $(abspath ../shared/data)
 export GENEMASK_MIRROR
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo study test test-fast lint bench test-slurm clean
+.PHONY: demo study test test-fast lint bench gpu-check test-slurm clean
 
 $(BIN)/genemask: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,12 @@ bench: $(BIN)/genemask
 	@for s in $(MASK_SCHEMES); do $(call bench_run,5-mask-stats-$$s,mask-stats --scheme $$s $(DEMO_FASTA)) || exit 1; done
 	$(BIN)/genemask bench-doc $(BENCH_OUT)/1-masking.txt $(BENCH_OUT)/2-ngrams.txt $(BENCH_OUT)/3-train.txt \
 	  $(BENCH_OUT)/4-finetune.txt $(foreach s,$(MASK_SCHEMES),$(BENCH_OUT)/5-mask-stats-$(s).txt) -o docs/performance.md
+
+# The GPU check (scripts/gpu_check.sh; docs/development.md): pytest -m gpu, then the memory per sequence,
+# tokens/s and MFU of LOGO and BERT-base; at most 8 minutes on one GPU, the report in results/gpu_check.txt.
+# GPU_CHECK_ARGS=--cpu-smoke rehearses it on the CPU.
+gpu-check: $(BIN)/genemask
+	PYTHON=$(abspath $(BIN))/python bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf results .snakemake
