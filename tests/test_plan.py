@@ -249,6 +249,7 @@ def test_finetune_job_and_config_apply_one_set_of_rules():
     cases = [{}, {"epochs": 3}, {"epochs": None}, {"warmup_ratio": 1}, {"warmup_ratio": 1.01}, {"hidden_dropout": None},
              {"max_grad_norm": None}, {"max_grad_norm": -0.1}, {"eval_batch_size": 0}, {"max_length": 3},
              {"max_length": 2}, {"device": "auto"}, {"device": "tpu"}, {"weight_decay": True},
+             {"bf16": "auto"}, {"bf16": True}, {"bf16": False}, {"bf16": "true"}, {"bf16": "yes"}, {"bf16": 1},
              {"regimes": [{"batch_size": 4, "lr": 0, "epochs": 1}]},
              {"regimes": [{"max_shot": 0, "batch_size": 4, "lr": 1e-3, "epochs": 1}]},
              {"regimes": [{"max_shot": None, "batch_size": 4, "lr": 1e-3, "epochs": 1.0}]},

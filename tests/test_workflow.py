@@ -508,10 +508,10 @@ def test_predict_section_resolves_paths_and_selections(tmp_path, monkeypatch):
     assert plan.embed_models(got) == [] and plan.apply_args(got, "predict") == []
     assert cfg["predict"]["inputs"] == {"r": "r.fa.gz"}  # the caller's config is left as given
     cfg["predict"] = {"inputs": {"r": "r.fa.gz"}, "models": [{"seed": 2, "shot": 50}],
-                      "embed": {"format": "npy", "layer": 0}, "batch_size": 8, "device": "cpu"}
+                      "embed": {"format": "npy", "layer": 0}, "batch_size": 8, "device": "cpu", "bf16": False}
     got = plan.resolve(cfg)
     assert {(r["shot"], r["seed"]) for r in plan.predict_runs(got)} == {(50, 2)} and len(plan.predict_runs(got)) == 3
     assert plan.embed_models(got) == ["none/seed42/step0", "dnabert/seed42/step300", "genemask/seed42/step300"]
     assert plan.embed_ext(got) == ".npy"
-    assert plan.apply_args(got, "embed") == ["--batch-size", "8", "--device", "cpu", "--layer", "0"]
+    assert plan.apply_args(got, "embed") == ["--batch-size", "8", "--device", "cpu", "--bf16", "false", "--layer", "0"]
     assert plan.resolve(yaml.safe_load(open(ROOT / "config/demo.yaml"))).get("predict") is None

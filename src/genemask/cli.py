@@ -272,7 +272,16 @@ def _inference_args(p, model_help: str, output_help: str, own=None, unit: str = 
                        help="tokens between window starts (default: half a window)")
     p.add_argument("--batch-size", type=int, default=D("predict.batch_size"), help=f"{unit} per forward pass")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=D("predict.device"))
+    _bf16_arg(p)
     p.add_argument("-o", "--output", required=True, help=output_help)
+
+
+def _bf16_arg(p) -> None:
+    """--bf16 auto|true|false (default: the schema's predict.bf16), for the commands that run a model forward."""
+    default = D("predict.bf16")
+    p.add_argument("--bf16", choices=["auto", "true", "false"], default=str(default).lower(),
+                   help="bf16 autocast of the forward passes: auto = on CUDA with bf16 and on CPUs with "
+                        "amx_bf16/avx512_bf16 (genemask.precision)")
 
 
 @subcommand("predict", "class probabilities of new sequences (FASTA or TSV/CSV) from a fine-tuned classifier")
@@ -448,6 +457,7 @@ def _probe(p):
     from .defaults import node
 
     p.add_argument("--device", choices=node("predict.device")["enum"], default=D("predict.device"))
+    _bf16_arg(p)
     p.add_argument("-o", "--output", required=True, help="JSON {runs: [...]}")
 
     return lazy("probe", "probe_runs")
