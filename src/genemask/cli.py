@@ -506,7 +506,7 @@ def _bench(p):
     b = bsub.add_parser("masking", help="masking schemes vs Hugging Face collator vs loop")
     b.add_argument("--ranking", default=None)
     b = bsub.add_parser("finetune", help="fixed cost per fine-tuning run (one process per run vs the warm "
-                        "worker) and our fine-tuning step vs a bare Hugging Face loop")
+                        "worker), our fine-tuning step vs a bare Hugging Face loop, and our step in float32 vs bf16")
     b.add_argument("--runs", type=int, default=24, help="runs through the warm worker (its start is amortised)")
     b.add_argument("--steps", type=int, default=40, help="steps per timing round of each loop")
     b.add_argument("--rounds", type=int, default=25, help="interleaved timing rounds of each loop")
