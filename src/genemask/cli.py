@@ -510,6 +510,24 @@ def _bench(p):
     b.add_argument("--runs", type=int, default=24, help="runs through the warm worker (its start is amortised)")
     b.add_argument("--steps", type=int, default=40, help="steps per timing round of each loop")
     b.add_argument("--rounds", type=int, default=25, help="interleaved timing rounds of each loop")
+    b = bsub.add_parser("precision", help="fine-tuning in bf16 vs float32, paired, on the finished runs of a results "
+                        "folder: each selected run fine-tuned again with bf16: true; differences with 95%% CIs, times")
+    b.add_argument("results", help="a results folder (finetune/, models/, tasks/; nothing in it is written)")
+    b.add_argument("--tasks", nargs="+", default=None)
+    b.add_argument("--shots", type=int, nargs="+", default=None)
+    b.add_argument("--schemes", nargs="+", default=None, help="schemes (a baseline: `baseline`)")
+    b.add_argument("--pretrain-seeds", type=int, nargs="+", default=None)
+    b.add_argument("--steps", type=int, nargs="+", default=None, help="pretraining steps")
+    b.add_argument("--seeds", type=int, nargs="+", default=None, help="fine-tuning seeds")
+    b.add_argument("--settings", default=None, help="fine-tuning settings (JSON or JSON/YAML file; default: each "
+                   "run's own command line from .snakemake/metadata beside RESULTS, else the schema's defaults)")
+    b.add_argument("--fp32", choices=["stored", "rerun"], default="stored",
+                   help="pair with the stored float32 runs, or rerun them too (checks them, times both alike)")
+    b.add_argument("--jobs", type=int, default=1, help="processes (each run keeps its own thread count)")
+    b.add_argument("--threads", type=int, default=None, help="threads per run (default: the stored run's)")
+    b.add_argument("--margin", type=float, default=0.005, help="|mean difference| deemed no change")
+    b.add_argument("-o", "--output", required=True,
+                   help="TSV, one row per run; the new runs' JSONs go to <output stem>.runs/ (reused by a rerun)")
     b = bsub.add_parser("train", help="our training loop vs a bare Hugging Face loop")
     b.add_argument("--model-config", default=None)
     b.add_argument("--steps", type=int, default=10)
