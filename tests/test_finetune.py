@@ -390,3 +390,17 @@ def test_bf16_auto_resolves_as_precision_says(tiny_model, prom_core_10, tmp_path
     r = _run(tiny_model, prom_core_10, tmp_path / "m.json", settings={"epochs": 1})
     assert precision.use_bf16("auto", "cpu") == bool(flags)
     assert r["precision"] == ("bf16" if flags else "float32")
+
+
+def test_host_dropout_keeps_its_float32_mask_on_bf16_activations():
+    """Under autocast a hidden activation is bf16; the mask is not rounded to bf16 (1/0.9 would become
+    1.109): the product comes back float32, the same draws as for a float32 activation."""
+    from genemask.fused_adamw_dropout import HostDropout
+
+    x = torch.randn(4, 8).bfloat16()
+    a = HostDropout(0.1, np.random.Generator(np.random.PCG64(3)))
+    b = HostDropout(0.1, np.random.Generator(np.random.PCG64(3)))
+    y16, y32 = a(x), b(x.float())
+    assert y16.dtype == torch.float32 and torch.equal(y16, y32)
+    ratio = y32[x != 0] / x.float()[x != 0]
+    assert ((ratio == 0) | ((ratio - 1 / 0.9).abs() < 1e-6)).all()  # bf16's 1.109375 would be 2e-3 off

@@ -480,6 +480,7 @@ def test_predict_section_dry_run_jobs_quoted_commands_and_a_real_prediction(tmp_
     ({"inputs": {"notes": "in/notes.txt"}, "models": "all"}, "predict.inputs.notes", "unknown input extension '.txt'"),
     ({"embed": {"models": ["dnabert/seed42/step9"]}}, "predict.embed.models.0", "unknown model"),
     ({}, "predict", "nothing to do"),
+    ({"models": "all", "bf16": "yes"}, "predict.bf16", "'yes' is not one of"),
 ])
 def test_predict_config_errors_name_the_key(tmp_path, monkeypatch, predict, key, fault):
     monkeypatch.chdir(tmp_path)
