@@ -321,3 +321,86 @@ def test_damaged_weights_refused_in_one_line(tiny_model, prom_core_10, tmp_path,
         assert rc == 2 and len(errors) == 1 and "Traceback" not in err, err
         assert errors[0].startswith(f"genemask {argv[0]}: error: {w}: damaged weights (sha256 "), errors
         assert not (tmp_path / "p.tsv").exists() and not (tmp_path / "x.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# precision (finetune.settings.bf16)
+# ---------------------------------------------------------------------------------------------
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_bf16_finetuning_is_deterministic_with_float32_master_weights(tiny_model, prom_core_10, tmp_path):
+    """bf16: true (forced, so a CPU without bf16 units runs it too): the same seed twice gives the same
+    metrics and the same weights; the weights stay float32; the result differs from float32's (the
+    autocast really ran) but not by much."""
+    runs = {}
+    for name, bf16 in (("a", True), ("b", True), ("fp32", False)):
+        runs[name] = finetune_cli(model=str(tiny_model), train=str(prom_core_10 / "train.tsv"),
+                                  test=str(prom_core_10 / "test.tsv"), task="Prom-core", shot=10, seed=7,
+                                  scheme="none", num_labels=2, settings={**QUICK, "bf16": bf16},
+                                  output=str(tmp_path / f"{name}.json"), save_model=str(tmp_path / name))
+    a, b, fp32 = runs["a"], runs["b"], runs["fp32"]
+    assert (a["precision"], fp32["precision"]) == ("bf16", "float32")
+    timing = ("train_seconds", "eval_seconds", "saved_model")
+    assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    wa, wb, w32 = _weights(tmp_path / "a"), _weights(tmp_path / "b"), _weights(tmp_path / "fp32")
+    assert wa.keys() == wb.keys() == w32.keys()
+    assert all(wa[k].dtype == torch.float32 and torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], w32[k]) for k in wa)
+    assert a["final_train_loss"] != fp32["final_train_loss"]
+    assert abs(a["final_train_loss"] - fp32["final_train_loss"]) < 0.05
+
+
+def test_bf16_training_keeps_float32_weights_and_logits(tiny_model):
+    """train_classifier with bf16: the body's matrix products run in bf16, the classifier's logits in
+    float32 (precision.float32_head), and the parameters stay float32 (so do the AdamW moments,
+    allocated like them)."""
+    from genemask.finetune import train_classifier
+    from genemask.modelfolder import load_classifier
+
+    torch.manual_seed(0)
+    clf = load_classifier(tiny_model, 2, 0.1)
+    seen = {}
+
+    def dtype_of(name):
+        def hook(module, args, out):
+            seen.setdefault(name, out.dtype)
+        return hook
+
+    clf.bert.encoder.layer[0].intermediate.dense.register_forward_hook(dtype_of("body"))
+    clf.classifier.register_forward_hook(dtype_of("head"))
+    ids, lengths = torch.tensor([[2, 5, 6, 7, 3], [2, 8, 9, 3, 0]]), torch.tensor([5, 4])
+    info = train_classifier(clf, ids, lengths, [0, 1], {"batch_size": 2, "lr": 1e-3, "epochs": 2},
+                            DEFAULT_SETTINGS, 0, torch.device("cpu"), label="t", bf16=True)
+    assert seen == {"body": torch.bfloat16, "head": torch.float32}
+    assert np.isfinite(info["final_train_loss"])
+    assert all(p.dtype == torch.float32 for p in clf.parameters())
+
+
+@pytest.mark.parametrize("flags", [(), ("avx512_bf16",)])
+def test_bf16_auto_resolves_as_precision_says(tiny_model, prom_core_10, tmp_path, monkeypatch, flags):
+    """The default, auto, follows precision.use_bf16: on a CPU, bf16 exactly when its flags name bf16 units."""
+    from genemask import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": flags)
+    assert load_settings(None)["bf16"] == "auto"
+    r = _run(tiny_model, prom_core_10, tmp_path / "m.json", settings={"epochs": 1})
+    assert precision.use_bf16("auto", "cpu") == bool(flags)
+    assert r["precision"] == ("bf16" if flags else "float32")
+
+
+def test_host_dropout_keeps_its_float32_mask_on_bf16_activations():
+    """Under autocast a hidden activation is bf16; the mask is not rounded to bf16 (1/0.9 would become
+    1.109): the product comes back float32, the same draws as for a float32 activation."""
+    from genemask.fused_adamw_dropout import HostDropout
+
+    x = torch.randn(4, 8).bfloat16()
+    a = HostDropout(0.1, np.random.Generator(np.random.PCG64(3)))
+    b = HostDropout(0.1, np.random.Generator(np.random.PCG64(3)))
+    y16, y32 = a(x), b(x.float())
+    assert y16.dtype == torch.float32 and torch.equal(y16, y32)
+    ratio = y32[x != 0] / x.float()[x != 0]
+    assert ((ratio == 0) | ((ratio - 1 / 0.9).abs() < 1e-6)).all()  # bf16's 1.109375 would be 2e-3 off

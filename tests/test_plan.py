@@ -35,6 +35,7 @@ FINETUNE_TODAY = {
                 {"max_shot": None, "batch_size": 15, "lr": 5e-5, "epochs": 5}],
     "epochs": None, "warmup_ratio": 0.1, "weight_decay": 0.01, "hidden_dropout": 0.1, "max_grad_norm": 1.0,
     "eval_batch_size": 64, "max_length": 512, "device": "cpu",
+    "bf16": "auto",  # new (issue 22): bf16 autocast where the hardware has it; float32 elsewhere, as before
 }
 P_TODAY = {"random": 0.15, "dnabert": 0.025, "genemask": 0.0176, "reference": 0.0176, "curriculum": 0.0176,
            "global_pmi": 0.0136, "cm_step": 0.025, "cm_gems": 0.0176}
@@ -249,6 +250,7 @@ def test_finetune_job_and_config_apply_one_set_of_rules():
     cases = [{}, {"epochs": 3}, {"epochs": None}, {"warmup_ratio": 1}, {"warmup_ratio": 1.01}, {"hidden_dropout": None},
              {"max_grad_norm": None}, {"max_grad_norm": -0.1}, {"eval_batch_size": 0}, {"max_length": 3},
              {"max_length": 2}, {"device": "auto"}, {"device": "tpu"}, {"weight_decay": True},
+             {"bf16": "auto"}, {"bf16": True}, {"bf16": False}, {"bf16": "true"}, {"bf16": "yes"}, {"bf16": 1},
              {"regimes": [{"batch_size": 4, "lr": 0, "epochs": 1}]},
              {"regimes": [{"max_shot": 0, "batch_size": 4, "lr": 1e-3, "epochs": 1}]},
              {"regimes": [{"max_shot": None, "batch_size": 4, "lr": 1e-3, "epochs": 1.0}]},

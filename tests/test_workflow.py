@@ -480,6 +480,7 @@ def test_predict_section_dry_run_jobs_quoted_commands_and_a_real_prediction(tmp_
     ({"inputs": {"notes": "in/notes.txt"}, "models": "all"}, "predict.inputs.notes", "unknown input extension '.txt'"),
     ({"embed": {"models": ["dnabert/seed42/step9"]}}, "predict.embed.models.0", "unknown model"),
     ({}, "predict", "nothing to do"),
+    ({"models": "all", "bf16": "yes"}, "predict.bf16", "'yes' is not one of"),
 ])
 def test_predict_config_errors_name_the_key(tmp_path, monkeypatch, predict, key, fault):
     monkeypatch.chdir(tmp_path)
@@ -508,10 +509,10 @@ def test_predict_section_resolves_paths_and_selections(tmp_path, monkeypatch):
     assert plan.embed_models(got) == [] and plan.apply_args(got, "predict") == []
     assert cfg["predict"]["inputs"] == {"r": "r.fa.gz"}  # the caller's config is left as given
     cfg["predict"] = {"inputs": {"r": "r.fa.gz"}, "models": [{"seed": 2, "shot": 50}],
-                      "embed": {"format": "npy", "layer": 0}, "batch_size": 8, "device": "cpu"}
+                      "embed": {"format": "npy", "layer": 0}, "batch_size": 8, "device": "cpu", "bf16": False}
     got = plan.resolve(cfg)
     assert {(r["shot"], r["seed"]) for r in plan.predict_runs(got)} == {(50, 2)} and len(plan.predict_runs(got)) == 3
     assert plan.embed_models(got) == ["none/seed42/step0", "dnabert/seed42/step300", "genemask/seed42/step300"]
     assert plan.embed_ext(got) == ".npy"
-    assert plan.apply_args(got, "embed") == ["--batch-size", "8", "--device", "cpu", "--layer", "0"]
+    assert plan.apply_args(got, "embed") == ["--batch-size", "8", "--device", "cpu", "--bf16", "false", "--layer", "0"]
     assert plan.resolve(yaml.safe_load(open(ROOT / "config/demo.yaml"))).get("predict") is None

@@ -272,7 +272,16 @@ def _inference_args(p, model_help: str, output_help: str, own=None, unit: str = 
                        help="tokens between window starts (default: half a window)")
     p.add_argument("--batch-size", type=int, default=D("predict.batch_size"), help=f"{unit} per forward pass")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=D("predict.device"))
+    _bf16_arg(p)
     p.add_argument("-o", "--output", required=True, help=output_help)
+
+
+def _bf16_arg(p) -> None:
+    """--bf16 auto|true|false (default: the schema's predict.bf16), for the commands that run a model forward."""
+    default = D("predict.bf16")
+    p.add_argument("--bf16", choices=["auto", "true", "false"], default=str(default).lower(),
+                   help="bf16 autocast of the forward passes: auto = on CUDA with bf16 and on CPUs with "
+                        "amx_bf16/avx512_bf16 (genemask.precision)")
 
 
 @subcommand("predict", "class probabilities of new sequences (FASTA or TSV/CSV) from a fine-tuned classifier")
@@ -311,6 +320,10 @@ def _explain(p):
     _inference_args(p, "fine-tuned classifier folder (modelfolder.save_classifier)",
                     ".npz: ids, sequence, lengths, ism / centred [n, 4, L] (rows A C G T), score [n, L], "
                     "reference_logit", own, unit="mutant sequences")
+
+    # ISM measures small differences of log-odds: bf16 adds about 1e-3 of noise to each, so explain
+    # runs in float32 unless asked (--bf16 auto|true)
+    p.set_defaults(bf16="false")
 
     return lazy("explain", "explain_cli")
 
@@ -487,6 +500,7 @@ def _probe(p):
     from .defaults import node
 
     p.add_argument("--device", choices=node("predict.device")["enum"], default=D("predict.device"))
+    _bf16_arg(p)
     p.add_argument("-o", "--output", required=True, help="JSON {runs: [...]}")
 
     return lazy("probe", "probe_runs")
@@ -535,10 +549,28 @@ def _bench(p):
     b = bsub.add_parser("masking", help="masking schemes vs Hugging Face collator vs loop")
     b.add_argument("--ranking", default=None)
     b = bsub.add_parser("finetune", help="fixed cost per fine-tuning run (one process per run vs the warm "
-                        "worker) and our fine-tuning step vs a bare Hugging Face loop")
+                        "worker), our fine-tuning step vs a bare Hugging Face loop, and our step in float32 vs bf16")
     b.add_argument("--runs", type=int, default=24, help="runs through the warm worker (its start is amortised)")
     b.add_argument("--steps", type=int, default=40, help="steps per timing round of each loop")
     b.add_argument("--rounds", type=int, default=25, help="interleaved timing rounds of each loop")
+    b = bsub.add_parser("precision", help="fine-tuning in bf16 vs float32, paired, on the finished runs of a results "
+                        "folder: each selected run fine-tuned again with bf16: true; differences with 95%% CIs, times")
+    b.add_argument("results", help="a results folder (finetune/, models/, tasks/; nothing in it is written)")
+    b.add_argument("--tasks", nargs="+", default=None)
+    b.add_argument("--shots", type=int, nargs="+", default=None)
+    b.add_argument("--schemes", nargs="+", default=None, help="schemes (a baseline: `baseline`)")
+    b.add_argument("--pretrain-seeds", type=int, nargs="+", default=None)
+    b.add_argument("--steps", type=int, nargs="+", default=None, help="pretraining steps")
+    b.add_argument("--seeds", type=int, nargs="+", default=None, help="fine-tuning seeds")
+    b.add_argument("--settings", default=None, help="fine-tuning settings (JSON or JSON/YAML file; default: each "
+                   "run's own command line from .snakemake/metadata beside RESULTS, else the schema's defaults)")
+    b.add_argument("--fp32", choices=["stored", "rerun"], default="stored",
+                   help="pair with the stored float32 runs, or rerun them too (checks them, times both alike)")
+    b.add_argument("--jobs", type=int, default=1, help="processes (each run keeps its own thread count)")
+    b.add_argument("--threads", type=int, default=None, help="threads per run (default: the stored run's)")
+    b.add_argument("--margin", type=float, default=0.005, help="|mean difference| deemed no change")
+    b.add_argument("-o", "--output", required=True,
+                   help="TSV, one row per run; the new runs' JSONs go to <output stem>.runs/ (reused by a rerun)")
     b = bsub.add_parser("train", help="our training loop vs a bare Hugging Face loop")
     b.add_argument("--model-config", default=None)
     b.add_argument("--steps", type=int, default=10)

@@ -81,6 +81,7 @@ import torch
 from .defaults import defaults as config_defaults
 from .kmers import BASE_CODE, CLS, N_SPECIAL, PAD, SEP, UNK
 from .modelfolder import check_vocab_size, choose_device, thread_scope
+from .precision import autocast, float32_head, parse_setting, use_bf16
 from .util import GeneMaskError, Progress, atomic_output
 
 ALPHABET = "ACGT"  # row order of one-hot inputs and of the ism/centred arrays
@@ -88,7 +89,7 @@ KMER_DIGIT = np.array([BASE_CODE[ord(c)] for c in ALPHABET], dtype=np.int64)  # 
 ROW_OF = np.full(256, 255, dtype=np.uint8)  # byte -> row 0..3 (A C G T, either case), 255 otherwise
 for _i, _c in enumerate(ALPHABET):
     ROW_OF[ord(_c)] = ROW_OF[ord(_c.lower())] = _i
-DEFAULTS = config_defaults("predict")  # batch_size, device: as predict
+DEFAULTS = config_defaults("predict")  # batch_size, device, bf16: as predict
 QUANTITY = "log-odds"
 
 
@@ -219,19 +220,21 @@ def padded_bases(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def saturation_mutagenesis(model, rows: list[np.ndarray], k: int, target: int, batch_size: int, device,
-                           label: str = "explain") -> tuple[np.ndarray, np.ndarray]:
+                           label: str = "explain", bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(ism float64 [n, 4, Lmax], 0 at each reference base and past each record's end; reference
     log-odds [n]) of base rows (A C G T = 0..3) with a k-mer classifier (module docstring); batches
-    of `batch_size` rows under inference_mode."""
+    of `batch_size` rows under inference_mode (and bf16 autocast with `bf16`; log-odds in float64)."""
     if batch_size < 1:
         raise GeneMaskError(f"--batch-size: must be >= 1, got {batch_size}")
     model.to(device)
+    if bf16:
+        float32_head(model)  # float32 logits: bf16 ones would zero the small effects
     mut = Mutants(rows, k, device)
     base, past = padded_bases(rows)
     f = torch.zeros((len(rows), 4, base.shape[1]), dtype=torch.float64, device=device)
     ref = torch.zeros(len(rows), dtype=torch.float64, device=device)
     prog = Progress(label, mut.n, "mutants")
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, bf16):
         for lo in range(0, mut.n, batch_size):
             hi = min(lo + batch_size, mut.n)
             x, mask, s, pos, alt = mut.batch(lo, hi)
@@ -250,9 +253,10 @@ def saturation_mutagenesis(model, rows: list[np.ndarray], k: int, target: int, b
 
 def explain(folder, seqs: list[bytes | str], ids: list[str] | None = None, target_class: int = 1,
             batch_size: int = DEFAULTS["batch_size"], device: str = DEFAULTS["device"],
-            source: str = "input") -> dict[str, np.ndarray]:
+            source: str = "input", bf16=False) -> dict[str, np.ndarray]:
     """The arrays of the output .npz (module docstring) for raw-bp sequences with a fine-tuned
-    classifier folder; ids name the records (default "1".."n"), source names the input in errors."""
+    classifier folder; ids name the records (default "1".."n"), source names the input in errors;
+    bf16: auto, True or False (`precision.use_bf16`)."""
     from .inference import load_for_predict
 
     seqs = [s.encode("ascii", "replace") if isinstance(s, str) else bytes(s) for s in seqs]
@@ -260,13 +264,14 @@ def explain(folder, seqs: list[bytes | str], ids: list[str] | None = None, targe
     if not seqs:
         raise GeneMaskError(f"{source}: no sequences to explain")
     dev = choose_device(device)
+    on = use_bf16(parse_setting(bf16, "--bf16"), dev)
     model, k, labels = load_for_predict(folder)
     if len(labels) < 2 or not 0 <= target_class < len(labels):
         raise GeneMaskError(f"--target-class: {folder} has classes 0..{len(labels) - 1} ({', '.join(labels)}), "
                             f"got {target_class}")
     check_vocab_size(model.config.vocab_size, k, folder)
     rows = check_sequences(ids, seqs, k, int(model.config.max_position_embeddings) - 2, source)
-    ism, ref = saturation_mutagenesis(model, rows, k, target_class, batch_size, dev)
+    ism, ref = saturation_mutagenesis(model, rows, k, target_class, batch_size, dev, bf16=on)
     return pack(ids, rows, ism, ref, k=k, target_class=target_class, target_label=labels[target_class],
                 model=str(folder), **provenance(folder))
 
@@ -372,7 +377,7 @@ def save_bedgraph(path: str | os.PathLike, regions: list[tuple[str, int]], score
 
 def explain_cli(model: str, input: str, output: str, bedgraph: str | None = None, target_class: int = 1,
                 max_seqs: int | None = None, batch_size: int = DEFAULTS["batch_size"],
-                device: str = DEFAULTS["device"], label: int | None = None) -> None:
+                device: str = DEFAULTS["device"], label: int | None = None, bf16: str = "false") -> None:
     """`genemask explain`: the .npz of the module docstring, and the bedGraph of the per-base score.
     `label`: the input is a task file (sequence, label: tasks.read_task_file) and only its rows of
     that label are explained, ids = their 1-based file lines."""
@@ -402,7 +407,7 @@ def explain_cli(model: str, input: str, output: str, bedgraph: str | None = None
     regions = bedgraph_regions(ids, [len(s) for s in seqs], str(input)) if bedgraph else None
     with thread_scope():
         arrays = explain(model, seqs, ids, target_class=target_class, batch_size=batch_size, device=device,
-                         source=str(input))
+                         source=str(input), bf16=bf16)
     with atomic_output(output) as tmp, contextlib.ExitStack() as stack:  # both outputs or neither
         save_npz(tmp, arrays)
         if bedgraph:

@@ -22,16 +22,26 @@ keys take the paper's values below; `regimes`, if given, replaces the whole list
       "max_grad_norm": 1.0,    # gradient clipping (null = off)
       "eval_batch_size": 64,
       "max_length": 512,       # tokens incl. [CLS]/[SEP]; capped by max_position_embeddings
-      "device": "cpu"          # "cpu", "cuda" or "auto" (cuda when available)
+      "device": "cpu",         # "cpu", "cuda" or "auto" (cuda when available)
+      "bf16": "auto"           # bf16 autocast: auto (CUDA with bf16, CPUs with amx_bf16/avx512_bf16), true, false
     }
 
 The shot number K selects the regime (Splice-40's "K" files hold 10*K rows per class; K is still the
 shot). Determinism: `torch.manual_seed(seed)` before the model is built (head initialisation; on
 CUDA also the dropout masks), a numpy PCG64 seeded with `seed` for the hidden dropout masks on CPU
 (`fused_adamw_dropout.HostDropout`), and a `torch.Generator` seeded with `seed` for the epoch
-shuffles, so on CPU the same seed and thread count give identical metrics. Threads:
+shuffles, so on CPU the same seed and thread count give identical metrics (in float32 and in bf16
+alike). Threads:
 `GENEMASK_THREADS` (if set) is passed to `torch.set_num_threads` for the run
 (`modelfolder.thread_scope`); otherwise torch's default (which honours OMP_NUM_THREADS).
+
+Precision (`bf16`, decided by `precision.use_bf16`): with bf16 the forward passes of training and
+scoring run under bf16 autocast (matrix products in bf16; layer norms, softmax and reductions in
+float32); the weights, their gradients, the AdamW moments and the update stay float32, and the loss
+is the cross-entropy of the logits, outside autocast; the classifier's output layer runs in float32
+(`precision.float32_head`: bf16 logits would be rounded to 8 significant bits). A HostDropout mask stays
+float32, so a dropped-out bf16 activation comes back float32 (it is added to a float32 residual
+next). The JSON records the precision used (`precision`: bf16 or float32).
 
 Metrics: accuracy, macro-F1, MCC and AUROC (binary: ROC AUC of the class-1 probability; more
 classes: the one-vs-one macro AUROC of Hand & Till, the mean over class pairs (a, b) of the mean of
@@ -39,7 +49,7 @@ AUC(a vs b by p_a) and AUC(b vs a by p_b) on the rows labelled a or b; a class a
 set is left out and the probabilities renormalised over the classes present; ties count 1/2);
 AUROC is null if the test set holds a single class. Computed in numpy (`compute_metrics`). Output
 JSON: task, shot, seed, scheme, n_train, n_test, num_labels, accuracy, macro_f1, mcc, auroc,
-train_seconds, eval_seconds, epochs, batch_size, lr (+ a few descriptive keys).
+train_seconds, eval_seconds, epochs, batch_size, lr, precision (+ a few descriptive keys).
 """
 from __future__ import annotations
 
@@ -66,6 +76,7 @@ from .modelfolder import (
     save_classifier,
     thread_scope,
 )
+from .precision import autocast, describe, float32_head, parse_setting, use_bf16
 from .tasks import read_stats, read_task_file
 from .training import linear_schedule, padded_rows, param_groups
 from .util import GeneMaskError, atomic_output, read_settings
@@ -88,6 +99,7 @@ def load_settings(settings: str | os.PathLike | dict | None) -> dict[str, Any]:
     out = copy.deepcopy(DEFAULT_SETTINGS)
     out.update(copy.deepcopy(user))
     check_settings(out, "finetune.settings", src, prefix="setting")
+    out["bf16"] = parse_setting(out["bf16"], f"{src}: setting 'bf16'")
     for r in out["regimes"]:
         r.setdefault("max_shot", None)
     return out
@@ -230,8 +242,9 @@ def make_optimizer(model, lr: float, weight_decay: float, device):
 
 
 def train_classifier(model, ids, lengths, labels, regime: dict, settings: dict, seed: int, device,
-                     label: str = "finetune") -> dict:
+                     label: str = "finetune", bf16: bool = False) -> dict:
     """Fine-tune in place (AdamW, linear warm-up/decay); returns {steps, warmup_steps, final_loss}.
+    bf16: the forward pass under bf16 autocast (float32 weights, optimiser and loss; module docstring).
 
     The step is only arithmetic: the whole (few-shot) training set and its attention masks go to
     the device once, a batch is an index into them cut to its longest row, the learning rate is
@@ -261,6 +274,11 @@ def train_classifier(model, ids, lengths, labels, regime: dict, settings: dict, 
     clip = settings["max_grad_norm"]
     params = [p for p in model.parameters() if p.requires_grad]
     g = torch.Generator().manual_seed(seed)
+    if model.config.problem_type is None:  # what the model sets when handed labels (kept in a saved folder)
+        model.config.problem_type = "single_label_classification"
+    cross_entropy = torch.nn.functional.cross_entropy
+    if bf16:
+        float32_head(model)
     model.train()
     t0 = time.perf_counter()
     loss_val = float("nan")
@@ -272,8 +290,10 @@ def train_classifier(model, ids, lengths, labels, regime: dict, settings: dict, 
             idx = perm[b * bs : (b + 1) * bs]
             w = int(len_all[idx.numpy()].max())
             idx = idx.to(device)
-            out = model(input_ids=x_all[idx, :w], attention_mask=mask_all[idx, :w], labels=y_all[idx])
-            out.loss.backward()
+            with autocast(device, bf16):
+                logits = model(input_ids=x_all[idx, :w], attention_mask=mask_all[idx, :w]).logits
+            loss = cross_entropy(logits.float(), y_all[idx])  # float32 (a no-op cast without autocast)
+            loss.backward()
             if clip and fused:
                 opt.grad_scale = clip_scale(params, clip)  # the kernel divides the gradients by it
             elif clip:
@@ -283,21 +303,24 @@ def train_classifier(model, ids, lengths, labels, regime: dict, settings: dict, 
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
-            tot += out.loss.detach() * len(idx)
+            tot += loss.detach() * len(idx)
         loss_val = float(tot) / n
         print(f"[{label}] epoch {epoch + 1}/{epochs} loss {loss_val:.4f} lr {lr * schedule(step):.2e} "
               f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     return {"steps": total, "warmup_steps": warmup, "final_train_loss": loss_val}
 
 
-def predict_proba(model, ids, lengths, batch_size: int, device) -> np.ndarray:
-    """Class probabilities [n, num_labels] (float64); batches of similar length, inference mode."""
+def predict_proba(model, ids, lengths, batch_size: int, device, bf16: bool = False) -> np.ndarray:
+    """Class probabilities [n, num_labels] (float64); batches of similar length, inference mode;
+    bf16: the forward pass under bf16 autocast."""
     import torch
 
     model.eval()
+    if bf16:
+        float32_head(model)
     order = torch.argsort(lengths, descending=True, stable=True)
     out = None
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, bf16):
         for b in range(0, len(order), batch_size):
             idx = order[b : b + batch_size]
             x, mask = _batch(ids, lengths, idx, device)
@@ -326,6 +349,7 @@ def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regi
     import torch
 
     device = choose_device(st["device"], "--settings: device")
+    bf16 = use_bf16(st["bf16"], device)
     tr = read_task_file(train, num_labels)
     te = read_task_file(test, num_labels)
     k = model_k(model)
@@ -348,12 +372,13 @@ def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regi
 
     label = f"finetune {task} {shot}-shot seed {seed} {scheme}"
     print(f"[{label}] {len(tr)} train / {len(te)} test rows, k={k}, batch {regime['batch_size']}, "
-          f"lr {regime['lr']}, {regime['epochs']} epochs, {threads} threads, {device}", file=sys.stderr, flush=True)
+          f"lr {regime['lr']}, {regime['epochs']} epochs, {threads} threads, {device}, "
+          f"{describe(st['bf16'], device)}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    info = train_classifier(clf, tr_ids, tr_len, tr.labels, regime, st, seed, device, label=label)
+    info = train_classifier(clf, tr_ids, tr_len, tr.labels, regime, st, seed, device, label=label, bf16=bf16)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    prob = predict_proba(clf, te_ids, te_len, st["eval_batch_size"], device)
+    prob = predict_proba(clf, te_ids, te_len, st["eval_batch_size"], device, bf16=bf16)
     eval_s = time.perf_counter() - t0
     metrics = compute_metrics(te.labels, prob, num_labels)
 
@@ -366,6 +391,7 @@ def _finetune(model, train, test, task, shot, seed, scheme, num_labels, st, regi
         "warmup_steps": info["warmup_steps"], "steps": info["steps"],
         "final_train_loss": info["final_train_loss"] if math.isfinite(info["final_train_loss"]) else None,
         "k": k, "model": str(model), "device": str(device), "threads": threads,
+        "precision": "bf16" if bf16 else "float32",
         "pretrain_seed": meta.get("pretrain_seed"), "pretrain_step": meta.get("pretrain_step"),
     }
     if save_model:  # a Hugging Face folder that AutoModelForSequenceClassification loads (modelfolder.py)

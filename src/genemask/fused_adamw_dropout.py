@@ -16,7 +16,9 @@
    a tight loop, about 4x cheaper per mask. An element is kept when its 32-bit draw is
    >= round(p * 2^32), so P(drop) = p to within 2^-32 (finer than a float32 uniform); kept
    elements are scaled by 1/(1-p); in eval mode, or with p = 0, it is the identity, and the
-   backward pass is the product with the same scaled mask. One Generator per run, seeded with
+   backward pass is the product with the same scaled mask. The mask stays float32: under bf16
+   autocast a bf16 activation times it comes back float32 (the scale not rounded to bf16's 1.109
+   for 1/0.9; BERT adds it to a float32 residual next anyway). One Generator per run, seeded with
    the run's seed: the same seed gives the same masks and metrics, alone or in the warm worker.
    On CUDA torch's dropout is a fused Philox kernel and is kept. The attention-probability
    dropout is not an `nn.Dropout` call (BERT passes its p to the attention kernel), so it stays
@@ -104,7 +106,7 @@ class HostDropout(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        return x * self.mask(x.shape).to(dtype=x.dtype, device=x.device)
+        return x * self.mask(x.shape).to(device=x.device)  # a bf16 x (autocast) comes back float32
 
 
 def use_host_dropout(model: torch.nn.Module, seed: int) -> int:

@@ -31,6 +31,13 @@ mean embeddings weight each window by its real tokens (sum of token vectors / nu
 all windows). Windows are sorted by length and run in batches of --batch-size under
 `torch.inference_mode`. Tokenisation is one vectorised `kmers.seq_to_ids` call over all sequences
 joined (k-mers across a boundary are never gathered).
+
+Precision: `bf16` (`auto`, `true`, `false`; default the schema's predict.bf16, `auto`) runs the
+forward passes under bf16 autocast when `precision.use_bf16` says so (auto: CUDA with bf16, CPUs
+with amx_bf16/avx512_bf16): the matrix products of the encoder in bf16, a classifier's output layer
+in float32 (`precision.float32_head`); the hidden states a layer outputs are float32 (layer norms),
+and logits and vectors are accumulated in float64 as before.
+Same inputs, same machine: identical outputs in either precision.
 """
 from __future__ import annotations
 
@@ -52,13 +59,14 @@ from .modelfolder import (
     model_k,
     thread_scope,
 )
+from .precision import autocast, float32_head, parse_setting, use_bf16
 from .tasks import SEQ_NAMES
 from .training import padded_rows
 from .util import GeneMaskError, Progress, atomic_output, check_regular_file, shorten, table_rows
 
 FASTA_EXT = (".fa", ".fasta", ".fna", ".fas")
 TABLE_EXT = (".tsv", ".csv")
-DEFAULTS = config_defaults("predict")  # stride, batch_size, device: the config schema's
+DEFAULTS = config_defaults("predict")  # stride, batch_size, device, bf16: the config schema's
 EMBED_DEFAULTS = config_defaults("predict.embed")  # pooling, layer
 ID_NAMES = ("id", "name")
 
@@ -214,16 +222,19 @@ def load_for_predict(folder: str | os.PathLike):
 # ---------------------------------------------------------------------------------------------
 # predict / embed (Python API)
 # ---------------------------------------------------------------------------------------------
-def predict_logits(model, tokens: Tokens, batch_size: int, device, label: str = "predict") -> np.ndarray:
-    """Window-averaged logits [n, num_labels] (float64)."""
+def predict_logits(model, tokens: Tokens, batch_size: int, device, label: str = "predict",
+                   bf16: bool = False) -> np.ndarray:
+    """Window-averaged logits [n, num_labels] (float64); bf16: forward passes under bf16 autocast."""
     import torch
 
     if batch_size < 1:
         raise GeneMaskError(f"--batch-size: must be >= 1, got {batch_size}")
     model.to(device)
+    if bf16:
+        float32_head(model)
     total = np.zeros((tokens.n, model.config.num_labels), dtype=np.float64)
     prog = Progress(label, len(tokens.seq), "windows")
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, bf16):
         for w, x, mask in tokens.batches(batch_size):
             logits = model(input_ids=x.to(device), attention_mask=mask.to(device)).logits
             np.add.at(total, tokens.seq[w], logits.double().cpu().numpy())
@@ -234,26 +245,28 @@ def predict_logits(model, tokens: Tokens, batch_size: int, device, label: str = 
 
 def predict(folder, seqs: list[bytes | str], ids: list[str] | None = None, stride: int | None = None,
             batch_size: int = DEFAULTS["batch_size"], device: str = DEFAULTS["device"], window: int | None = None,
-            source: str = "input") -> tuple[np.ndarray, list[str]]:
+            source: str = "input", bf16=DEFAULTS["bf16"]) -> tuple[np.ndarray, list[str]]:
     """(class probabilities [n, num_labels] float64, label names) of raw-bp sequences.
 
     ids name the records in errors (default "1".."n"); source names the input; window: tokens per
-    window (default and maximum: max_position_embeddings - 2)."""
+    window (default and maximum: max_position_embeddings - 2); bf16: auto, True or False
+    (`precision.use_bf16`)."""
     import torch
 
     dev = choose_device(device)
+    on = use_bf16(parse_setting(bf16, "--bf16"), dev)
     if batch_size < 1:
         raise GeneMaskError(f"--batch-size: must be >= 1, got {batch_size}")
     model, k, labels = load_for_predict(folder)
     tokens = _tokens(model.config, folder, k, seqs, ids, stride, window, source)
-    logits = predict_logits(model, tokens, batch_size, dev)
+    logits = predict_logits(model, tokens, batch_size, dev, bf16=on)
     return torch.softmax(torch.from_numpy(logits), dim=-1).numpy(), labels
 
 
 def embed(folder, seqs: list[bytes | str], ids: list[str] | None = None, pooling: str = EMBED_DEFAULTS["pooling"],
           layer: int = EMBED_DEFAULTS["layer"], stride: int | None = None, batch_size: int = DEFAULTS["batch_size"],
-          device: str = DEFAULTS["device"],
-          window: int | None = None, source: str = "input") -> np.ndarray:
+          device: str = DEFAULTS["device"], window: int | None = None, source: str = "input",
+          bf16=DEFAULTS["bf16"]) -> np.ndarray:
     """Per-sequence vectors [n, hidden] float32 (see the module docstring for pooling and windows;
     the other arguments as for `predict`)."""
     import torch
@@ -263,6 +276,7 @@ def embed(folder, seqs: list[bytes | str], ids: list[str] | None = None, pooling
     if batch_size < 1:
         raise GeneMaskError(f"--batch-size: must be >= 1, got {batch_size}")
     dev = choose_device(device)
+    on = use_bf16(parse_setting(bf16, "--bf16"), dev)
     model, k = load_encoder(folder)
     n_layers = int(model.config.num_hidden_layers)
     if not -(n_layers + 1) <= layer <= n_layers:
@@ -273,7 +287,7 @@ def embed(folder, seqs: list[bytes | str], ids: list[str] | None = None, pooling
     total = np.zeros((tokens.n, int(model.config.hidden_size)), dtype=np.float64)
     weight = np.zeros(tokens.n, dtype=np.float64)
     prog = Progress("embed", len(tokens.seq), "windows")
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(dev, on):
         for w, x, mask in tokens.batches(batch_size):
             mask = mask.to(dev)
             h = model(input_ids=x.to(dev), attention_mask=mask, output_hidden_states=True).hidden_states[layer]
@@ -308,7 +322,7 @@ def _read_named(path) -> tuple[list[str], list[bytes]]:
 
 
 def predict_cli(model: str, input: str, output: str, stride: int | None = None, batch_size: int = DEFAULTS["batch_size"],
-                device: str = DEFAULTS["device"]) -> None:
+                device: str = DEFAULTS["device"], bf16: str = DEFAULTS["bf16"]) -> None:
     """`genemask predict`: TSV id, prob_<label> per class, predicted (the label of the largest)."""
     import pandas as pd
 
@@ -317,7 +331,7 @@ def predict_cli(model: str, input: str, output: str, stride: int | None = None, 
     ids, seqs = _read_named(input)
     with thread_scope():
         prob, labels = predict(model, seqs, ids, stride=stride, batch_size=batch_size, device=device,
-                               source=str(input))
+                               source=str(input), bf16=bf16)
     df = pd.DataFrame(prob, columns=[f"prob_{lab}" for lab in labels])
     df.insert(0, "id", ids)
     df["predicted"] = np.asarray(labels, dtype=object)[prob.argmax(axis=1)]
@@ -358,7 +372,8 @@ def write_parquet(path: str | os.PathLike, ids: list[str], vec: np.ndarray, meta
 
 def embed_cli(model: str, input: str, output: str, pooling: str = EMBED_DEFAULTS["pooling"],
               layer: int = EMBED_DEFAULTS["layer"], stride: int | None = None,
-              batch_size: int = DEFAULTS["batch_size"], device: str = DEFAULTS["device"]) -> None:
+              batch_size: int = DEFAULTS["batch_size"], device: str = DEFAULTS["device"],
+              bf16: str = DEFAULTS["bf16"]) -> None:
     """`genemask embed`: .npy [n, hidden] float32 + `<stem>.ids.txt`, or .parquet (id, embedding)."""
     out = Path(output)
     fmt = out.suffix.lower()
@@ -369,7 +384,7 @@ def embed_cli(model: str, input: str, output: str, pooling: str = EMBED_DEFAULTS
     ids, seqs = _read_named(input)
     with thread_scope():
         vec = embed(model, seqs, ids, pooling=pooling, layer=layer, stride=stride,
-                    batch_size=batch_size, device=device, source=str(input))
+                    batch_size=batch_size, device=device, source=str(input), bf16=bf16)
     if fmt == ".npy":
         ids_path = ids_file(out)
         with atomic_output(out) as tmp, atomic_output(ids_path) as tmp_ids:

@@ -642,11 +642,13 @@ def apply_args(cfg: dict, command: str) -> list[str]:
     """Options of `genemask predict` / `genemask embed` from the predict section, as separate words
     (for Snakemake's `:q`): only the keys given, so the CLI's own defaults hold otherwise."""
     p = cfg.get("predict") or {}
-    opts = {"stride": p.get("stride"), "batch-size": p.get("batch_size"), "device": p.get("device")}
+    opts = {"stride": p.get("stride"), "batch-size": p.get("batch_size"), "device": p.get("device"),
+            "bf16": p.get("bf16")}
     if command == "embed":
         e = p.get("embed") or {}
         opts.update({"pooling": e.get("pooling"), "layer": e.get("layer")})
-    return [w for k, v in opts.items() if v is not None for w in (f"--{k}", str(v))]
+    return [w for k, v in opts.items() if v is not None  # YAML's true/false -> --bf16 true/false
+            for w in (f"--{k}", str(v).lower() if isinstance(v, bool) else str(v))]
 
 
 def missing(cfg: dict) -> list[dict]:

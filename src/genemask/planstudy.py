@@ -137,6 +137,40 @@ def plan_study(report: str | Path, bench_dir: str | Path, target: float, scheme:
     return "\n".join(lines)
 
 
+def price_config(report: str | Path, bench_dir: str | Path, config: str | Path, gpu_tokens_per_s: float,
+                 scheme: str = "genemask", reference: str = "dnabert", metric: str = "accuracy") -> str:
+    """What a study config (e.g. config/study-gpu.yaml) costs and could see, as text: its pretraining
+    in GPU-hours at `gpu_tokens_per_s` (runs x steps x sequences x max_len tokens), its fine-tuning
+    runs and probe jobs priced by this report's measured job times (CPU core-hours: an upper bound
+    for runs a GPU does), and the MDE of `scheme` vs `reference` per protocol at its design if its
+    variance components were this report's (same model size and budget; a guide, not a promise)."""
+    from . import plan
+
+    cfg = plan.resolve(plan.load_config(config), where=str(config))
+    pre, st = cfg["pretrain"], cfg["pretrain"]["settings"]
+    pretrained = [s for s in pre["schemes"] if s != "none"]
+    n_p, n_f = len(plan.pretrain_seeds(cfg)), len(cfg["finetune"]["seeds"])
+    tokens = int(st["steps"]) * int(st["batch_size"]) * int(st["grad_accum"]) * max(int(pre.get("gpus") or 1), 1) \
+        * int(st["max_len"])
+    gpu_h = len(pretrained) * n_p * tokens / gpu_tokens_per_s / 3600
+    runs, probes = plan.runs(cfg), plan.probes(cfg)
+    cells = len({(r["task"], r["shot"]) for r in runs})
+    ft_h = len(runs) * job_seconds(bench_dir, "finetune") / 3600
+    lines = [f"{config}: {len(pretrained)} pretrained schemes x {n_p} pretraining seeds x {st['steps']} steps of "
+             f"{tokens // int(st['steps']):,} tokens = {gpu_h:.1f} GPU-hours at {gpu_tokens_per_s:,.0f} tokens/s; "
+             f"{len(runs)} fine-tuning runs = {ft_h:.1f} core-hours"
+             + (f"; {len(probes)} probe jobs = {len(probes) * job_seconds(bench_dir, 'probe') / 3600:.1f} core-hours"
+                if probes else "") + " (CPU job times measured by this study)"]
+    runs_tsv = read_tsv(Path(report) / "runs.tsv", "runs table", ("task", "shot", "scheme", "seed", metric))
+    for protocol in dict.fromkeys(runs_tsv["protocol"]) if "protocol" in runs_tsv else ["finetune"]:
+        sel = runs_tsv[runs_tsv["protocol"] == protocol] if "protocol" in runs_tsv else runs_tsv
+        comp = power.components(comparison_cells(sel, scheme, reference, metric)[0])
+        lines.append(f"{scheme} vs {reference} ({protocol}): MDE {power.design_mde(comp, n_p, n_f, cells):.4f} "
+                     f"{metric} at {n_p} pretraining x {n_f} fine-tuning seeds x {cells} cells, with this study's "
+                     f"variance components")
+    return "\n".join(lines)
+
+
 @functools.wraps(plan_study)  # the same parameters (the CLI test binds the arguments to them)
 def plan_study_cli(*args, **kwargs) -> None:
     """`genemask plan-study`: print the plan (plan_study)."""

@@ -84,3 +84,25 @@ def describe(setting, device) -> str:
            f"auto: {kind}" + (f" with {', '.join(cpu_bf16_flags())}" if kind == "cpu" and cpu_bf16_flags() else
                               " without bf16 units" if kind == "cpu" else ""))
     return f"{'bf16 autocast' if on else 'float32'} ({why})"
+
+
+def float32_head(model, name: str = "classifier"):
+    """Run `model.<name>` (a classifier's output layer) outside autocast on float32 input, so the
+    logits are float32 whatever the body ran in: a bf16 output layer rounds the logits to 8
+    significant bits (about 0.004 at |z| ~ 1), which ties the probabilities of different records
+    and zeroes small in-silico mutation effects. The head is one small matrix product, so this costs
+    nothing measurable. In place and idempotent; the module tree and state dict are unchanged (an
+    instance `forward`). Returns `model`; a model without such a head is returned as it is."""
+    head = getattr(model, name, None)
+    if head is None or "forward" in vars(head):
+        return model
+    import torch
+
+    cls_forward = type(head).forward
+
+    def forward(x, *args, **kwargs):
+        with torch.autocast(x.device.type, enabled=False):
+            return cls_forward(head, x.float(), *args, **kwargs)
+
+    head.forward = forward
+    return model

@@ -60,7 +60,7 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed
 
 
 def probe_runs(model: str, task: str, scheme: str, num_labels: int, shots, seeds, output,
-               batch_size: int = 64, device: str = "auto", max_train_rows: int = 0) -> list[dict]:
+               batch_size: int = 64, device: str = "auto", max_train_rows: int = 0, bf16="auto") -> list[dict]:
     """`genemask probe`: every (shot, seed) probe run of one pretrained model on one task, in one JSON.
 
     shots: (shot, train TSV, test TSV) per shot size (the cleaned files of `genemask task-data`, the
@@ -69,7 +69,8 @@ def probe_runs(model: str, task: str, scheme: str, num_labels: int, shots, seeds
     shot's training rows at a stratified subsample of that size (`tasks.stratified_subsample`, seed 0:
     the same rows for every model, so probes stay paired), e.g. a task's full pool. The JSON is
     {"runs": [record, ...]}, each record with the keys of a fine-tuning run's JSON plus
-    `protocol: probe` and the chosen `probe_c`.
+    `protocol: probe` and the chosen `probe_c`. bf16 (auto, True, False): the embedding's forward
+    passes under bf16 autocast (`precision.use_bf16`); `precision` records which was used.
     """
     import json
     import sys
@@ -77,11 +78,13 @@ def probe_runs(model: str, task: str, scheme: str, num_labels: int, shots, seeds
 
     from .finetune import compute_metrics
     from .inference import embed
-    from .modelfolder import read_meta
+    from .modelfolder import choose_device, read_meta
+    from .precision import parse_setting, use_bf16
     from .tasks import read_task_file, stratified_subsample
     from .util import atomic_output
 
     meta = read_meta(model)
+    bf16 = use_bf16(parse_setting(bf16, "--bf16"), choose_device(device))
     files, used = {}, {}  # path -> TaskData, path -> the row indices probed
     for _, train, test in shots:
         for path in (train, test):
@@ -92,7 +95,8 @@ def probe_runs(model: str, task: str, scheme: str, num_labels: int, shots, seeds
             used[train] = stratified_subsample(files[train].labels, max_train_rows, 0)
     distinct = list(dict.fromkeys(files[p].sequences[i] for p in files for i in used[p]))
     t0 = time.perf_counter()
-    vecs = embed(model, distinct, pooling="mean", batch_size=batch_size, device=device, source=f"{task} task files")
+    vecs = embed(model, distinct, pooling="mean", batch_size=batch_size, device=device, source=f"{task} task files",
+                 bf16=bf16)
     embed_s = time.perf_counter() - t0
     row = {s: i for i, s in enumerate(distinct)}
 
@@ -111,7 +115,8 @@ def probe_runs(model: str, task: str, scheme: str, num_labels: int, shots, seeds
             runs.append({"task": task, "shot": int(shot), "seed": int(seed), "scheme": scheme, "protocol": "probe",
                          "n_train": int(y_tr.size), "n_test": int(y_te.size), "num_labels": int(num_labels), **m,
                          "train_seconds": round(fit_s, 3), "eval_seconds": round(embed_s / len(shots) / len(seeds), 3),
-                         "probe_c": c, "model": str(model), "pretrain_seed": meta.get("pretrain_seed"),
+                         "probe_c": c, "model": str(model), "precision": "bf16" if bf16 else "float32",
+                         "pretrain_seed": meta.get("pretrain_seed"),
                          "pretrain_step": meta.get("pretrain_step")})
             print(f"[probe {task} {shot}-shot seed {seed} {scheme}] accuracy {m['accuracy']:.4f} mcc {m['mcc']:.4f} "
                   f"C {c:g}", file=sys.stderr, flush=True)

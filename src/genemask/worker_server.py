@@ -159,8 +159,10 @@ def _warm_up() -> None:
     from .cli import build_parser
     from .finetune import DEFAULT_SETTINGS, compute_metrics, predict_proba, train_classifier
     from .modelfolder import load_classifier, quiet_transformers
+    from .precision import use_bf16
 
     torch.set_num_threads(1)
+    bf16 = use_bf16(DEFAULT_SETTINGS["bf16"], "cpu")  # warm the path the default settings take
     build_parser()  # cached: the children parse with this one
     with tempfile.TemporaryDirectory() as d:
         toy = BertForMaskedLM(BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
@@ -170,8 +172,8 @@ def _warm_up() -> None:
         clf = load_classifier(d, 2, 0.1)
         ids, lengths = torch.tensor([[2, 5, 6, 3], [2, 7, 3, 0]]), torch.tensor([4, 3])
         train_classifier(clf, ids, lengths, [0, 1], {"batch_size": 2, "lr": 1e-4, "epochs": 1}, DEFAULT_SETTINGS,
-                         0, torch.device("cpu"), label="warm-up")
-        predict_proba(clf, ids, lengths, 2, torch.device("cpu"))
+                         0, torch.device("cpu"), label="warm-up", bf16=bf16)
+        predict_proba(clf, ids, lengths, 2, torch.device("cpu"), bf16=bf16)
     compute_metrics([0, 1, 0], [[0.2, 0.8], [0.3, 0.7], [0.9, 0.1]], 2)
     compute_metrics([0, 1, 2], [[0.2, 0.7, 0.1], [0.3, 0.6, 0.1], [0.1, 0.1, 0.8]], 3)
 

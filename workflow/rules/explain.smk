@@ -81,7 +81,7 @@ rule explain:
         target=CFG["explain"]["target_class"],
         n=CFG["explain"]["n_sequences"],
     shell:
-        "GENEMASK_THREADS={threads} genemask explain --model {input.classifier:q} --input {input.test:q} "
+        "GENEMASK_THREADS={threads} genemask explain --model {input.classifier:q} {input.test:q} "
         "--label {params.target} --target-class {params.target} --max-seqs {params.n} -o {output:q} 2> {log:q}"
 
 

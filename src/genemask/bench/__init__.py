@@ -1,4 +1,4 @@
-"""`genemask bench ngrams|masking|train|finetune`: side-by-side benchmarks (one module each)."""
+"""`genemask bench ngrams|masking|train|finetune|precision`: side-by-side benchmarks (one module each)."""
 from __future__ import annotations
 
 import importlib

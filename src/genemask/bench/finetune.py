@@ -1,4 +1,5 @@
-"""`genemask bench finetune [--runs N] [--steps S]`: the fixed cost of a fine-tuning run, and its step.
+"""`genemask bench finetune [--runs N] [--steps S]`: the fixed cost of a fine-tuning run, its step, and
+the step in float32 vs bf16.
 
 1. Fixed cost per run (process start + imports + model load + writing the JSON: everything but
    training and scoring), measured as `wall - train_seconds - eval_seconds` of real
@@ -15,8 +16,15 @@
    runs down. Rounds are short on purpose: on a shared VM the speed of one core drifts by up to
    2x over tenths of a second, so few long rounds (3 of 200 steps, as before) average that drift
    in and put the ratio anywhere between 1.4x and 1.7x from run to run. The line also gives the
-   median and range of the per-round ratios.
-The last line reads `fixed cost per run: A s -> B s; step: R.RRx the bare loop`.
+   median and range of the per-round ratios. "ours" here is the float32 step (bf16: false), the step
+   of every run before the bf16 setting existed.
+3. Precision: our step in float32 against the same step under bf16 autocast (bf16: true; same
+   model, same batches), interleaved rounds, best round of each, at Splice-40's 37 tokens (the
+   rounds of 2.) and at 300 tokens (Prom-300's length; a fifth of the rounds, a quarter of the
+   steps). The line names this CPU's bf16 units (`precision.cpu_bf16_flags`) and what `auto` picks
+   here: on a CPU without them bf16 is emulated and slower, and auto stays in float32.
+The last line reads `fixed cost per run: A s -> B s; step: R.RRx the bare loop; bf16 step: P.PPx
+float32's at 37 tokens, Q.QQx at 300 (auto: bf16|float32 here)` (a ratio > 1: bf16 faster).
 """
 from __future__ import annotations
 
@@ -82,6 +90,7 @@ def _runs(tmp: Path, model: Path, n: int, worker: bool) -> list[float]:
 
 
 def _step_data(steps: int, bs: int = 5, length: int = 37, num_labels: int = 3, seed: int = 0):
+    """steps * bs rows of `length` tokens ([CLS] random k-mer ids [SEP]): ids, lengths, labels."""
     import torch
 
     rng = np.random.default_rng(seed)
@@ -115,11 +124,40 @@ def _bare_loop(model, ids, labels, bs: int, lr: float) -> float:
     return time.perf_counter() - t0
 
 
-def main(args) -> int:
+def _ours(model, ids, lengths, labels, bf16: bool) -> float:
+    """finetune.train_classifier on a fresh classifier of `model` (seed 0), one epoch at batch 5;
+    seconds for all steps (the model load is not counted)."""
     import torch
 
     from ..finetune import DEFAULT_SETTINGS, train_classifier
     from ..modelfolder import load_classifier
+
+    torch.manual_seed(0)
+    m = load_classifier(model, 3, 0.1)
+    regime = {"batch_size": 5, "lr": 1e-4, "epochs": 1}
+    t0 = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()):  # its per-epoch progress line
+        train_classifier(m, ids, lengths, labels, regime, dict(DEFAULT_SETTINGS), 0, torch.device("cpu"),
+                         label="bench", bf16=bf16)
+    return time.perf_counter() - t0
+
+
+def _precision_rounds(model, steps: int, rounds: int, length: int) -> tuple[float, float]:
+    """Best seconds per step of our step in float32 and in bf16 at batch 5 x `length` tokens:
+    `rounds` interleaved rounds of `steps` steps, the order swapped every round."""
+    ids, lengths, labels = _step_data(steps, length=length)
+    best = {False: math.inf, True: math.inf}
+    for r in range(rounds):
+        for bf16 in ((False, True) if r % 2 == 0 else (True, False)):
+            best[bf16] = min(best[bf16], _ours(model, ids, lengths, labels, bf16) / steps)
+    return best[False], best[True]
+
+
+def main(args) -> int:
+    import torch
+
+    from ..modelfolder import load_classifier
+    from ..precision import cpu_bf16_flags, use_bf16
 
     n_runs, steps, rounds = max(2, int(args.runs)), max(10, int(args.steps)), max(1, int(args.rounds))
     torch.set_num_threads(1)
@@ -140,25 +178,32 @@ def main(args) -> int:
               f"median {float(np.median(new[1:])):.2f} s; amortised {new_s:.2f} s")
 
         ids, lengths, labels = _step_data(steps)
-        st = dict(DEFAULT_SETTINGS)
-        regime = {"batch_size": 5, "lr": 1e-4, "epochs": 1}
-        ours, bare = [], []
+        ours, ours16, bare = [], [], []
+        orders = (("ours", "bf16", "bare"), ("bare", "ours", "bf16"), ("bf16", "bare", "ours"))
         for r in range(rounds):
-            for which in (("ours", "bare") if r % 2 == 0 else ("bare", "ours")):
-                torch.manual_seed(0)
-                m = load_classifier(model, 3, 0.1)
+            for which in orders[r % 3] if r % 2 == 0 else orders[r % 3][::-1]:
                 if which == "ours":
-                    t0 = time.perf_counter()
-                    with contextlib.redirect_stderr(io.StringIO()):  # its per-epoch progress line
-                        train_classifier(m, ids, lengths, labels, regime, st, 0, torch.device("cpu"), label="bench")
-                    ours.append(time.perf_counter() - t0)
+                    ours.append(_ours(model, ids, lengths, labels, bf16=False))
+                elif which == "bf16":
+                    ours16.append(_ours(model, ids, lengths, labels, bf16=True))
                 else:
-                    bare.append(_bare_loop(m, ids, labels, 5, 1e-4))
+                    torch.manual_seed(0)
+                    bare.append(_bare_loop(load_classifier(model, 3, 0.1), ids, labels, 5, 1e-4))
         ours_sps, bare_sps = steps / min(ours), steps / min(bare)
         per_round = sorted(b / o for o, b in zip(ours, bare))
         print(f"step at batch 5 x 37 tokens, 3 classes (best of {rounds} rounds of {steps} steps): "
               f"bare Hugging Face loop {bare_sps:.1f} steps/s ({1e3 / bare_sps:.1f} ms), "
               f"ours {ours_sps:.1f} steps/s ({1e3 / ours_sps:.1f} ms); per-round ratio median "
               f"{float(np.median(per_round)):.2f}x (range {per_round[0]:.2f}-{per_round[-1]:.2f})")
-    print(f"fixed cost per run: {old_s:.2f} s -> {new_s:.2f} s; step: {ours_sps / bare_sps:.2f}x the bare loop")
+        f32_37, bf_37 = min(ours) / steps, min(ours16) / steps
+        long_rounds, long_steps = max(3, rounds // 5), max(10, steps // 4)
+        f32_300, bf_300 = _precision_rounds(model, long_steps, long_rounds, 300)
+        flags = ", ".join(cpu_bf16_flags()) or "none"
+        auto = "bf16" if use_bf16("auto", "cpu") else "float32"
+        print(f"precision, our step at batch 5 (best of {rounds} rounds of {steps} steps at 37 tokens, "
+              f"{long_rounds} of {long_steps} at 300; CPU bf16 units: {flags}; auto: {auto}): "
+              f"37 tokens float32 {1e3 * f32_37:.1f} ms, bf16 {1e3 * bf_37:.1f} ms; "
+              f"300 tokens float32 {1e3 * f32_300:.1f} ms, bf16 {1e3 * bf_300:.1f} ms")
+    print(f"fixed cost per run: {old_s:.2f} s -> {new_s:.2f} s; step: {ours_sps / bare_sps:.2f}x the bare loop; "
+          f"bf16 step: {f32_37 / bf_37:.2f}x float32's at 37 tokens, {f32_300 / bf_300:.2f}x at 300 (auto: {auto} here)")
     return 0
