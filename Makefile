@@ -26,6 +26,10 @@ demo: $(BIN)/genemask
 # The study (config/study.yaml, ~2 h on 2 CPU cores), then docs/study.md generated from its report
 # ("what changed" against docs/study/previous-study.yaml: before a new study, copy the config that
 # docs/study.md describes there).
+# The LOGO model's pretraining throughput on one H200 at 50 x 5 (250 sequences, ~95k tokens per step),
+# measured by scripts/gpu_check.sh (README table of commit b87524a); replace with a newer measurement.
+H200_LOGO_TOKENS_PER_S ?= 1120000
+H200_LOGO_TOKENS_PER_STEP ?= 95000
 STUDY_CMD = snakemake --configfile config/study.yaml --cores $(CORES)
 study: $(BIN)/genemask
 	@start=$$(date +%s); \
@@ -33,7 +37,9 @@ study: $(BIN)/genemask
 	$(BIN)/genemask timings results/benchmarks > results/report/timings.txt && \
 	$(BIN)/genemask study-doc --config config/study.yaml --command "make study ($(STUDY_CMD))" \
 	  --wall-s $$(( $$(date +%s) - start )) --timings results/report/timings.txt -o docs/study.md --readme README.md \
-	  --previous-config docs/study/previous-study.yaml --bench-dir results/benchmarks && \
+	  --previous-config docs/study/previous-study.yaml --bench-dir results/benchmarks \
+	  --gpu-config config/study-gpu.yaml --gpu-tokens-per-s $(H200_LOGO_TOKENS_PER_S) \
+	  --gpu-tokens-per-step $(H200_LOGO_TOKENS_PER_STEP) && \
 	echo "study finished in $$(( $$(date +%s) - start )) s: docs/study.md"
 
 test: $(BIN)/genemask

@@ -198,3 +198,28 @@ def test_plan_study_unreachable_target_and_gpu_pricing(tmp_path):
     one, _ = _study_folder(tmp_path / "one", n_pretrain=1)
     with pytest.raises(GeneMaskError, match="one pretraining seed"):
         plan_study(one, bench, target=0.02)
+
+
+def test_price_config_prices_study_gpu_from_measured_throughput(tmp_path, root):
+    """plan-study --price-config: the GPU study's pretraining in GPU-hours = pretrained schemes x seeds x
+    steps x sequences x max_len / tokens per second; its fine-tuning runs and probe jobs at this report's
+    measured job times; the MDE its design would have with this report's components."""
+    import yaml
+
+    from genemask import plan
+    from genemask.planstudy import price_config_text
+
+    report, bench = _study_folder(tmp_path)
+    (bench / "probe").mkdir()
+    pd.DataFrame({"s": [30.0], "cpu_time": [30.0]}).to_csv(bench / "probe" / "job.tsv", sep="\t", index=False)
+    config = root / "config" / "study-gpu.yaml"
+    text = price_config_text(report, bench, config, 1e6)
+    cfg = plan.check_config_files([str(config)])
+    st = cfg["pretrain"]["settings"]
+    n_pre = len([s for s in cfg["pretrain"]["schemes"] if s != "none"]) * len(cfg["pretrain"]["seeds"])
+    gpu_h = n_pre * st["steps"] * st["batch_size"] * st["grad_accum"] * st["max_len"] / 1e6 / 3600
+    assert f"= {gpu_h:.1f} GPU-hours at 1,000,000 tokens/s" in text
+    assert f"{len(plan.runs(cfg))} fine-tuning runs = {len(plan.runs(cfg)) * 30 / 3600:.1f} core-hours" in text
+    assert f"{len(plan.probes(cfg))} probe jobs" in text
+    assert "genemask vs dnabert (finetune): MDE" in text
+    assert yaml.safe_load(config.read_text())["probe"]["enabled"] is True

@@ -457,6 +457,9 @@ def _study_doc(p):
                    help="the previous study's config: a generated 'what changed' section")
     p.add_argument("--bench-dir", default=None,
                    help="the study's Snakemake benchmark files: a generated plan-study section")
+    p.add_argument("--gpu-config", default=None, help="a GPU study config to price (with --gpu-tokens-per-s)")
+    p.add_argument("--gpu-tokens-per-s", type=float, default=None, help="measured GPU pretraining throughput")
+    p.add_argument("--gpu-tokens-per-step", type=int, default=None, help="tokens per step of that measurement")
 
     return lazy("studydoc", "study_doc")
 
@@ -466,7 +469,7 @@ def _study_doc(p):
 def _plan_study(p):
     p.add_argument("--report", default="results/report", help="the study's report folder (runs.tsv)")
     p.add_argument("--bench-dir", default="results/benchmarks", help="the study's Snakemake benchmark files")
-    p.add_argument("--target", type=float, required=True, help="the MDE to reach, e.g. 0.02 (accuracy)")
+    p.add_argument("--target", type=float, default=None, help="the MDE to reach, e.g. 0.02 (accuracy)")
     p.add_argument("--scheme", default="genemask")
     p.add_argument("--reference", default="dnabert")
     p.add_argument("--metric", default="accuracy")
@@ -478,6 +481,9 @@ def _plan_study(p):
     p.add_argument("--cells", type=int, nargs="*", default=[], help="numbers of task x shot cells to plan for")
     from .probe import PROTOCOLS
 
+    p.add_argument("--price-config", default=None, metavar="CONFIG",
+                   help="instead: what this study config costs (pretraining in GPU-hours at --gpu-tokens-per-s) "
+                        "and the MDE its design would reach with this report's variance components")
     p.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0],
                    help="plan for the fine-tuning or the probe runs of the report")
 

@@ -15,7 +15,6 @@ pretraining in GPU-hours instead: steps x tokens per step / throughput.
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -137,21 +136,24 @@ def plan_study(report: str | Path, bench_dir: str | Path, target: float, scheme:
     return "\n".join(lines)
 
 
-def price_config(report: str | Path, bench_dir: str | Path, config: str | Path, gpu_tokens_per_s: float,
-                 scheme: str = "genemask", reference: str = "dnabert", metric: str = "accuracy") -> str:
+def price_config_text(report: str | Path, bench_dir: str | Path, config: str | Path, gpu_tokens_per_s: float,
+                      tokens_per_step: int | None = None, scheme: str = "genemask", reference: str = "dnabert",
+                      metric: str = "accuracy") -> str:
     """What a study config (e.g. config/study-gpu.yaml) costs and could see, as text: its pretraining
-    in GPU-hours at `gpu_tokens_per_s` (runs x steps x sequences x max_len tokens), its fine-tuning
+    in GPU-hours at `gpu_tokens_per_s` (runs x steps x `tokens_per_step`, measured with that throughput;
+    default sequences per step x max_len, an upper bound: pieces are shorter on average), its fine-tuning
     runs and probe jobs priced by this report's measured job times (CPU core-hours: an upper bound
     for runs a GPU does), and the MDE of `scheme` vs `reference` per protocol at its design if its
     variance components were this report's (same model size and budget; a guide, not a promise)."""
     from . import plan
 
-    cfg = plan.resolve(plan.load_config(config), where=str(config))
+    cfg = plan.check_config_files([str(config)])
     pre, st = cfg["pretrain"], cfg["pretrain"]["settings"]
     pretrained = [s for s in pre["schemes"] if s != "none"]
     n_p, n_f = len(plan.pretrain_seeds(cfg)), len(cfg["finetune"]["seeds"])
-    tokens = int(st["steps"]) * int(st["batch_size"]) * int(st["grad_accum"]) * max(int(pre.get("gpus") or 1), 1) \
-        * int(st["max_len"])
+    per_step = tokens_per_step or (int(st["batch_size"]) * int(st["grad_accum"]) * max(int(pre.get("gpus") or 1), 1)
+                                   * int(st["max_len"]))
+    tokens = int(st["steps"]) * per_step
     gpu_h = len(pretrained) * n_p * tokens / gpu_tokens_per_s / 3600
     runs, probes = plan.runs(cfg), plan.probes(cfg)
     cells = len({(r["task"], r["shot"]) for r in runs})
@@ -171,7 +173,15 @@ def price_config(report: str | Path, bench_dir: str | Path, config: str | Path, 
     return "\n".join(lines)
 
 
-@functools.wraps(plan_study)  # the same parameters (the CLI test binds the arguments to them)
-def plan_study_cli(*args, **kwargs) -> None:
-    """`genemask plan-study`: print the plan (plan_study)."""
-    print(plan_study(*args, **kwargs))
+def plan_study_cli(report: str | Path, bench_dir: str | Path, target: float | None = None,
+                   price_config: str | None = None, gpu_tokens_per_s: float | None = None, **options) -> None:
+    """`genemask plan-study`: print the plan (plan_study; `options` are its keyword arguments), or
+    with `price_config` what that config costs (price_config_text)."""
+    if price_config is not None:
+        if not gpu_tokens_per_s:
+            raise GeneMaskError("--price-config needs --gpu-tokens-per-s (a measured GPU pretraining throughput)")
+        print(price_config_text(report, bench_dir, price_config, gpu_tokens_per_s, options.get("tokens_per_step")))
+        return
+    if target is None:
+        raise GeneMaskError("--target: the MDE to reach is needed (or --price-config)")
+    print(plan_study(report, bench_dir, target, gpu_tokens_per_s=gpu_tokens_per_s, **options))

@@ -196,7 +196,8 @@ def _plan_section(report: Path, bench: str | Path, protocols: list[str], margin:
 def study_doc(report: str | Path, config: str | Path, output: str | Path, run_command: str, wall_s: float | None,
               models: str | Path | None = None, timings: str | Path | None = None,
               readme: str | Path | None = None, previous_config: str | Path | None = None,
-              bench_dir: str | Path | None = None) -> Path:
+              bench_dir: str | Path | None = None, gpu_config: str | Path | None = None,
+              gpu_tokens_per_s: float | None = None, gpu_tokens_per_step: int | None = None) -> Path:
     report, output = Path(report), Path(output)
     for f in ("verdict.md", "summary.tsv", "tests.tsv", "variance.tsv", "verdict.tsv"):
         if not (report / f).is_file():
@@ -244,6 +245,16 @@ def study_doc(report: str | Path, config: str | Path, output: str | Path, run_co
         margin = float(verdict_tsv.loc[verdict_tsv["metric"] == "accuracy", "margin"].iloc[0]) \
             if "margin" in verdict_tsv and (verdict_tsv["metric"] == "accuracy").any() else 0.02
         lines += _plan_section(report, bench_dir, _protocols(verdict_tsv), margin)
+        if gpu_config and gpu_tokens_per_s:
+            from .planstudy import price_config_text
+
+            lines += [f"## What `{gpu_config}` would cost", "",
+                      f"Priced by `genemask plan-study --price-config {gpu_config}` from a measured GPU throughput "
+                      f"({gpu_tokens_per_s:,.0f} tokens/s" + (f", {gpu_tokens_per_step:,} tokens per step" if
+                                                              gpu_tokens_per_step else "") + ") and this study's job "
+                      "times and variance components:", "", "```",
+                      price_config_text(report, bench_dir, gpu_config, gpu_tokens_per_s, gpu_tokens_per_step),
+                      "```", ""]
     figs = sorted(p.name for p in report.glob("accuracy_vs_steps_*.png")) + [f for f in FIGURES
                                                                              if (report / f).is_file()]
     if figs:
