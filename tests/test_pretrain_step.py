@@ -17,8 +17,15 @@ from genemask.corpus import Corpus, build_corpus
 from genemask.kmers import PAD, SEP
 from genemask.masking import make_masker, rank_table
 from genemask.npmi import load_ranking
-from genemask.pretrain import (build_model, load_settings, make_batch, micro_generator, micro_seed, pretrain,
-                               sample_indices)
+from genemask.pretrain import (
+    build_model,
+    load_settings,
+    make_batch,
+    micro_generator,
+    micro_seed,
+    pretrain,
+    sample_indices,
+)
 from genemask.training import linear_schedule, param_groups
 
 # the tiny model, with both dropouts on (the contract covers them: seeded per global micro-batch)
