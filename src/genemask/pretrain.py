@@ -548,15 +548,29 @@ def window_end(step: int, s: dict, end: int) -> int:
 
 def train_step(run: Run, state: dict, s: dict, proc: Process, feed: Feed,
                counts: RankCounts | None = None) -> tuple[torch.Tensor, int]:
-    """One optimiser step from state["step"]: this rank's micro-batches of the global batch (data
-    order, masking and dropout seeded per global micro-batch, so any world size sees the same),
-    gradients accumulated (DDP synchronises on the last micro-batch), clipping, optimiser, schedule.
+    """One optimiser step from state["step"]: this rank's micro-batches of the global batch
+    (`accumulate`), clipping, optimiser, schedule. Advances state (step, tokens_seen); returns (the
+    sum of this rank's micro-batch losses, a float64 device tensor that `step_loss` reads at log
+    steps; the step's tokens, all ranks)."""
+    step = state["step"]
+    loss_sum, tokens = accumulate(run, s, proc, feed, counts, step)
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), s["grad_clip"])
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    state["step"] = step + 1
+    state["tokens_seen"] += tokens
+    return loss_sum, tokens
 
-    Nothing in the micro-batch loop waits on the device: the micro-batches come made and masked
-    from `feed`, copied without waiting; the loss sum and the rank counts stay on the device.
-    Advances state (step, tokens_seen); returns (the sum of this rank's micro-batch losses, a
-    float64 device tensor: `step_loss` reads it at log steps; the step's tokens, all ranks)."""
-    step, A, world = state["step"], int(s["grad_accum"]), proc.world
+
+def accumulate(run: Run, s: dict, proc: Process, feed: Feed, counts: RankCounts | None,
+               step: int) -> tuple[torch.Tensor, int]:
+    """The micro-batch loop of `step`: gradients accumulated over this rank's grad_accum micro-batches
+    (data order, masking and dropout seeded per global micro-batch, so any world size sees the same;
+    DDP synchronises on the last one). Nothing in it waits on the device: the micro-batches come
+    made and masked from `feed`, copied without waiting, and the loss sum and rank counts stay on
+    the device. Returns (the loss sum on the device, the step's tokens, all ranks)."""
+    A, world = int(s["grad_accum"]), proc.world
     loss_sum = torch.zeros((), dtype=torch.float64, device=proc.device)
     tokens = 0
     for m in range(A):
@@ -572,12 +586,6 @@ def train_step(run: Run, state: dict, s: dict, proc: Process, feed: Feed,
             (loss / A).backward()
         loss_sum += loss.detach().double()
         tokens = mb.step_tokens
-    torch.nn.utils.clip_grad_norm_(run.model.parameters(), s["grad_clip"])
-    run.opt.step()
-    run.sched.step()
-    run.opt.zero_grad(set_to_none=True)
-    state["step"] = step + 1
-    state["tokens_seen"] += tokens
     return loss_sum, tokens
 
 
