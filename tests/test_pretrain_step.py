@@ -171,7 +171,8 @@ def test_slot_head_equals_the_boolean_head(lengths):
     def ours(static):
         mb = as_slots(ids, inp, lab, static=static)
         assert mb.n_masked == int((lab != -100).sum()) and (mb.slots.numel() > mb.n_masked) == static
-        return lambda model: MaskedLMLoss(model)(mb.inp, mb.slots, mb.targets)
+        assert mb.full == (not static and min(lengths) == 60)
+        return lambda model: MaskedLMLoss(model)(mb.inp, mb.slots, mb.targets, mb.full)
 
     ref_loss, ref = _grads(today)
     loss, exact = _grads(ours(False))

@@ -124,18 +124,19 @@ class MaskedLMLoss(torch.nn.Module):
     cross_entropy's mean bit for bit (the same summation, the same float32 division). The attention
     mask is passed as the 4-D boolean mask Hugging Face's sdpa path makes of a padding mask (same
     values, same outputs), so HF's test whether it may drop the mask (a `.all()` read of the device)
-    never runs.
+    never runs; `full` (known on the host: no row is padded) drops it as that test would (the
+    attention kernel is faster without one), except in a compiled step, which keeps one graph.
     """
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, slots, targets):
+    def forward(self, input_ids, slots, targets, full: bool = False):
         B, W = input_ids.shape
         keep = input_ids != PAD
         sdpa = self.model.config._attn_implementation == "sdpa"
-        mask = keep[:, None, None, :].expand(B, 1, W, W) if sdpa else keep
+        mask = None if full else keep[:, None, None, :].expand(B, 1, W, W) if sdpa else keep
         hidden = self.model.bert(input_ids=input_ids, attention_mask=mask).last_hidden_state
         logits = self.model.cls(hidden.reshape(B * W, -1).index_select(0, slots))
         total = torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
@@ -161,14 +162,16 @@ def slot_count(rows: int, width: int, n_masked: int) -> int:
 class MicroBatch:
     """One micro-batch as the step takes it, made on the host (in the prefetch thread): masked
     input ids [B, W], the head's slots and targets [S] (see `MaskedLMLoss`), the unmasked ids
-    (for the rank counts; None without a ranking), the masked count and the tokens (not [PAD]) of
-    the whole optimiser step it belongs to, all ranks."""
+    (for the rank counts; None without a ranking), the masked count, whether no row is padded
+    (`full`, never set for a static shape) and the tokens (not [PAD]) of the whole optimiser step
+    it belongs to, all ranks."""
 
     inp: torch.Tensor
     slots: torch.Tensor
     targets: torch.Tensor
     ids: torch.Tensor | None
     n_masked: int
+    full: bool = False
     step_tokens: int = 0
 
     def to(self, device: torch.device) -> MicroBatch:
@@ -176,7 +179,7 @@ class MicroBatch:
         if device.type == "cpu":
             return self
         go = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return MicroBatch(go(self.inp), go(self.slots), go(self.targets), go(self.ids), self.n_masked,
+        return MicroBatch(go(self.inp), go(self.slots), go(self.targets), go(self.ids), self.n_masked, self.full,
                           self.step_tokens)
 
 
@@ -199,9 +202,11 @@ def as_slots(batch: torch.Tensor, inp: torch.Tensor, labels: torch.Tensor, width
     slots[:n] = flat
     targets = np.full(S, IGNORE, dtype=np.int64)
     targets[:n] = flat_labels[flat]
-    mb = MicroBatch(inp, torch.from_numpy(slots), torch.from_numpy(targets), batch if ranked else None, n)
+    full = not static and bool((batch[:, -1] != PAD).all())  # rows are [CLS] ... [SEP] [PAD]...
+    mb = MicroBatch(inp, torch.from_numpy(slots), torch.from_numpy(targets), batch if ranked else None, n, full)
     if pin:
-        mb = MicroBatch(*(None if t is None else t.pin_memory() for t in (mb.inp, mb.slots, mb.targets, mb.ids)), n)
+        mb = MicroBatch(*(None if t is None else t.pin_memory() for t in (mb.inp, mb.slots, mb.targets, mb.ids)),
+                        n, full)
     return mb
 
 
@@ -582,7 +587,7 @@ def accumulate(run: Run, s: dict, proc: Process, feed: Feed, counts: RankCounts 
         sync = nullcontext() if (world == 1 or m == A - 1) else run.train_forward.no_sync()
         with sync:
             with run.autocast:
-                loss = run.train_forward(mb.inp, mb.slots, mb.targets)
+                loss = run.train_forward(mb.inp, mb.slots, mb.targets, mb.full)
             (loss / A).backward()
         loss_sum += loss.detach().double()
         tokens = mb.step_tokens
@@ -667,7 +672,7 @@ def evaluate(run: Run, s: dict, step: int, device: torch.device) -> float:
             mb = as_slots(batch, inp, lab)
             if mb.n_masked:
                 mb = mb.to(device)
-                losses.append(run.loss_model(mb.inp, mb.slots, mb.targets).float())
+                losses.append(run.loss_model(mb.inp, mb.slots, mb.targets, mb.full).float())
     run.loss_model.train()
     return float(np.mean(torch.stack(losses).tolist())) if losses else float("nan")
 
