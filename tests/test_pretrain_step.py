@@ -45,6 +45,12 @@ def corpus(hg38_slice, tmp_path_factory):
     return d / "c0"
 
 
+@pytest.fixture
+def on_cpu(monkeypatch):
+    """pretrain() on the CPU even where a GPU is present: the float32 CPU contract is the one checked."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 def _settings(**more):
     return load_settings({**SETTINGS, **more})
 
@@ -115,7 +121,7 @@ def _ours(corpus_dir, scheme, ranking_path, s, out):
 
 
 @pytest.mark.parametrize("scheme, masking", [("genemask", {}), ("cm_gems", CM_GEMS_SWITCH)])
-def test_step_equals_todays_step_bit_for_bit(corpus, data_a, tmp_path, scheme, masking):
+def test_step_equals_todays_step_bit_for_bit(corpus, data_a, tmp_path, scheme, masking, on_cpu):
     """float32 on CPU: losses, validation losses, rank counts, tokens and final weights equal the plain
     loop's exactly; with cm_gems the switch at an evaluation step is seen by the batches after it."""
     s = _settings(masking=masking)
@@ -281,7 +287,7 @@ def test_prefetch_in_order_bounded_and_raises_where_it_failed():
 
 
 # ---- bf16 ---------------------------------------------------------------------------------------
-def test_bf16_on_cpu_runs_and_same_seed_gives_the_same_weights(corpus, data_a, tmp_path):
+def test_bf16_on_cpu_runs_and_same_seed_gives_the_same_weights(corpus, data_a, tmp_path, on_cpu):
     a_state, a, a_meta = _ours(corpus, "genemask", data_a, _settings(steps=4, bf16=True), tmp_path / "a")
     b_state, b, _ = _ours(corpus, "genemask", data_a, _settings(steps=4, bf16=True), tmp_path / "b")
     _, f, f_meta = _ours(corpus, "genemask", data_a, _settings(steps=4, bf16=False), tmp_path / "f")
