@@ -27,7 +27,8 @@ def demo() -> dict:
 PRETRAIN_TODAY = {
     "steps": 10000, "batch_size": 10, "grad_accum": 25, "lr": 8e-4, "betas": [0.9, 0.98], "eps": 1e-6,
     "weight_decay": 0.01, "grad_clip": 1.0, "warmup_steps": 500, "max_len": 512, "seed": 42, "eval_every": 500,
-    "eval_batches": 20, "checkpoint_every": 1000, "log_every": 10, "bf16": True, "compile": False, "threads": 0,
+    "eval_batches": 20, "checkpoint_every": 1000, "log_every": 10, "compile": False, "threads": 0,
+    "bf16": "auto",  # was True ("autocast on GPU only"); issue 22: auto = bf16 where the hardware has it
     "masking": {}, "keep_checkpoints": True,
 }
 FINETUNE_TODAY = {

@@ -6,6 +6,25 @@ is that loop; its named steps: `setup` (distributed, device, threads), `build` (
 optimiser, schedule), `resume_point`, `train_step`, `validation` (`evaluate`), `Checkpoints.save`,
 `export_run`.
 
+The step never waits on the host and the host never waits on the device inside it: each
+micro-batch is assembled, masked and turned into the head's slots ahead of the step in a
+background thread (`Feed`), copied from pinned memory without waiting; the masked-token head takes
+precomputed slot indices, so no shape depends on the data (`MaskedLMLoss`); the loss sum and the
+per-rank counts stay on the device and are read at log steps and checkpoints (`step_loss`,
+`RankCounts`). With settings.compile the forward (and with it the backward) is one
+torch.compile(fullgraph=True) graph: every micro-batch padded to one width, the head with a fixed
+number of slots (`slot_count`). settings.bf16 (auto|true|false, `precision.py`) runs the forward
+under bf16 autocast with float32 master weights.
+
+Dropout stays torch's own (nn.Dropout and the attention kernel's), seeded per global micro-batch
+with torch.manual_seed as before, so a float32 run is bit for bit what it was. Fine-tuning's host
+dropout masks (`fused_adamw_dropout.HostDropout`) would make the hidden-state masks cheaper on a
+CPU, but would change every run's numbers (another generator), and cannot reach the attention
+probabilities' dropout, drawn inside the attention kernel, which is most of the draws for BERT-base
+(10 x 12 x 512 x 512 per layer against 10 x 512 x 768 per hidden dropout). Compiled, inductor draws
+every dropout mask inside the fused kernels (Philox seeded from torch's generator: still per
+micro-batch), without the separate draw-then-multiply passes.
+
 Determinism and resumption: the data order is a pure function of (seed, step) (a seeded
 permutation per epoch), and each micro-batch's masking and dropout are seeded from
 (seed, step, global micro-batch index), so a run restarted from a checkpoint (model, optimiser,
@@ -33,7 +52,11 @@ from .corpus import Corpus
 from .defaults import check as check_settings
 from .defaults import defaults as config_defaults
 from .kmers import PAD, SEP, SUPPORTED_K, vocab_size
-from .masking import make_masker, rank_table
+from .masking import IGNORE, make_masker, rank_table
+from .precision import autocast as bf16_autocast
+from .precision import describe as describe_precision
+from .precision import use_bf16
+from .prefetch import Prefetch
 from .training import linear_schedule, padded_rows, param_groups
 from .util import PRETRAINING_RUN, GeneMaskError, Progress, atomic_output, output_lock, read_json_object, read_settings
 
@@ -85,25 +108,106 @@ def build_model(model_config: dict, seed: int):
 
 
 class MaskedLMLoss(torch.nn.Module):
-    """MLM loss computing the vocabulary head only at masked positions.
+    """MLM loss computing the vocabulary head only at the masked positions, given as slots.
 
     Hugging Face's BertForMaskedLM projects every token onto the 4101-word vocabulary; only the
     ~15% masked ones carry a label, so projecting just those is the same loss at a fraction of the
     cost (measured 9x faster per step for the demo model on CPU). The wrapped model is unchanged
     and is saved as a regular BertForMaskedLM.
+
+    The masked positions come made on the host with the batch (`as_slots`): `slots`, their flat
+    indices into the [B, W] batch in row-major order (the order of `hidden[labels != -100]`), and
+    `targets`, their labels. So the forward has no data-dependent shape and reads nothing back from
+    the device. With a static number of slots (torch.compile: `slot_count`) the slots past the
+    masked count point at position 0 with target -100 and the loss ignores them. The loss is the
+    summed cross entropy over the number of real targets (1 if none: loss 0, graph kept), which is
+    cross_entropy's mean bit for bit (the same summation, the same float32 division). The attention
+    mask is passed as the 4-D boolean mask Hugging Face's sdpa path makes of a padding mask (same
+    values, same outputs), so HF's test whether it may drop the mask (a `.all()` read of the device)
+    never runs; `full` (known on the host: no row is padded) drops it as that test would (the
+    attention kernel is faster without one), except in a compiled step, which keeps one graph.
     """
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, labels):
-        hidden = self.model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        sel = labels != -100
-        logits = self.model.cls(hidden[sel])
-        if logits.shape[0] == 0:
-            return hidden.sum() * 0.0  # no masked token in this micro-batch: zero loss, graph kept
-        return torch.nn.functional.cross_entropy(logits.float(), labels[sel])
+    def forward(self, input_ids, slots, targets, full: bool = False):
+        B, W = input_ids.shape
+        keep = input_ids != PAD
+        sdpa = self.model.config._attn_implementation == "sdpa"
+        mask = None if full else keep[:, None, None, :].expand(B, 1, W, W) if sdpa else keep
+        hidden = self.model.bert(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        logits = self.model.cls(hidden.reshape(B * W, -1).index_select(0, slots))
+        total = torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
+        return total / (targets != IGNORE).sum().clamp(min=1)
+
+
+# The static head's prediction slots per micro-batch, as a share of its B x W positions. Every
+# scheme masks 14-15.3 % of the real tokens with its default options; for the paper's 10 x 508
+# micro-batch the masked count's standard deviation is about 1 % of the positions, so a quarter
+# is many standard deviations above it. A micro-batch with more masked tokens (a small batch, a
+# larger `p`) gets B x W slots, every position: a second shape (one more compilation), never a
+# dropped label.
+SLOT_FRACTION = 0.25
+
+
+def slot_count(rows: int, width: int, n_masked: int) -> int:
+    """Slots of the static head for a [rows, width] micro-batch with n_masked masked tokens."""
+    fixed = max(1, math.ceil(SLOT_FRACTION * rows * width))
+    return fixed if n_masked <= fixed else rows * width
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch as the step takes it, made on the host (in the prefetch thread): masked
+    input ids [B, W], the head's slots and targets [S] (see `MaskedLMLoss`), the unmasked ids
+    (for the rank counts; None without a ranking), the masked count, whether no row is padded
+    (`full`, never set for a static shape) and the tokens (not [PAD]) of the whole optimiser step
+    it belongs to, all ranks."""
+
+    inp: torch.Tensor
+    slots: torch.Tensor
+    targets: torch.Tensor
+    ids: torch.Tensor | None
+    n_masked: int
+    full: bool = False
+    step_tokens: int = 0
+
+    def to(self, device: torch.device) -> MicroBatch:
+        """On `device`: copies from pinned memory that do not wait (the CPU: itself)."""
+        if device.type == "cpu":
+            return self
+        go = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return MicroBatch(go(self.inp), go(self.slots), go(self.targets), go(self.ids), self.n_masked, self.full,
+                          self.step_tokens)
+
+
+def as_slots(batch: torch.Tensor, inp: torch.Tensor, labels: torch.Tensor, width: int | None = None,
+             static: bool = False, ranked: bool = False, pin: bool = False) -> MicroBatch:
+    """A masked batch (the masker's `inp`, `labels` of `batch`) as a `MicroBatch`: padded on the right
+    to `width` (a fixed shape for torch.compile), with exactly as many slots as masked tokens, or
+    `slot_count` slots when `static`; `pin`: in pinned memory, for copies that do not wait."""
+    if width is not None and width > batch.shape[1]:
+        more = (0, width - batch.shape[1])
+        batch = torch.nn.functional.pad(batch, more, value=PAD)
+        inp = torch.nn.functional.pad(inp, more, value=PAD)
+        labels = torch.nn.functional.pad(labels, more, value=IGNORE)
+    B, W = batch.shape
+    flat_labels = labels.reshape(-1).numpy()
+    flat = np.flatnonzero(flat_labels != IGNORE)
+    n = len(flat)
+    S = slot_count(B, W, n) if static else n
+    slots = np.zeros(S, dtype=np.int64)
+    slots[:n] = flat
+    targets = np.full(S, IGNORE, dtype=np.int64)
+    targets[:n] = flat_labels[flat]
+    full = not static and bool((batch[:, -1] != PAD).all())  # rows are [CLS] ... [SEP] [PAD]...
+    mb = MicroBatch(inp, torch.from_numpy(slots), torch.from_numpy(targets), batch if ranked else None, n, full)
+    if pin:
+        mb = MicroBatch(*(None if t is None else t.pin_memory() for t in (mb.inp, mb.slots, mb.targets, mb.ids)),
+                        n, full)
+    return mb
 
 
 def make_batch(corpus: Corpus, idx: np.ndarray, max_len: int) -> torch.Tensor:
@@ -162,41 +266,55 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     targets = save_targets(save_steps, steps)
     proc = setup(s)
     run = build(corpus_dirs, model_config, scheme, ranking_path, s, proc)
-    ckpts = Checkpoints(output, *fingerprint(scheme, s, model_config, ranking_path, corpus_dirs,
-                                             {**run.train.sha256, **run.valid.sha256}))
+    ckpts = Checkpoints(output, *fingerprint(scheme, {**s, "bf16": bf16_key(run.bf16, proc.device)}, model_config,
+                                             ranking_path, corpus_dirs, {**run.train.sha256, **run.valid.sha256}))
     if proc.master:
         _say_other_fingerprints(ckpts.dir, ckpts.blob, bool(ckpts.kept))
     state, missing = resume_point(ckpts, targets, run, proc)
     end = max(missing) if missing else state["step"]  # train up to the last target not checkpointed yet
+    counts = RankCounts(run.token_ranks, state, proc.device) if run.token_ranks is not None else None
 
     prog = Progress(f"pretrain {scheme}", steps, "steps", every_s=10, fmt="{:,.2f}")
     prog.done = state["step"]
     speed = Throughput(state["tokens_seen"])
-    run.loss_model.train()
+    run.train_forward.train()
     stop = _StopSignals()  # SIGTERM (SLURM pre-emption / time limit) or SIGINT: checkpoint, then exit
     if state["step"] == 0 and 0 in missing and proc.master and steps > 0:
         ckpts.save(0, run, state)
     if proc.master and state["step"] < end:
         print(f"pretrain {scheme}: training from step {state['step']} to {end} of {steps} (checkpoints in "
-              f"{ckpts.dir})", file=sys.stderr, flush=True)
-    while state["step"] < end:
-        loss, tokens = train_step(run, state, s, proc)
-        step = state["step"]
-        speed.add(tokens)
-        row = None
-        if step % int(s["log_every"]) == 0 or step == steps or step % int(s["eval_every"]) == 0:
-            row = {"step": step, "lr": run.sched.get_last_lr()[0], "loss": loss, "val_loss": "", "val_ppl": "",
-                   "tokens_per_s": speed.since_last()}
-        if step % int(s["eval_every"]) == 0 or step == steps:
-            validation(run, state, row, s, proc, scheme)
-        if row is not None:
-            state["log"].append(row)
-        prog.update(1, extra=f"loss {loss:.3f}" + (f" tok/s {row['tokens_per_s']:,.0f}" if row else ""))
-        if proc.master and (step % int(s["checkpoint_every"]) == 0 or step in targets or stop.signal):
-            ckpts.save(step, run, state)
-        if stop.signal:
-            raise GeneMaskError(f"{stop.name} at step {step}: checkpoint {ckpts.path(step)} written; "
-                                f"run the same command again to continue from it")
+              f"{ckpts.dir}; {describe_precision(s['bf16'], proc.device)}"
+              f"{', compiled' if s['compile'] else ''})", file=sys.stderr, flush=True)
+    feed, loss = None, float("nan")
+    try:
+        while state["step"] < end:
+            if feed is None or state["step"] >= feed.stop:  # batches made ahead up to the next evaluation
+                if feed is not None:
+                    feed.close()
+                feed = Feed(run, s, proc, state["step"], window_end(state["step"], s, end))
+            loss_sum, tokens = train_step(run, state, s, proc, feed, counts)
+            step = state["step"]
+            speed.add(tokens)
+            row = None
+            if step % int(s["log_every"]) == 0 or step == steps or step % int(s["eval_every"]) == 0:
+                loss = step_loss(loss_sum, s, proc)  # the loop's one read of the device
+                row = {"step": step, "lr": run.sched.get_last_lr()[0], "loss": loss, "val_loss": "", "val_ppl": "",
+                       "tokens_per_s": speed.since_last()}
+            if step % int(s["eval_every"]) == 0 or step == steps:
+                validation(run, state, row, s, proc, scheme)
+            if row is not None:
+                state["log"].append(row)
+            prog.update(1, extra=f"loss {loss:.3f}" + (f" tok/s {row['tokens_per_s']:,.0f}" if row else ""))
+            if proc.master and (step % int(s["checkpoint_every"]) == 0 or step in targets or stop.signal):
+                ckpts.save(step, run, state, counts)
+            if stop.signal:
+                raise GeneMaskError(f"{stop.name} at step {step}: checkpoint {ckpts.path(step)} written; "
+                                    f"run the same command again to continue from it")
+    finally:
+        if feed is not None:
+            feed.close()
+    if counts is not None:
+        counts.store(state)
     stop.restore()
     prog.close()
     peak_gib = speed.finish(f"pretrain {scheme}", state["tokens_seen"], proc)
@@ -207,7 +325,7 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
                 "ranking_sha256": sha256_file(ranking_path), "corpus": [str(c) for c in corpus_dirs],
                 "train_pieces": len(run.train), "train_tokens": run.train.n_tokens(), "steps": steps,
                 "tokens_seen": state["tokens_seen"], "world_size": proc.world, "device": str(proc.device),
-                "peak_gpu_mem_gib": peak_gib,
+                "peak_gpu_mem_gib": peak_gib, "precision": describe_precision(s["bf16"], proc.device),
                 "switch_step": run.masker.switch_step if run.masker is not None else None}  # cm_gems; else null
         export_run(output, run.model, run.k, meta, state, {t: ckpts.path(t) for t in targets}, proc.device)
         if not s["keep_checkpoints"]:
@@ -270,10 +388,14 @@ class Run:
     """What `build` makes. One name per model role:
 
     model: the bare Hugging Face BertForMaskedLM: optimised, clipped, checkpointed and saved;
-    loss_model: `MaskedLMLoss` over `model`, wrapped by DistributedDataParallel with more than one
-      process: evaluation's forward, and `no_sync` while gradients accumulate;
-    train_forward: `loss_model` through torch.compile (settings.compile), else `loss_model` itself:
-      training's forward (evaluation stays eager)."""
+    loss_model: `MaskedLMLoss` over `model`, eager: evaluation's forward;
+    train_forward: training's forward: `loss_model` through torch.compile(fullgraph=True) when
+      settings.compile, wrapped by DistributedDataParallel with more than one process (`no_sync`
+      while gradients accumulate);
+    bf16: whether the forward passes run under bf16 autocast (`precision.use_bf16` of settings.bf16
+      on this device), `autocast` that context (else a null context);
+    width: settings.compile: the one batch width every micro-batch is padded to (the longest
+      training piece + 2, at most max_len), so the compiled step sees one shape; else None."""
 
     k: int
     train: Corpus
@@ -285,7 +407,9 @@ class Run:
     token_ranks: torch.Tensor | None  # rank by token id (mask_ranks.tsv); None without a ranking
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LambdaLR
-    autocast: object  # bf16 autocast on CUDA (settings.bf16), else a null context
+    bf16: bool
+    autocast: object
+    width: int | None
 
 
 def build(corpus_dirs: list[str], model_config: dict, scheme: str, ranking_path: str | None, s: dict,
@@ -308,16 +432,26 @@ def build(corpus_dirs: list[str], model_config: dict, scheme: str, ranking_path:
     if steps > 0:
         masker = make_masker(scheme, k=k, ranking=ranking, **s["masking"])
     loss_model = MaskedLMLoss(model)
+    train_forward = torch.compile(loss_model, fullgraph=True, dynamic=False) if s["compile"] else loss_model
     if proc.world > 1:
         device_ids = [proc.device.index] if proc.device.type == "cuda" else None
-        loss_model = torch.nn.parallel.DistributedDataParallel(loss_model, device_ids=device_ids)
-    train_forward = torch.compile(loss_model) if s["compile"] else loss_model
+        train_forward = torch.nn.parallel.DistributedDataParallel(train_forward, device_ids=device_ids)
     opt = torch.optim.AdamW(param_groups(model, s["weight_decay"]), lr=s["lr"], betas=tuple(s["betas"]), eps=s["eps"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(int(s["warmup_steps"]), steps, warmup_offset=1))
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if proc.device.type == "cuda" and s["bf16"]
-                else nullcontext())
+    bf16 = use_bf16(s["bf16"], proc.device)
     token_ranks = rank_table(ranking, k) if ranking is not None else None
-    return Run(k, train, valid, model, loss_model, train_forward, masker, token_ranks, opt, sched, autocast)
+    width = None
+    if s["compile"] and len(train):
+        width = min(int(s["max_len"]), int((train.ends - train.starts).max()) + 2)
+    return Run(k, train, valid, model, loss_model, train_forward, masker, token_ranks, opt, sched, bf16,
+               bf16_autocast(proc.device, bf16), width)
+
+
+def bf16_key(bf16: bool, device: torch.device):
+    """settings.bf16 as the checkpoint fingerprint holds it: what it did on `device`. False: float32;
+    True: bf16 autocast on a GPU (what `true` always meant there); "cpu": bf16 autocast on the CPU
+    (new: `true` used to mean float32 on a CPU, so such a checkpoint is never resumed in bf16)."""
+    return False if not bf16 else "cpu" if device.type == "cpu" else True
 
 
 def new_state(k: int) -> dict:
@@ -340,8 +474,11 @@ class Checkpoints:
     def path(self, step: int) -> Path:
         return self.dir / f"step{step}.pt"
 
-    def save(self, step: int, run: Run, state: dict) -> None:
-        """Checkpoint the model, optimiser, schedule, RNG states and `state` at `step`."""
+    def save(self, step: int, run: Run, state: dict, counts: RankCounts | None = None) -> None:
+        """Checkpoint the model, optimiser, schedule, RNG states and `state` (with the rank counts,
+        read from the device) at `step`."""
+        if counts is not None:
+            counts.store(state)
         save_checkpoint(self.path(step), run.model, run.opt, run.sched, state)
         if not (self.dir / "fingerprint.json").exists():
             with atomic_output(self.dir / "fingerprint.json") as tmp:
@@ -365,51 +502,129 @@ def resume_point(ckpts: Checkpoints, targets: list[int], run: Run, proc: Process
 
 
 # ---- step: one training step --------------------------------------------------------------------
-def train_step(run: Run, state: dict, s: dict, proc: Process) -> tuple[float, int]:
-    """One optimiser step from state["step"]: this rank's micro-batches of the global batch (data
-    order, masking and dropout seeded per global micro-batch, so any world size sees the same),
-    gradients accumulated (DDP synchronises on the last micro-batch), clipping, optimiser, schedule.
-    Advances state (step, tokens_seen, rank counts); returns (mean micro-batch loss, tokens this
-    step), both as one process would see them."""
-    step, steps = state["step"], int(s["steps"])
-    B, A, world = int(s["batch_size"]), int(s["grad_accum"]), proc.world
-    per_step = B * A * world
-    idx = sample_indices(len(run.train), s["seed"], step * per_step, per_step)
-    loss_sum, tokens = 0.0, 0
-    for m in range(A):
+class Feed:
+    """This rank's micro-batches of the steps [start, stop), assembled (`make_batch`), masked and
+    turned into head slots (`as_slots`) ahead of the step in a background thread
+    (`prefetch.Prefetch`, at most grad_accum + 1 micro-batches ahead; pinned memory on a GPU).
+
+    The micro-batches are exactly the ones the step would make itself, in the same order: the data
+    order is a function of (seed, step), each micro-batch's masks of its own generator
+    (`micro_generator`), and the masker's state changes only at an evaluation (cm_gems's switch),
+    which `stop` never passes (`window_end`). Each micro-batch carries the token count of its whole
+    optimiser step, all ranks (from the pieces' lengths: no device read, no communication)."""
+
+    def __init__(self, run: Run, s: dict, proc: Process, start: int, stop: int):
+        self.run, self.s, self.proc, self.stop = run, s, proc, stop
+        A = int(s["grad_accum"])
+        self._step_idx: tuple[int, np.ndarray, int] | None = None
+        self._prefetch = Prefetch(self._make, [(t, m) for t in range(start, stop) for m in range(A)], depth=A + 1)
+
+    def _make(self, key: tuple[int, int]) -> MicroBatch:
+        step, m = key
+        s, run, proc = self.s, self.run, self.proc
+        B, A = int(s["batch_size"]), int(s["grad_accum"])
+        if self._step_idx is None or self._step_idx[0] != step:
+            per_step = B * A * proc.world
+            idx = sample_indices(len(run.train), s["seed"], step * per_step, per_step)
+            n = np.minimum(run.train.ends[idx] - run.train.starts[idx], int(s["max_len"]) - 2) + 2
+            self._step_idx = (step, idx, int(n.sum()))
+        _, idx, tokens = self._step_idx
         g_micro = proc.rank * A + m
         batch = make_batch(run.train, idx[g_micro * B : (g_micro + 1) * B], s["max_len"])
-        inp, lab = run.masker(batch, micro_generator(s["seed"], step, g_micro), step=step, total_steps=steps)
-        torch.manual_seed(micro_seed(s["seed"] + 1, step, g_micro))  # dropout, likewise
-        if run.token_ranks is not None:
-            count_ranks(state, run.token_ranks, batch, lab)
-        sync = nullcontext() if (world == 1 or m == A - 1) else run.loss_model.no_sync()
-        with sync:
-            with run.autocast:
-                loss = run.train_forward(inp.to(proc.device), (batch != PAD).to(proc.device), lab.to(proc.device))
-            (loss / A).backward()
-        loss_sum += loss.detach().float().item()
-        tokens += int((batch != PAD).sum())
-    if world > 1:  # log the global mean loss and token count, as one process would see them
-        t = torch.tensor([loss_sum, float(tokens)], dtype=torch.float64, device=proc.device)
-        dist.all_reduce(t)
-        loss_sum, tokens = t[0].item() / world, int(t[1].item()) // world
+        inp, lab = run.masker(batch, micro_generator(s["seed"], step, g_micro), step=step, total_steps=int(s["steps"]))
+        mb = as_slots(batch, inp, lab, width=run.width, static=run.width is not None,
+                      ranked=run.token_ranks is not None, pin=proc.device.type == "cuda")
+        mb.step_tokens = tokens
+        return mb
+
+    def get(self, step: int, m: int) -> MicroBatch:
+        return self._prefetch.get((step, m))
+
+    def close(self) -> None:
+        self._prefetch.close()
+
+
+def window_end(step: int, s: dict, end: int) -> int:
+    """How far batches may be made ahead from `step`: up to the next evaluation (after which
+    cm_gems's masking may switch), at most `end`."""
+    every = int(s["eval_every"])
+    return min(end, (step // every + 1) * every)
+
+
+def train_step(run: Run, state: dict, s: dict, proc: Process, feed: Feed,
+               counts: RankCounts | None = None) -> tuple[torch.Tensor, int]:
+    """One optimiser step from state["step"]: this rank's micro-batches of the global batch
+    (`accumulate`), clipping, optimiser, schedule. Advances state (step, tokens_seen); returns (the
+    sum of this rank's micro-batch losses, a float64 device tensor that `step_loss` reads at log
+    steps; the step's tokens, all ranks)."""
+    step = state["step"]
+    loss_sum, tokens = accumulate(run, s, proc, feed, counts, step)
     torch.nn.utils.clip_grad_norm_(run.model.parameters(), s["grad_clip"])
     run.opt.step()
     run.sched.step()
     run.opt.zero_grad(set_to_none=True)
     state["step"] = step + 1
-    state["tokens_seen"] += tokens * world
-    return loss_sum / A, tokens * world
+    state["tokens_seen"] += tokens
+    return loss_sum, tokens
 
 
-def count_ranks(state: dict, token_ranks: torch.Tensor, batch: torch.Tensor, labels: torch.Tensor) -> None:
-    """Add a micro-batch's masked tokens and real (k-mer) tokens to the per-rank counts (mask_ranks.tsv)."""
-    n_rank_bins = len(state["masked_rank_counts"])
-    masked_tok = batch[labels != -100]
-    state["masked_rank_counts"] += torch.bincount(token_ranks[masked_tok], minlength=n_rank_bins).numpy()
-    real = batch[batch > SEP + 1]
-    state["all_rank_counts"] += torch.bincount(token_ranks[real], minlength=n_rank_bins).numpy()
+def accumulate(run: Run, s: dict, proc: Process, feed: Feed, counts: RankCounts | None,
+               step: int) -> tuple[torch.Tensor, int]:
+    """The micro-batch loop of `step`: gradients accumulated over this rank's grad_accum micro-batches
+    (data order, masking and dropout seeded per global micro-batch, so any world size sees the same;
+    DDP synchronises on the last one). Nothing in it waits on the device: the micro-batches come
+    made and masked from `feed`, copied without waiting, and the loss sum and rank counts stay on
+    the device. Returns (the loss sum on the device, the step's tokens, all ranks)."""
+    A, world = int(s["grad_accum"]), proc.world
+    loss_sum = torch.zeros((), dtype=torch.float64, device=proc.device)
+    tokens = 0
+    for m in range(A):
+        g_micro = proc.rank * A + m
+        mb = feed.get(step, m).to(proc.device)
+        torch.manual_seed(micro_seed(s["seed"] + 1, step, g_micro))  # dropout, seeded like the masks
+        if counts is not None:
+            counts.add(mb)
+        sync = nullcontext() if (world == 1 or m == A - 1) else run.train_forward.no_sync()
+        with sync:
+            with run.autocast:
+                loss = run.train_forward(mb.inp, mb.slots, mb.targets, mb.full)
+            (loss / A).backward()
+        loss_sum += loss.detach().double()
+        tokens = mb.step_tokens
+    return loss_sum, tokens
+
+
+def step_loss(loss_sum: torch.Tensor, s: dict, proc: Process) -> float:
+    """The mean micro-batch loss of a step as one process would see it (the mean over ranks): one
+    read of the device (and one all-reduce with DDP), at log steps only."""
+    if proc.world > 1:
+        loss_sum = loss_sum.clone()
+        dist.all_reduce(loss_sum)
+        return loss_sum.item() / proc.world / int(s["grad_accum"])
+    return loss_sum.item() / int(s["grad_accum"])
+
+
+class RankCounts:
+    """Masked tokens and real (k-mer) tokens per NPMI rank (mask_ranks.tsv), counted on the device:
+    `index_add_` of ones at each token's rank (a fixed-size scatter: bincount's output size would be
+    read from the device), so nothing is read back until `store` copies them into the checkpointed
+    state (at checkpoints and at the end)."""
+
+    def __init__(self, token_ranks: torch.Tensor, state: dict, device: torch.device):
+        self.ranks = token_ranks.to(device)
+        self.masked = torch.tensor(state["masked_rank_counts"], dtype=torch.int64, device=device)
+        self.all = torch.tensor(state["all_rank_counts"], dtype=torch.int64, device=device)
+
+    def add(self, mb: MicroBatch) -> None:
+        """Count a micro-batch: its masked tokens (the head's targets) and its real tokens (> [SEP]: the
+        k-mers; [UNK] and [PAD] are not counted)."""
+        self.masked.index_add_(0, self.ranks.index_select(0, mb.targets.clamp(min=0)), (mb.targets != IGNORE).long())
+        ids = mb.ids.reshape(-1)
+        self.all.index_add_(0, self.ranks.index_select(0, ids), (ids > SEP + 1).long())
+
+    def store(self, state: dict) -> None:
+        state["masked_rank_counts"] = self.masked.cpu().numpy().copy()
+        state["all_rank_counts"] = self.all.cpu().numpy().copy()
 
 
 class Throughput:
@@ -444,7 +659,8 @@ class Throughput:
 # ---- step: evaluation ---------------------------------------------------------------------------
 def evaluate(run: Run, s: dict, step: int, device: torch.device) -> float:
     """Mean masked-LM loss over the first eval_batches batches of the validation split: no dropout,
-    masks seeded by (seed, -1, row) so every evaluation masks alike; nan if nothing was masked."""
+    masks seeded by (seed, -1, row) so every evaluation masks alike; nan if nothing was masked.
+    The batch losses stay on the device until the end (one read)."""
     B = int(s["batch_size"])
     run.loss_model.eval()
     losses = []
@@ -453,11 +669,12 @@ def evaluate(run: Run, s: dict, step: int, device: torch.device) -> float:
         for j in range(0, n_val, B):
             batch = make_batch(run.valid, np.arange(j, min(j + B, n_val)), s["max_len"])
             inp, lab = run.masker(batch, micro_generator(s["seed"], -1, j), step=step, total_steps=int(s["steps"]))
-            if (lab != -100).any():
-                loss = run.loss_model(inp.to(device), (batch != PAD).to(device), lab.to(device))
-                losses.append(loss.float().item())
+            mb = as_slots(batch, inp, lab)
+            if mb.n_masked:
+                mb = mb.to(device)
+                losses.append(run.loss_model(mb.inp, mb.slots, mb.targets, mb.full).float())
     run.loss_model.train()
-    return float(np.mean(losses)) if losses else float("nan")
+    return float(np.mean(torch.stack(losses).tolist())) if losses else float("nan")
 
 
 def validation(run: Run, state: dict, row: dict, s: dict, proc: Process, scheme: str) -> None:
