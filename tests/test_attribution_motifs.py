@@ -212,7 +212,8 @@ def test_explain_report_pairs_reliance_on_pretraining_seed_and_record(tmp_path):
     inputs = []
     for scheme, shift in (("none", -0.1), ("dnabert", 0.0), ("genemask", 0.2), ("random", 0.0)):
         rows = [{"source": f"{scheme}/seed{p}.npz", "scheme": scheme, "pretrain_seed": p, "pretrain_step": 300,
-                 "id": f"line{i}", "reliance": float(np.clip(base[p, i] + shift + rng.normal(0, 0.01), 0, 1))}
+                 "id": f"line{i}", "reliance": float(np.clip(base[p, i] + shift + rng.normal(0, 0.01), 0, 1)),
+                 "seqlet_share": 0.8}
                 for p in range(4) for i in range(30)]
         rel = tmp_path / f"{scheme}.reliance.tsv"
         pd.DataFrame(rows).to_csv(rel, sep="\t", index=False)
@@ -230,6 +231,6 @@ def test_explain_report_pairs_reliance_on_pretraining_seed_and_record(tmp_path):
     assert abs(r.mean_diff) < 0.01 and r.p_ttest > 0.01
     d = t[(t.scheme == "dnabert") & (t.baseline == "none")].iloc[0]
     assert d.mean_diff == pytest.approx(0.1, abs=0.01)
-    assert not (t.scheme == "none").any()  # none is the floor, never a candidate
+    assert t[t.scheme == "none"].baseline.isna().all()  # none: its mean reliance, never a candidate
     m = pd.read_csv(mo, sep="\t")
     assert list(m.columns[:2]) == ["task", "scheme"] and set(m.scheme) == {"none", "dnabert", "genemask", "random"}

@@ -9,7 +9,10 @@ attributions of that scheme's classifiers, one per pretraining seed, on the same
   attribution_motifs.reliance) paired on (pretraining seed, test record) and tested with the study's
   own paired statistics (`stats.cell_test`: the differences averaged per pretraining seed, a t-test on
   those means; with one pretraining seed the records are the units, about that one model, and the
-  note says so). Records without attribution mass (reliance NaN) are left out of the pairs.
+  note says so). Records without attribution mass (reliance NaN) are left out of the pairs. Beside
+  it, each scheme's mean seqlet share (the mass inside any seqlet, matched or not: reliance's upper
+  bound, informative where no motif was found), and `models` (pretraining seeds) with the sd of
+  their mean reliance.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from . import stats
 from .tables import BASELINE, SCHEME_ORDER, ordered
 from .util import GeneMaskError, atomic_output, read_tsv
 
-RELIANCE_COLUMNS = ("source", "scheme", "pretrain_seed", "id", "reliance")
+RELIANCE_COLUMNS = ("source", "scheme", "pretrain_seed", "id", "reliance", "seqlet_share")
 MOTIF_COLUMNS = ("motif", "n_seqlets", "consensus", "jaspar_id", "jaspar_name", "q", "matched")
 
 
@@ -42,6 +45,9 @@ def reliance_tests(reliance: pd.DataFrame, references: Sequence[str] = (BASELINE
                                       "r": m["reliance_r"].to_numpy()})
                 pairs["d"] = pairs["x"] - pairs["r"]
                 res = stats.cell_test(pairs, pretrained_design=True)
+                if res["test_level"] == "finetune_seed":  # one pretraining seed: here the units are records
+                    res["test_level"] = "record"
+                    res["note"] = res["note"].replace("fine-tuning seeds used as replicates", "records used as replicates")
                 rows.append({"task": task, "scheme": scheme, "baseline": ref, **res})
     return pd.DataFrame(rows)
 
@@ -60,9 +66,10 @@ def explain_report_cli(inputs: Sequence[Sequence[str]], motifs_out: str, relianc
     motifs = motifs[["task", "scheme", *[c for c in motifs.columns if c not in ("task", "scheme")]]]
     reliance = pd.concat(reliance, ignore_index=True)
     tests = reliance_tests(reliance)
-    summary = (reliance.groupby(["task", "scheme", "pretrain_seed"], sort=True)["reliance"].mean()
-               .groupby(["task", "scheme"]).agg(["mean", "std", "size"]).reset_index()
-               .rename(columns={"mean": "mean_reliance", "std": "sd_over_pretrain_seeds", "size": "n_pretrain_seeds"}))
+    per_model = reliance.groupby(["task", "scheme", "pretrain_seed"], sort=True)[["reliance", "seqlet_share"]].mean()
+    summary = per_model.groupby(["task", "scheme"]).agg(
+        mean_reliance=("reliance", "mean"), sd_reliance=("reliance", "std"), models=("reliance", "size"),
+        mean_seqlet_share=("seqlet_share", "mean")).reset_index()
     out = summary.merge(tests, on=["task", "scheme"], how="left") if len(tests) else summary
     with atomic_output(motifs_out) as tm, atomic_output(reliance_out) as tr:
         motifs.to_csv(tm, sep="\t", index=False, float_format="%.6g")

@@ -43,6 +43,8 @@ rule explain_classifier:
         json=f"{EXPLAIN}/{{model}}/seed{{seed}}.finetune.json",
     log:
         f"{RESULTS}/logs/explain_classifier/{{task}}/{{shot}}/{{model}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/explain_classifier/{{task}}/{{shot}}/{{model}}/seed{{seed}}.tsv"
     conda:
         ENV
     threads: 1
