@@ -760,7 +760,7 @@ def test_the_page_has_a_section_on_what_the_classifiers_learned(tmp_path, metric
     out = tmp_path / "out"
     assert aggregate.aggregate_cli(metrics, out, include=[str(rel), str(mot), str(logo)], n_boot=100) == 0
     page = (out / "report.html").read_text()
-    section = page.partition("<h2>What the classifiers learned</h2>")[2]
+    section = page.partition("<h2 id='explain'>What the classifiers learned</h2>")[2]
     assert section and "<h3>Prom-core</h3>" in section and "MA0108.3" in section and "TBP" in section
     assert "genemask: motif logos" in section and section.count("data:image/png;base64") >= 1
     assert "<h2>explain_reliance.tsv</h2>" not in page

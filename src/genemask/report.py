@@ -94,7 +94,7 @@ def _explain_section(files: list[Path]) -> list[str]:
     tables = {p.name: pd.read_csv(p, sep="\t") for p in files if p.name in EXPLAIN_TABLES}
     logos = [p for p in files if p.name.endswith(".motifs.png")]
     tasks = sorted({str(t) for df in tables.values() for t in df.get("task", [])} | {p.parent.parent.name for p in logos})
-    parts = ["<h2>What the classifiers learned</h2>", f"<p class='note'>{html.escape(_EXPLAIN_NOTE)}</p>"]
+    parts = ["<h2 id='explain'>What the classifiers learned</h2>", f"<p class='note'>{html.escape(_EXPLAIN_NOTE)}</p>"]
     for task in tasks:
         parts.append(f"<h3>{html.escape(task)}</h3>")
         for name, title in (("explain_reliance.tsv", "Motif reliance"), ("explain_motifs.tsv", "Motifs")):
