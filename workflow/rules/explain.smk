@@ -115,7 +115,7 @@ rule explain_motifs:
         "genemask explain-motifs {input:q} -o {output.motifs:q} --seqlets {output.seqlets:q} "
         "--reliance {output.reliance:q} --logos {output.logos:q} --window {params.window} "
         "--flank {params.flank} --fdr {params.fdr} --min-seqlets {params.min_seqlets} "
-        "--q-threshold {params.q} > {log:q} 2>&1"
+        "--q-threshold {params.q} 2> {log:q}"
 
 
 rule explain_report:
@@ -152,4 +152,4 @@ rule explain_report:
         ),
     shell:
         "genemask explain-report {params.inputs} --motifs-out {output.motifs:q} "
-        "--reliance-out {output.reliance:q} > {log:q} 2>&1"
+        "--reliance-out {output.reliance:q} 2> {log:q}"
