@@ -654,13 +654,17 @@ def check_outputs(args: argparse.Namespace) -> None:
             check_output_target(getattr(args, a), is_dir=folder, kind=FOLDER_OUTPUTS.get((args.command, a), "output"))
 
 
+IN_PLACE_ARGS = ("readme",)  # files a command edits in place (study-doc: the README between its markers)
+
+
 def input_paths(args: argparse.Namespace) -> list[str]:
-    """Every argument value (or list item) that names an existing file or folder and is not an output."""
+    """Every argument value (or list item) that names an existing file or folder and is neither an
+    output nor a file the command edits in place."""
     import os
 
     found = []
     for name, value in vars(args).items():
-        if name in OUTPUT_ARGS:
+        if name in OUTPUT_ARGS or name in IN_PLACE_ARGS:
             continue
         for v in value if isinstance(value, (list, tuple)) else (value,):
             if isinstance(v, str) and v and len(v) < 4096 and "\0" not in v and os.path.lexists(v):
