@@ -310,6 +310,7 @@ def test_local_file_task_dry_run_job_counts(tmp_path, mirror):
         "fetch": 1,  # the genome only: the task's files are local
         "index_genome": 1, "chunks": 1, "ngrams": 3, "merge_ngrams": 1, "npmi": 1, "corpus": 3, "pretrain": 3,
         "task_data": 3, "finetune": 3 * 3 * 2, "missing_shots": 1, "plot_loss": 1, "mask_ranks": 1, "motifs": 1,
+        "probe": 3,  # the demo's probes: 3 models x the one task (its explain task, Splice-40, is not run here)
         "aggregate": 1, "all": 1,
     }, counts
     assert "--draw 100 --draw-seed 0 --label-names" in r.stdout + r.stderr
@@ -432,6 +433,8 @@ def test_predict_section_dry_run_jobs_quoted_commands_and_a_real_prediction(tmp_
         # the demo's 5 task x shot cells (Prom-core 10 and 50, the others 10) x 3 schemes x 2 seeds
         "pretrain": 3, "task_data": 5, "finetune": 5 * 3 * 2, "missing_shots": 1, "plot_loss": 1,
         "mask_ranks": 1, "motifs": 1, "aggregate": 1, "predict": 13 * 2, "embed": 3 * 2, "all": 1,
+        # the demo's probes (3 models x 4 tasks) and explain (Splice-40: the saved classifiers, no refit)
+        "probe": 3 * 4, "explain": 3, "explain_motifs": 3, "explain_report": 1,
     }, job_counts(out)
     fasta = tmp_path / "in" / "it's; my regions.fa"
     run = "Prom-300/10/genemask/seed42/step300/seed1"

@@ -386,13 +386,17 @@ def _check_names(cfg: dict, where: str) -> None:
 
 
 # What `resolve` checks after the schema, in this order (the first failing check is the error).
+def explained_tasks(cfg: dict) -> list[str]:
+    """explain.tasks that are fine-tuned (all of finetune.tasks when null; others are left out: a
+    config that drops a task from fine-tuning drops its explanation too)."""
+    given = cfg["explain"]["tasks"]
+    return [t for t in cfg["finetune"]["tasks"] if given is None or t in given]
+
+
 def _check_explain(cfg: dict, where: str) -> None:
-    """Refuses explain.tasks outside finetune.tasks, and a target class a task does not have."""
+    """Refuses a target class an explained task does not have."""
     e = cfg["explain"]
-    for t in e["tasks"] or []:
-        if t not in cfg["finetune"]["tasks"]:
-            raise GeneMaskError(f"{where}: key 'explain.tasks': {t!r} is not one of finetune.tasks")
-    for t in (e["tasks"] if e["tasks"] is not None else cfg["finetune"]["tasks"]) if e["enabled"] else []:
+    for t in explained_tasks(cfg) if e["enabled"] else []:
         if e["target_class"] >= cfg["tasks"][t]["num_labels"]:
             raise GeneMaskError(f"{where}: key 'explain.target_class': {e['target_class']} is not a class of {t} "
                                 f"({cfg['tasks'][t]['num_labels']} classes)")
@@ -531,10 +535,9 @@ def explain_runs(cfg: dict) -> list[dict]:
     e = cfg["explain"]
     if not e["enabled"]:
         return []
-    tasks = e["tasks"] if e["tasks"] is not None else cfg["finetune"]["tasks"]
     seed = cfg["finetune"]["seeds"][0]
     out = []
-    for t in tasks:
+    for t in explained_tasks(cfg):
         shots = [s for s in task_shots(cfg, t) if shot_source(cfg, t, s) is not None]
         if not shots:
             continue

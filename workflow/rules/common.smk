@@ -96,3 +96,39 @@ def model_folder(wildcards):
 def gpu_resources(section):
     n = plan.section_resources(CFG, section)["gpus"]
     return {"gpu": n} if n else {}
+
+
+def probe_task_files(wildcards):
+    return {
+        f"{kind}{shot}": f"{RESULTS}/tasks/{wildcards.task}/{shot}/{kind}.tsv"
+        for shot in plan.probe_shots(CFG, wildcards.task)
+        for kind in ("train", "test")
+    }
+
+
+def probe_shot_args(wildcards):
+    return [
+        a
+        for shot in plan.probe_shots(CFG, wildcards.task)
+        for a in (
+            str(shot),
+            f"{RESULTS}/tasks/{wildcards.task}/{shot}/train.tsv",
+            f"{RESULTS}/tasks/{wildcards.task}/{shot}/test.tsv",
+        )
+    ]
+
+
+def explain_classifier(wildcards):
+    """The run's saved classifier (finetune.save: all), else one fine-tuned again for explain."""
+    if SAVED_MODEL:
+        return SAVED_MODEL_PATH.format(**wildcards)
+    return f"{RESULTS}/explain/{wildcards.task}/{wildcards.shot}/{wildcards.model}/seed{wildcards.seed}.model"
+
+
+def explain_npzs(wildcards):
+    return [
+        f"{RESULTS}/explain/{r['task']}/{r['shot']}/{r['model']}/seed{r['seed']}.npz"
+        for r in EXPLAIN_RUNS
+        if (r["task"], str(r["shot"]), r["scheme"])
+        == (wildcards.task, wildcards.shot, wildcards.scheme)
+    ]

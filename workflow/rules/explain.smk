@@ -17,22 +17,6 @@ EXPLAIN_LOGOS = [
 ]
 
 
-def explain_classifier(wildcards):
-    """The run's saved classifier (finetune.save: all), else one fine-tuned again for explain."""
-    if SAVED_MODEL:
-        return SAVED_MODEL_PATH.format(**wildcards)
-    return f"{RESULTS}/explain/{wildcards.task}/{wildcards.shot}/{wildcards.model}/seed{wildcards.seed}.model"
-
-
-def explain_npzs(wildcards):
-    return [
-        f"{RESULTS}/explain/{r['task']}/{r['shot']}/{r['model']}/seed{r['seed']}.npz"
-        for r in EXPLAIN_RUNS
-        if (r["task"], str(r["shot"]), r["scheme"])
-        == (wildcards.task, wildcards.shot, wildcards.scheme)
-    ]
-
-
 rule explain_classifier:
     input:
         model=model_input,

@@ -6,26 +6,6 @@ PROBES = plan.probes(CFG)
 PROBE_JSONS = [f"{RESULTS}/probe/{p['task']}/{p['model']}.json" for p in PROBES]
 
 
-def probe_task_files(wildcards):
-    return {
-        f"{kind}{shot}": f"{RESULTS}/tasks/{wildcards.task}/{shot}/{kind}.tsv"
-        for shot in plan.probe_shots(CFG, wildcards.task)
-        for kind in ("train", "test")
-    }
-
-
-def probe_shot_args(wildcards):
-    return [
-        a
-        for shot in plan.probe_shots(CFG, wildcards.task)
-        for a in (
-            str(shot),
-            f"{RESULTS}/tasks/{wildcards.task}/{shot}/train.tsv",
-            f"{RESULTS}/tasks/{wildcards.task}/{shot}/test.tsv",
-        )
-    ]
-
-
 rule probe:
     input:
         unpack(probe_task_files),
