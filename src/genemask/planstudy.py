@@ -4,7 +4,7 @@ From a finished study's report folder it takes (1) the variance components of th
 of one comparison (scheme vs reference at one pretraining step, one metric), estimated from
 `runs.tsv` by power.components, and (2) the cost of one pretraining run and of one fine-tuning run,
 from the Snakemake benchmark files of the same study (`results/benchmarks/{pretrain,finetune}/`: the
-mean CPU seconds, else wall seconds, of the jobs). Every design of P pretraining seeds x F fine-tuning
+mean of each job's larger of CPU and wall seconds). Every design of P pretraining seeds x F fine-tuning
 seeds x C task x shot cells in the ranges asked for gets its MDE (power.design_mde: df = P - 1) and
 its cost: both sides of the comparison pretrain P models and fine-tune P x F x C runs each. The
 designs whose MDE reaches the target are listed cheapest first.
@@ -45,15 +45,17 @@ def comparison_cells(runs: pd.DataFrame, scheme: str, reference: str, metric: st
 
 
 def job_seconds(bench_dir: str | Path, stage: str) -> float:
-    """Mean CPU seconds (else wall seconds) of the benchmark files of one stage."""
+    """Mean seconds of the benchmark files of one stage: per job the larger of its CPU and wall seconds
+    (a fine-tuning job run by the warm worker is a thin client: its own CPU time misses the work the
+    worker did for it, its wall time does not; a single-threaded job's wall time is at least its CPU)."""
     files = sorted((Path(bench_dir) / stage).rglob("*.tsv"))
     if not files:
         raise GeneMaskError(f"{Path(bench_dir) / stage}: no benchmark files of the {stage} jobs")
     secs = []
     for f in files:
         b = read_tsv(f, "Snakemake benchmark", ("s",))
-        col = "cpu_time" if "cpu_time" in b and pd.notna(b["cpu_time"].iloc[-1]) and b["cpu_time"].iloc[-1] > 0 else "s"
-        secs.append(float(b[col].iloc[-1]))
+        cpu = b["cpu_time"].iloc[-1] if "cpu_time" in b and pd.notna(b["cpu_time"].iloc[-1]) else 0.0
+        secs.append(max(float(b["s"].iloc[-1]), float(cpu)))
     return sum(secs) / len(secs)
 
 
