@@ -38,10 +38,11 @@ rule explain_classifier:
     params:
         num_labels=lambda wc: CFG["tasks"][wc.task]["num_labels"],
         settings=json.dumps(CFG["finetune"]["settings"], sort_keys=True),
+        worker=int(CFG["finetune"]["worker"]),
         folder=model_folder,
         scheme=lambda wc: MODELS[wc.model]["scheme"],
     shell:
-        "GENEMASK_THREADS={threads} GENEMASK_WORKER=0 genemask finetune --model {params.folder:q} "
+        "GENEMASK_THREADS={threads} GENEMASK_WORKER={params.worker} genemask finetune --model {params.folder:q} "
         "--train {input.train:q} --test {input.test:q} --task {wildcards.task} --shot {wildcards.shot} "
         "--seed {wildcards.seed} --scheme {params.scheme} --num-labels {params.num_labels} "
         "--settings {params.settings:q} --save-model {output.model:q} -o {output.json:q} 2> {log:q}"
