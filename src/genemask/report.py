@@ -80,6 +80,10 @@ def _accuracy_section(outdir: Path, summary: pd.DataFrame, protocol: str, tagged
 
 
 EXPLAIN_TABLES = ("explain_motifs.tsv", "explain_reliance.tsv")  # genemask explain-report's outputs
+EXPLAIN_SHOWN = {"explain_reliance.tsv": ("scheme", "models", "mean_reliance", "mean_seqlet_share", "baseline",
+                                          "mean_diff", "p_ttest", "test_level", "n_units", "note"),
+                 "explain_motifs.tsv": ("scheme", "motif", "n_seqlets", "consensus", "jaspar_id", "jaspar_name", "q",
+                                        "matched")}  # the page's columns; the TSVs have them all
 _EXPLAIN_NOTE = ("Attributions: in-silico saturation mutagenesis of the first test rows of the target class "
                  "(genemask explain); seqlets, TF-MoDISco motifs and their best JASPAR CORE match by Tomtom "
                  "(genemask explain-motifs). Motif reliance: the share of a record's attribution mass inside "
@@ -101,6 +105,7 @@ def _explain_section(files: list[Path]) -> list[str]:
             df = tables.get(name)
             if df is not None and "task" in df:
                 sub = df[df["task"].astype(str) == task].drop(columns="task")
+                sub = sub[[c for c in EXPLAIN_SHOWN.get(name, sub.columns) if c in sub]]
                 parts.append(f"<h4>{title}</h4>" + (_table_html(sub) if len(sub) else
                                                     "<p class='note'>none (too few seqlets for a motif)</p>"))
         for p in sorted(q for q in logos if q.parent.parent.name == task):
