@@ -46,7 +46,7 @@ import pandas as pd
 from . import stats
 from .figures import plot_accuracy_vs_shots, plot_accuracy_vs_steps, shots_plot_name, steps_plot_name, write_bytes
 from .plan import TASK_NAME
-from .probe import PROTOCOLS
+from .probe import PROTOCOL_NAMES, PROTOCOLS
 from .report import summary_html
 from .tables import BASELINE, SCHEME_ORDER, TASK_ORDER, accuracy_table, missing_notes, ordered, to_markdown
 from .util import GeneMaskError, atomic_output, read_json_object, read_tsv
@@ -302,9 +302,6 @@ def parse_margins(items: Sequence[str]) -> dict[str, float]:
     return out
 
 
-PROTOCOL_TITLE = {"finetune": "Fine-tuning", "probe": "Frozen-representation probes (probe.py)"}
-
-
 def analyse(runs: pd.DataFrame, missing: pd.DataFrame, baseline: str, margin: dict, n_boot: int,
             boot_seed: int) -> dict:
     """Every table of one protocol's runs, each with its `protocol` column first."""
@@ -348,7 +345,7 @@ def aggregate_cli(metrics_jsons: Sequence[str | Path], outdir: str | Path, expec
     tables = {k: pd.concat([a[k] for a in parts.values()], ignore_index=True)
               for k in ("summary", "tests", "variance", "verdict")}
     verdict_md = stats.verdict_markdown(tables["verdict"], primary=(baseline, "none"))
-    md = "\n".join(a["md"] if len(parts) == 1 else f"# {PROTOCOL_TITLE[p]}\n\n{a['md']}" for p, a in parts.items())
+    md = "\n".join(a["md"] if len(parts) == 1 else f"# {PROTOCOL_NAMES[p]}\n\n{a['md']}" for p, a in parts.items())
     pngs = {shots_plot_name(p): plot_accuracy_vs_shots(a["summary"].drop(columns="protocol"))
             for p, a in parts.items()}
     kinds = stats.scheme_kinds(runs)

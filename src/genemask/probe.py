@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 PROTOCOLS = ("finetune", "probe")  # how a pretrained model is read: fine-tuned, or probed frozen (this module)
+PROTOCOL_NAMES = {"finetune": "Fine-tuning", "probe": "Frozen-representation probes"}  # headings of reports
 C_GRID = tuple(float(c) for c in np.logspace(-4, 3, 8))  # inverse regularisation strengths tried
 MAX_FOLDS = 5
 

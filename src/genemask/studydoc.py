@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 
 from .figures import shots_plot_name
-from .probe import PROTOCOLS
+from .probe import PROTOCOL_NAMES, PROTOCOLS
 from .util import GeneMaskError, atomic_output, read_tsv
 
 FIGURES = (*(shots_plot_name(p) for p in PROTOCOLS), "pretrain_loss.png", "mask_ranks.png")
@@ -77,7 +77,6 @@ def write_readme_result(readme: str | Path, study_md: str | Path) -> None:
         tmp.write_text(text)
 
 
-PROTOCOL_NAME = {"finetune": "Fine-tuning", "probe": "Frozen-representation probes"}
 DATA_FILES = ("runs.tsv", "variance.tsv", "verdict.tsv")  # copied beside the figures: the next plan-study's input
 MDE_COLUMNS = ["protocol", "scheme", "baseline", "pretrain_step", "metric", "mean_diff", "ci_low", "ci_high", "mde",
                "margin", "p_tost", "conclusion"]
@@ -134,7 +133,7 @@ def _sanity_section(tests: pd.DataFrame) -> list[str]:
              "on pretraining-seed means, positive difference) on at least two tasks.", ""]
     for protocol in _protocols(tests):
         bar = sanity_bar(_of(tests, protocol))
-        lines += [f"### {PROTOCOL_NAME[protocol]}", ""] if "protocol" in tests else []
+        lines += [f"### {PROTOCOL_NAMES[protocol]}", ""] if "protocol" in tests else []
         if bar.empty:
             lines += ["No comparison against `none` in this study.", ""]
             continue
@@ -153,7 +152,7 @@ def _accuracy_section(summary: pd.DataFrame) -> list[str]:
     lines = ["## Accuracy, mean +- sd over all (pretraining seed, seed) runs", ""]
     for protocol in _protocols(summary):
         acc, n_ref = accuracy_table(_of(summary, protocol))
-        lines += ([f"### {PROTOCOL_NAME[protocol]}", ""] if "protocol" in summary else []) + [
+        lines += ([f"### {PROTOCOL_NAMES[protocol]}", ""] if "protocol" in summary else []) + [
             to_markdown(acc), "", f"sd over runs; usual n = {n_ref} runs (other n shown).", ""]
     return lines
 
