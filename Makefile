@@ -9,7 +9,7 @@ GENEMASK_MIRROR ?= $(abspath ../shared/data)
 export GENEMASK_MIRROR
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo study test test-fast lint bench gpu-check test-slurm clean
+.PHONY: demo study study-previous test test-fast lint bench gpu-check test-slurm clean
 
 $(BIN)/genemask: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,9 +23,11 @@ demo: $(BIN)/genemask
 	$(BIN)/genemask timings results/benchmarks && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s; reports: results/snakemake_report.html, results/report/report.html"
 
-# The study (config/study.yaml, ~2 h on 2 CPU cores), then docs/study.md generated from its report
-# ("what changed" against docs/study/previous-study.yaml: before a new study, copy the config that
-# docs/study.md describes there).
+# The study (config/study.yaml, ~2 h on 2 CPU cores), then docs/study.md generated from its report.
+# Before changing config/study.yaml for a new study, `make study-previous` keeps the design and the
+# runs that docs/study.md describes in docs/study/previous/: the new docs/study.md says what changed
+# and how plan-study on those runs chose the new design (at STUDY_DESIGN_TARGET, the MDE asked for).
+STUDY_DESIGN_TARGET ?= 0.03
 # The LOGO model's pretraining throughput on one H200 at 50 x 5 (250 sequences, ~95k tokens per step),
 # measured by scripts/gpu_check.sh (README table of commit b87524a); replace with a newer measurement.
 H200_LOGO_TOKENS_PER_S ?= 1120000
@@ -37,10 +39,15 @@ study: $(BIN)/genemask
 	$(BIN)/genemask timings results/benchmarks > results/report/timings.txt && \
 	$(BIN)/genemask study-doc --config config/study.yaml --command "make study ($(STUDY_CMD))" \
 	  --wall-s $$(( $$(date +%s) - start )) --timings results/report/timings.txt -o docs/study.md --readme README.md \
-	  --previous-config docs/study/previous-study.yaml --bench-dir results/benchmarks \
+	  --previous docs/study/previous --design-target $(STUDY_DESIGN_TARGET) --bench-dir results/benchmarks \
 	  --gpu-config config/study-gpu.yaml --gpu-tokens-per-s $(H200_LOGO_TOKENS_PER_S) \
 	  --gpu-tokens-per-step $(H200_LOGO_TOKENS_PER_STEP) && \
 	echo "study finished in $$(( $$(date +%s) - start )) s: docs/study.md"
+
+study-previous:
+	mkdir -p docs/study/previous
+	cp config/study.yaml docs/study/previous/study.yaml
+	cp docs/study/runs.tsv docs/study/variance.tsv docs/study/verdict.tsv docs/study/previous/
 
 test: $(BIN)/genemask
 	$(BIN)/pytest -q

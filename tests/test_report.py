@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -714,12 +715,20 @@ def test_study_doc_with_probes_what_changed_and_the_next_plan(tmp_path):
     base = ("genome: {source: g, contigs: {X: 10}}\nfinetune: {shots: [10], seeds: [0, 1, 2, 3], max_test: 400}\n"
             "pretrain: {model: demo, schemes: [none, dnabert, genemask%s], seeds: %s, eval_steps: %s, "
             "settings: {steps: 2500, batch_size: 5, lr: 0.002}}\n")
-    prev, cfg = tmp_path / "previous.yaml", tmp_path / "study.yaml"
-    prev.write_text(base % (", cm_step", "[1, 2, 3]", "[1000]"))
+    prev, cfg = tmp_path / "previous", tmp_path / "study.yaml"
+    prev.mkdir()
+    (prev / "study.yaml").write_text(base % (", cm_step", "[1, 2, 3]", "[1000]"))
+    shutil.copyfile(out / "runs.tsv", prev / "runs.tsv")  # same runs: the plan's prediction must equal the reach
     cfg.write_text(base % ("", "[0, 1, 2]", "[]") + "probe: {enabled: true}\n")
-    doc = study_doc(out, cfg, tmp_path / "docs" / "study.md", "make study", 60.0, previous_config=prev,
-                    bench_dir=bench)
+    doc = study_doc(out, cfg, tmp_path / "docs" / "study.md", "make study", 60.0, previous=prev,
+                    bench_dir=bench, design_target=0.03)
     text = doc.read_text()
+    chosen = text.partition("## How this design was chosen")[2].partition("\n## ")[0]
+    assert f"$ genemask plan-study --report {prev} --target 0.03 --protocol finetune" in chosen
+    for protocol in ("finetune", "probe"):
+        line = next(ln for ln in chosen.splitlines() if ln.startswith(f"genemask vs dnabert ({protocol}): "))
+        predicted, reached = re.findall(r"(?:predicted from the previous study|reached) ([0-9.]+)", line)
+        assert predicted == reached and float(reached) > 0
     changed = text.partition("## What changed since the previous study")[2].partition("\n## ")[0]
     assert "| schemes | none, dnabert, genemask, cm_step | none, dnabert, genemask |" in changed
     assert "| budgets fine-tuned (steps) | 1000, 2500 | 2500 |" in changed

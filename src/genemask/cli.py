@@ -453,8 +453,11 @@ def _study_doc(p):
     p.add_argument("--timings", default=None, help="a file with `genemask timings` output")
     p.add_argument("-o", "--output", default="docs/study.md")
     p.add_argument("--readme", default=None, help="also quote the headline verdict line in this README (its markers)")
-    p.add_argument("--previous-config", default=None,
-                   help="the previous study's config: a generated 'what changed' section")
+    p.add_argument("--previous", default=None,
+                   help="the previous study's folder (its study.yaml and runs.tsv; `make study-previous`): generated "
+                        "'what changed' and, with --bench-dir, 'how this design was chosen' sections")
+    p.add_argument("--design-target", type=float, default=None,
+                   help="the MDE target plan-study was run at to choose this design (default 0.02)")
     p.add_argument("--bench-dir", default=None,
                    help="the study's Snakemake benchmark files: a generated plan-study section")
     p.add_argument("--gpu-config", default=None, help="a GPU study config to price (with --gpu-tokens-per-s)")

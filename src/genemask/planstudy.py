@@ -91,13 +91,9 @@ def run_seconds(bench_dir: str | Path, runs: pd.DataFrame, protocol: str) -> flo
     return job_seconds(bench_dir, protocol) / float(per_job)
 
 
-def plan_study(report: str | Path, bench_dir: str | Path, target: float, scheme: str = "genemask",
-               reference: str = "dnabert", metric: str = "accuracy", step: int | None = None,
-               steps: int | None = None, gpu_tokens_per_s: float | None = None, tokens_per_step: int | None = None,
-               cells: Sequence[int] = (), top: int = 15, protocol: str = "finetune") -> str:
-    """The plan-study report as text: the comparison's components, the current design's MDE, the
-    cheapest designs that reach `target` (or, if none does, the most powerful ones), for the runs of
-    one evaluation `protocol` (runs.tsv's protocol column; a table without it is all fine-tuning)."""
+def protocol_runs(report: str | Path, metric: str, protocol: str) -> pd.DataFrame:
+    """The runs of one evaluation protocol in a report's runs.tsv (a table without the protocol column is
+    all fine-tuning); refuses an empty selection."""
     runs = read_tsv(Path(report) / "runs.tsv", "runs table", ("task", "shot", "scheme", "seed", metric))
     if "protocol" in runs:
         runs = runs[runs["protocol"] == protocol]
@@ -105,6 +101,17 @@ def plan_study(report: str | Path, bench_dir: str | Path, target: float, scheme:
         runs = runs.iloc[:0]
     if runs.empty:
         raise GeneMaskError(f"{report}/runs.tsv: no runs of protocol {protocol}")
+    return runs
+
+
+def plan_study(report: str | Path, bench_dir: str | Path, target: float, scheme: str = "genemask",
+               reference: str = "dnabert", metric: str = "accuracy", step: int | None = None,
+               steps: int | None = None, gpu_tokens_per_s: float | None = None, tokens_per_step: int | None = None,
+               cells: Sequence[int] = (), top: int = 15, protocol: str = "finetune") -> str:
+    """The plan-study report as text: the comparison's components, the current design's MDE, the
+    cheapest designs that reach `target` (or, if none does, the most powerful ones), for the runs of
+    one evaluation `protocol` (runs.tsv's protocol column; a table without it is all fine-tuning)."""
+    runs = protocol_runs(report, metric, protocol)
     cell_list, step = comparison_cells(runs, scheme, reference, metric, step)
     comp = power.components(cell_list)
     if math.isnan(comp["var_p"]):
@@ -138,6 +145,24 @@ def plan_study(report: str | Path, bench_dir: str | Path, target: float, scheme:
     return "\n".join(lines)
 
 
+def _protocol_components(report: str | Path, scheme: str, reference: str, metric: str, protocol: str) -> dict:
+    """power.components of `scheme` vs `reference` at the headline step, on one protocol's runs of a report."""
+    runs = protocol_runs(report, metric, protocol)
+    return power.components(comparison_cells(runs, scheme, reference, metric)[0])
+
+
+def predicted_vs_achieved(previous_report: str | Path, report: str | Path, protocol: str, scheme: str = "genemask",
+                          reference: str = "dnabert", metric: str = "accuracy") -> str:
+    """One line: the design `report` ran (P x F x C of `scheme` vs `reference`), the MDE the previous
+    study's variance components predicted for it (what plan-study promised) and the MDE it reached."""
+    prev = _protocol_components(previous_report, scheme, reference, metric, protocol)
+    now = _protocol_components(report, scheme, reference, metric, protocol)
+    p, f, c = now["n_pretrain_seeds"], now["n_finetune_seeds"], now["n_cells"]
+    return (f"{scheme} vs {reference} ({protocol}): {p} pretraining seeds x {f:g} runs per cell x seed x {c} cells; "
+            f"MDE predicted from the previous study {power.design_mde(prev, p, f, c):.4f}, reached "
+            f"{power.design_mde(now, p, f, c):.4f} {metric}")
+
+
 def price_config_text(report: str | Path, bench_dir: str | Path, config: str | Path, gpu_tokens_per_s: float,
                       tokens_per_step: int | None = None, scheme: str = "genemask", reference: str = "dnabert",
                       metric: str = "accuracy") -> str:
@@ -167,8 +192,7 @@ def price_config_text(report: str | Path, bench_dir: str | Path, config: str | P
                 if probes else "") + " (CPU job times measured by this study)"]
     runs_tsv = read_tsv(Path(report) / "runs.tsv", "runs table", ("task", "shot", "scheme", "seed", metric))
     for protocol in dict.fromkeys(runs_tsv["protocol"]) if "protocol" in runs_tsv else ["finetune"]:
-        sel = runs_tsv[runs_tsv["protocol"] == protocol] if "protocol" in runs_tsv else runs_tsv
-        comp = power.components(comparison_cells(sel, scheme, reference, metric)[0])
+        comp = _protocol_components(report, scheme, reference, metric, protocol)
         lines.append(f"{scheme} vs {reference} ({protocol}): MDE {power.design_mde(comp, n_p, n_f, cells):.4f} "
                      f"{metric} at {n_p} pretraining x {n_f} fine-tuning seeds x {cells} cells, with this study's "
                      f"variance components")

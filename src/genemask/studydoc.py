@@ -78,6 +78,7 @@ def write_readme_result(readme: str | Path, study_md: str | Path) -> None:
 
 
 DATA_FILES = ("runs.tsv", "variance.tsv", "verdict.tsv")  # copied beside the figures: the next plan-study's input
+PREVIOUS_CONFIG = "study.yaml"  # a previous study's folder (`make study-previous`): this config and its DATA_FILES
 MDE_COLUMNS = ["protocol", "scheme", "baseline", "pretrain_step", "metric", "mean_diff", "ci_low", "ci_high", "mde",
                "margin", "p_tost", "conclusion"]
 
@@ -176,6 +177,25 @@ def _none_probe_section(runs: pd.DataFrame) -> list[str]:
             _md_table(t.drop(columns="num_labels")), ""]
 
 
+def _chosen_section(previous: Path, report: Path, bench: str | Path, target: float | None,
+                    protocols: list[str]) -> list[str]:
+    """How this design was chosen: plan-study on the previous study's report (its runs.tsv in
+    `previous`), and per protocol the MDE it predicted for the design that ran against the one reached."""
+    from .planstudy import plan_study, predicted_vs_achieved
+
+    target = 0.02 if target is None else target
+    lines = ["## How this design was chosen (genemask plan-study on the previous study)", ""]
+    for protocol in protocols:
+        try:
+            plan = plan_study(previous, bench, target, protocol=protocol, top=6)
+            check = predicted_vs_achieved(previous, report, protocol)
+        except GeneMaskError as e:
+            plan, check = f"not computed: {e}", ""
+        lines += ["```", f"$ genemask plan-study --report {previous} --target {target:g} --protocol {protocol}", plan,
+                  "```", "", check, ""]
+    return lines
+
+
 def _plan_section(report: Path, bench: str | Path, protocols: list[str], margin: float) -> list[str]:
     """plan-study's text for genemask vs dnabert per protocol, at the accuracy margin as target."""
     from .planstudy import plan_study
@@ -194,7 +214,8 @@ def _plan_section(report: Path, bench: str | Path, protocols: list[str], margin:
 
 def study_doc(report: str | Path, config: str | Path, output: str | Path, run_command: str, wall_s: float | None,
               models: str | Path | None = None, timings: str | Path | None = None,
-              readme: str | Path | None = None, previous_config: str | Path | None = None,
+              readme: str | Path | None = None, previous: str | Path | None = None,
+              design_target: float | None = None,
               bench_dir: str | Path | None = None, gpu_config: str | Path | None = None,
               gpu_tokens_per_s: float | None = None, gpu_tokens_per_step: int | None = None) -> Path:
     report, output = Path(report), Path(output)
@@ -219,10 +240,12 @@ def study_doc(report: str | Path, config: str | Path, output: str | Path, run_co
                                                           if wall_s else ""),
         *[f"- {k}: {v}" for k, v in facts.items()], "",
     ]
-    if previous_config:
+    if previous:
         lines += ["## What changed since the previous study", "",
-                  f"Previous design: `{previous_config}`; this one: `{config}`.", "",
-                  *what_changed(_read_yaml(previous_config, "previous study config"), cfg)]
+                  f"Previous design: `{Path(previous) / PREVIOUS_CONFIG}`; this one: `{config}`.", "",
+                  *what_changed(_read_yaml(Path(previous) / PREVIOUS_CONFIG, "previous study config"), cfg)]
+        if bench_dir:
+            lines += _chosen_section(Path(previous), report, bench_dir, design_target, _protocols(verdict_tsv))
     lines += _switch_lines(models) + _sanity_section(tests)
     verdict = (report / "verdict.md").read_text().split("\n", 1)[1].strip()
     lines += ["## Verdict (as the report printed it)", "", verdict, ""]

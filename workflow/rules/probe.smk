@@ -33,7 +33,9 @@ rule probe:
         seeds=CFG["finetune"]["seeds"],
         batch_size=CFG["probe"]["batch_size"],
         max_rows=CFG["probe"]["max_train_rows"],
+        bf16=str(CFG["probe"]["bf16"]).lower(),
     shell:
         "GENEMASK_THREADS={threads} genemask probe --model {params.folder:q} --task {wildcards.task} "
         "--scheme {params.scheme:q} --num-labels {params.num_labels} {params.shots} --seeds {params.seeds:q} "
-        "--batch-size {params.batch_size} --max-train-rows {params.max_rows} -o {output:q} 2> {log:q}"
+        "--batch-size {params.batch_size} --max-train-rows {params.max_rows} --bf16 {params.bf16:q} -o {output:q} "
+        "2> {log:q}"
