@@ -76,10 +76,13 @@ bench: $(BIN)/genemask
 	@mkdir -p $(BENCH_OUT)
 	@$(call bench_run,1-masking,bench masking)
 	@$(call bench_run,2-ngrams,bench ngrams $(GENEMASK_MIRROR)/genome/GRCh37_chrX_1-69999930.hs37chrXtrunc.fa.gz)
-	@$(call bench_run,3-train,bench train)
+	@$(call bench_run,3-train-logo,bench train)
+	@$(call bench_run,3-train-demo,bench train --model-config resources/models/demo.json)
+	@$(call bench_run,3-train-bert-base,bench train --model-config resources/models/dnabert.json)
 	@$(call bench_run,4-finetune,bench finetune)
 	@for s in $(MASK_SCHEMES); do $(call bench_run,5-mask-stats-$$s,mask-stats --scheme $$s $(DEMO_FASTA)) || exit 1; done
-	$(BIN)/genemask bench-doc $(BENCH_OUT)/1-masking.txt $(BENCH_OUT)/2-ngrams.txt $(BENCH_OUT)/3-train.txt \
+	$(BIN)/genemask bench-doc $(BENCH_OUT)/1-masking.txt $(BENCH_OUT)/2-ngrams.txt $(BENCH_OUT)/3-train-logo.txt \
+	  $(BENCH_OUT)/3-train-demo.txt $(BENCH_OUT)/3-train-bert-base.txt \
 	  $(BENCH_OUT)/4-finetune.txt $(foreach s,$(MASK_SCHEMES),$(BENCH_OUT)/5-mask-stats-$(s).txt) -o docs/performance.md
 
 # The GPU check (scripts/gpu_check.sh; docs/development.md): pytest -m gpu, then the memory per sequence,
