@@ -457,7 +457,7 @@ def _study_doc(p):
                    help="the previous study's folder (its study.yaml and runs.tsv; `make study-previous`): generated "
                         "'what changed' and, with --bench-dir, 'how this design was chosen' sections")
     p.add_argument("--design-target", type=float, default=None,
-                   help="the MDE target plan-study was run at to choose this design (default 0.02)")
+                   help="the MDE target plan-study was run at to choose this design (default: the accuracy margin)")
     p.add_argument("--bench-dir", default=None,
                    help="the study's Snakemake benchmark files: a generated plan-study section")
     p.add_argument("--gpu-config", default=None, help="a GPU study config to price (with --gpu-tokens-per-s)")

@@ -92,9 +92,14 @@ def run_seconds(bench_dir: str | Path, runs: pd.DataFrame, protocol: str) -> flo
 
 
 def protocol_runs(report: str | Path, metric: str, protocol: str) -> pd.DataFrame:
-    """The runs of one evaluation protocol in a report's runs.tsv (a table without the protocol column is
-    all fine-tuning); refuses an empty selection."""
+    """The runs of one evaluation protocol in a report's runs.tsv (select_protocol)."""
     runs = read_tsv(Path(report) / "runs.tsv", "runs table", ("task", "shot", "scheme", "seed", metric))
+    return select_protocol(runs, protocol, report)
+
+
+def select_protocol(runs: pd.DataFrame, protocol: str, report: str | Path) -> pd.DataFrame:
+    """The runs of one evaluation protocol (a table without the protocol column is all fine-tuning);
+    refuses an empty selection, naming `report`."""
     if "protocol" in runs:
         runs = runs[runs["protocol"] == protocol]
     elif protocol != "finetune":
@@ -192,7 +197,8 @@ def price_config_text(report: str | Path, bench_dir: str | Path, config: str | P
                 if probes else "") + " (CPU job times measured by this study)"]
     runs_tsv = read_tsv(Path(report) / "runs.tsv", "runs table", ("task", "shot", "scheme", "seed", metric))
     for protocol in dict.fromkeys(runs_tsv["protocol"]) if "protocol" in runs_tsv else ["finetune"]:
-        comp = _protocol_components(report, scheme, reference, metric, protocol)
+        sel = select_protocol(runs_tsv, protocol, report)
+        comp = power.components(comparison_cells(sel, scheme, reference, metric)[0])
         lines.append(f"{scheme} vs {reference} ({protocol}): MDE {power.design_mde(comp, n_p, n_f, cells):.4f} "
                      f"{metric} at {n_p} pretraining x {n_f} fine-tuning seeds x {cells} cells, with this study's "
                      f"variance components")

@@ -177,13 +177,12 @@ def _none_probe_section(runs: pd.DataFrame) -> list[str]:
             _md_table(t.drop(columns="num_labels")), ""]
 
 
-def _chosen_section(previous: Path, report: Path, bench: str | Path, target: float | None,
+def _chosen_section(previous: Path, report: Path, bench: str | Path, target: float,
                     protocols: list[str]) -> list[str]:
     """How this design was chosen: plan-study on the previous study's report (its runs.tsv in
     `previous`), and per protocol the MDE it predicted for the design that ran against the one reached."""
     from .planstudy import plan_study, predicted_vs_achieved
 
-    target = 0.02 if target is None else target
     lines = ["## How this design was chosen (genemask plan-study on the previous study)", ""]
     for protocol in protocols:
         try:
@@ -240,12 +239,15 @@ def study_doc(report: str | Path, config: str | Path, output: str | Path, run_co
                                                           if wall_s else ""),
         *[f"- {k}: {v}" for k, v in facts.items()], "",
     ]
+    margin = float(verdict_tsv.loc[verdict_tsv["metric"] == "accuracy", "margin"].iloc[0]) \
+        if "margin" in verdict_tsv and (verdict_tsv["metric"] == "accuracy").any() else 0.02
     if previous:
         lines += ["## What changed since the previous study", "",
                   f"Previous design: `{Path(previous) / PREVIOUS_CONFIG}`; this one: `{config}`.", "",
                   *what_changed(_read_yaml(Path(previous) / PREVIOUS_CONFIG, "previous study config"), cfg)]
         if bench_dir:
-            lines += _chosen_section(Path(previous), report, bench_dir, design_target, _protocols(verdict_tsv))
+            lines += _chosen_section(Path(previous), report, bench_dir,
+                                     margin if design_target is None else design_target, _protocols(verdict_tsv))
     lines += _switch_lines(models) + _sanity_section(tests)
     verdict = (report / "verdict.md").read_text().split("\n", 1)[1].strip()
     lines += ["## Verdict (as the report printed it)", "", verdict, ""]
@@ -264,8 +266,6 @@ def study_doc(report: str | Path, config: str | Path, output: str | Path, run_co
             v = variance[variance["metric"] == "accuracy"].groupby(keys)[share].mean().reset_index()
             lines += ["## Where the spread comes from (accuracy; mean over cells and steps)", "", _md_table(v), ""]
     if bench_dir:
-        margin = float(verdict_tsv.loc[verdict_tsv["metric"] == "accuracy", "margin"].iloc[0]) \
-            if "margin" in verdict_tsv and (verdict_tsv["metric"] == "accuracy").any() else 0.02
         lines += _plan_section(report, bench_dir, _protocols(verdict_tsv), margin)
         if gpu_config and gpu_tokens_per_s:
             from .planstudy import price_config_text
