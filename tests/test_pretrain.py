@@ -17,7 +17,7 @@ from genemask.cli import main
 from genemask.corpus import build_corpus
 
 TINY = {"k": 6, "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64,
-        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 512}
+        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,9 @@ def _here(args) -> int:
         torch.set_num_threads(n)
 
 
-STEPS16 = ["steps=16", "batch_size=4", "grad_accum=2"]
+# bf16 on a CPU: every dropout mask (hidden and attention) from numpy, reseeded per micro-batch;
+# the resumed runs must equal the uninterrupted one bitwise on that path too
+STEPS16 = ["steps=16", "batch_size=4", "grad_accum=2", "bf16=true"]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,7 @@ def ref16(setup, data_a):
     (checkpoint_every 4; the SIGTERM runs use 1000: where checkpoints fall must not change training)."""
     ref = setup / "ref"
     assert _here(_cmd(setup, ref, data_a, *STEPS16, "checkpoint_every=4")) == 0
+    assert json.loads((ref / "genemask.json").read_text())["dropout"].startswith("numpy")
     return ref
 
 

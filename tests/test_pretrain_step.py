@@ -295,6 +295,7 @@ def test_bf16_on_cpu_runs_and_same_seed_gives_the_same_weights(corpus, data_a, t
     assert all(a[n].dtype == torch.float32 for n in a)  # float32 master weights
     assert not all(torch.equal(a[n], f[n]) for n in a)  # and bf16 did run
     assert a_meta["precision"].startswith("bf16 autocast (bf16=True)") and f_meta["precision"].startswith("float32")
+    assert a_meta["dropout"].startswith("numpy") and f_meta["dropout"] == "torch"  # bf16 on CPU: host masks
 
 
 def test_fingerprint_holds_what_bf16_did_on_the_device():
@@ -304,6 +305,8 @@ def test_fingerprint_holds_what_bf16_did_on_the_device():
     assert bf16_key(False, cpu) is False and bf16_key(False, gpu) is False  # float32: as `false` always was
     assert bf16_key(True, gpu) is True  # `true` on a GPU: what it always meant
     assert bf16_key(True, cpu) == "cpu"  # `true` on a CPU was float32: such a checkpoint is not resumed in bf16
+    assert bf16_key(True, cpu, host_dropout=True) == "cpu, host dropout"  # not resumed from torch's masks
+    assert bf16_key(True, gpu, host_dropout=False) is True and bf16_key(False, cpu, host_dropout=False) is False
 
 
 # ---- torch.compile: one graph -------------------------------------------------------------------

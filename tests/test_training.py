@@ -292,3 +292,75 @@ def test_use_host_dropout_replaces_modules_and_is_seeded():
     assert all(torch.equal(x, y) for x, y in zip(a, b))  # same seed, same masks
     assert not torch.equal(a[0], a[1])  # a fresh mask every call
     assert not torch.equal(a[0], c[0])  # another seed, other masks
+
+
+def _attention_inputs(seed=0, B=3, H=2, L=9, D=4):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, L, D, generator=g) for _ in range(3))
+    keep = torch.ones(B, L, dtype=torch.bool)
+    keep[1, 6:] = False  # a padded row: its last 3 keys masked out
+    return q, k, v, keep[:, None, None, :].expand(B, 1, L, L)
+
+
+def test_host_dropout_attention_is_math_attention_with_the_host_mask():
+    """Training, p = 0.25, a padded row: softmax(q k^T / sqrt(d), masked) with the HostDropout's
+    dropped probabilities zeroed, times v, times 1/(1-p), as float64 arithmetic gives it; the mask is
+    the HostDropout's next draw (same seed, same mask)."""
+    from genemask.fused_adamw_dropout import HostDropout, host_dropout_attention
+
+    q, k, v, mask = _attention_inputs()
+    p = 0.25
+    module = torch.nn.Module()
+    module.dropout = HostDropout(p, np.random.default_rng(7))
+    out, weights = host_dropout_attention(module, q, k, v, mask, scaling=0.5, dropout=p)
+    keep = HostDropout(p, np.random.default_rng(7)).keep((3, 2, 9, 9))
+    s = (q.double() @ k.double().transpose(-1, -2) * 0.5).masked_fill(~mask, float("-inf"))
+    ref = (torch.softmax(s, dim=-1) * keep / (1 - p)) @ v.double()
+    assert weights is None and out.shape == (3, 9, 2, 4)  # [B, L, heads, d], as transformers' attention returns
+    torch.testing.assert_close(out.double(), ref.transpose(1, 2), rtol=1e-6, atol=1e-6)
+    assert 0.15 < 1 - keep.float().mean().item() < 0.35  # about p of 486 draws dropped
+    again, _ = host_dropout_attention(module, q, k, v, mask, scaling=0.5, dropout=p)
+    assert not torch.equal(out, again)  # a fresh mask every call
+
+
+def test_host_dropout_attention_in_evaluation_is_sdpa_bit_for_bit():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from genemask.fused_adamw_dropout import HostDropout, host_dropout_attention
+
+    q, k, v, mask = _attention_inputs(1)
+    module = torch.nn.Module()
+    module.dropout = HostDropout(0.1, np.random.default_rng(0))
+    module.eval()
+    ours, _ = host_dropout_attention(module, q, k, v, mask, scaling=0.5, dropout=0.0)
+    sdpa, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.5, dropout=0.0)
+    assert torch.equal(ours, sdpa)
+
+
+def test_host_attention_dropout_model_is_seeded_and_saves_a_plain_folder(tmp_path):
+    """A BertForMaskedLM with every mask from one numpy Generator: the same seed gives the same
+    logits in training; its saved folder names no attention implementation and loads with the Auto
+    classes (transformers' default attention), equal to the model in evaluation."""
+    from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
+
+    from genemask.fused_adamw_dropout import HOST_ATTENTION, use_host_attention_dropout, use_host_dropout
+
+    def model(seed):
+        torch.manual_seed(0)
+        m = BertForMaskedLM(BertConfig(vocab_size=4101, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1))
+        use_host_dropout(m, seed)
+        use_host_attention_dropout(m)
+        return m.train()
+
+    ids = torch.randint(5, 4101, (2, 12), generator=torch.Generator().manual_seed(3))
+    a, b, c = model(5), model(5), model(6)
+    assert a.config._attn_implementation == HOST_ATTENTION
+    la, lb, lc = (m(input_ids=ids).logits.detach() for m in (a, b, c))
+    assert torch.equal(la, lb) and not torch.equal(la, lc)
+    a.save_pretrained(tmp_path)
+    assert HOST_ATTENTION not in (tmp_path / "config.json").read_text()
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
+    assert loaded.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, a.eval()(input_ids=ids).logits, rtol=0, atol=1e-6)

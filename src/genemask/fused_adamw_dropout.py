@@ -95,13 +95,17 @@ class HostDropout(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
-    def mask(self, shape: torch.Size) -> torch.Tensor:
-        """A float32 tensor of `shape`: 0 where dropped, 1/(1-p) where kept."""
+    def keep(self, shape: torch.Size) -> torch.Tensor:
+        """A bool tensor of `shape`: True where kept (its 32-bit draw >= round(p * 2^32))."""
         n = int(np.prod(shape))
         bits = self.rng.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n]
-        m = (bits >= self._threshold).astype(np.float32)
+        return torch.from_numpy(bits >= self._threshold).view(shape)
+
+    def mask(self, shape: torch.Size) -> torch.Tensor:
+        """A float32 tensor of `shape`: 0 where dropped, 1/(1-p) where kept."""
+        m = self.keep(shape).to(torch.float32)
         m *= self._scale
-        return torch.from_numpy(m).view(shape)
+        return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
@@ -109,10 +113,11 @@ class HostDropout(torch.nn.Module):
         return x * self.mask(x.shape).to(device=x.device)  # a bf16 x (autocast) comes back float32
 
 
-def use_host_dropout(model: torch.nn.Module, seed: int) -> int:
+def use_host_dropout(model: torch.nn.Module, seed: int, rng: np.random.Generator | None = None) -> int:
     """Replace every `nn.Dropout` of `model` (in place) by a `HostDropout` of the same p; all of
-    them draw from one Generator seeded with `seed`. Returns the number replaced."""
-    rng = np.random.Generator(np.random.PCG64(seed))
+    them draw from one Generator: `rng`, else a new one seeded with `seed`. Returns the number
+    replaced."""
+    rng = rng if rng is not None else np.random.Generator(np.random.PCG64(seed))
     n = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
@@ -120,3 +125,48 @@ def use_host_dropout(model: torch.nn.Module, seed: int) -> int:
                 setattr(module, name, HostDropout(child.p, rng))
                 n += 1
     return n
+
+
+HOST_ATTENTION = "genemask_host_dropout"  # the attention implementation's name in transformers' registry
+
+
+def host_dropout_attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
+    """Attention whose probabilities' dropout mask comes from the module's `HostDropout`.
+
+    In training with p > 0: softmax(q k^T / sqrt(d), masked) with the dropped probabilities set to
+    0, times v, times 1/(1-p): the arithmetic of torch's math attention with dropout, which is
+    what torch's CPU attention falls back to whenever dropout is on (its fused kernel has none).
+    That path draws the mask with `bernoulli_` (about 8 ns per element: 10 x 12 x 508 x 508
+    per layer of a BERT-base micro-batch) and, under bf16 autocast, multiplies in float32; here the
+    mask is one PCG64 pass and the two products run in bf16 under autocast (the scores are
+    rounded to bf16 before the softmax, as every eager bf16 attention does). The 1/(1-p) scale
+    multiplies the [B, heads, L, d] output instead of the [B, heads, L, L] probabilities.
+    Otherwise (evaluation, p = 0, a module without a HostDropout, a causal module) it is
+    transformers' sdpa attention, so evaluation and inference are unchanged. `attention_mask`
+    is what the sdpa path takes: a boolean mask (True: attend) or an additive float one."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    drop = getattr(module, "dropout", None)
+    if not (module.training and dropout > 0 and isinstance(drop, HostDropout)) or getattr(module, "is_causal", False):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query * scaling, key.transpose(-1, -2))
+    if attention_mask is not None:
+        scores = (scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool
+                  else scores + attention_mask)
+    probs = torch.softmax(scores, dim=-1)
+    probs = probs.masked_fill(~drop.keep(probs.shape).to(probs.device), 0.0)
+    out = torch.matmul(probs, value) * (1.0 / (1.0 - dropout))
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_host_attention_dropout(model) -> None:
+    """Make a Hugging Face model's attention `host_dropout_attention` (registered once under
+    HOST_ATTENTION). Needs `use_host_dropout` first (the attention modules' `dropout` become
+    HostDropouts). Not saved with the model: a saved config.json names no attention implementation,
+    so a saved folder loads with transformers' default."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(HOST_ATTENTION, host_dropout_attention)
+    model.set_attn_implementation(HOST_ATTENTION)

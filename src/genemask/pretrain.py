@@ -16,14 +16,16 @@ torch.compile(fullgraph=True) graph: every micro-batch padded to one width, the 
 number of slots (`slot_count`). settings.bf16 (auto|true|false, `precision.py`) runs the forward
 under bf16 autocast with float32 master weights.
 
-Dropout stays torch's own (nn.Dropout and the attention kernel's), seeded per global micro-batch
-with torch.manual_seed as before, so a float32 run is bit for bit what it was. Fine-tuning's host
-dropout masks (`fused_adamw_dropout.HostDropout`) would make the hidden-state masks cheaper on a
-CPU, but would change every run's numbers (another generator), and cannot reach the attention
-probabilities' dropout, drawn inside the attention kernel, which is most of the draws for BERT-base
-(10 x 12 x 512 x 512 per layer against 10 x 512 x 768 per hidden dropout). Compiled, inductor draws
-every dropout mask inside the fused kernels (Philox seeded from torch's generator: still per
-micro-batch), without the separate draw-then-multiply passes.
+Dropout is torch's own (nn.Dropout and the attention kernel's), seeded per global micro-batch
+with torch.manual_seed as before, so a float32 run is bit for bit what it was. In bf16 on a CPU
+(not compiled) every dropout mask comes from numpy instead (`host_dropout`: fine-tuning's
+`fused_adamw_dropout.HostDropout` for the hidden states, `host_dropout_attention` for the
+attention probabilities, one PCG64 reseeded per global micro-batch like torch's): torch's CPU
+attention with dropout cannot use its fused kernel, and falls back to float32 products with a mask
+drawn by bernoulli_ (10 x 12 x 508 x 508 draws per BERT-base layer), which cost as much as the rest
+of the bf16 step. Compiled, inductor draws every dropout mask inside the fused kernels (Philox
+seeded from torch's generator: still per micro-batch), without the separate draw-then-multiply
+passes.
 
 Determinism and resumption: the data order is a pure function of (seed, step) (a seeded
 permutation per epoch), and each micro-batch's masking and dropout are seeded from
@@ -135,8 +137,8 @@ class MaskedLMLoss(torch.nn.Module):
     def forward(self, input_ids, slots, targets, full: bool = False):
         B, W = input_ids.shape
         keep = input_ids != PAD
-        sdpa = self.model.config._attn_implementation == "sdpa"
-        mask = None if full else keep[:, None, None, :].expand(B, 1, W, W) if sdpa else keep
+        four_d = self.model.config._attn_implementation != "eager"  # sdpa, or host_dropout_attention
+        mask = None if full else keep[:, None, None, :].expand(B, 1, W, W) if four_d else keep
         hidden = self.model.bert(input_ids=input_ids, attention_mask=mask).last_hidden_state
         logits = self.model.cls(hidden.reshape(B * W, -1).index_select(0, slots))
         total = torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
@@ -266,8 +268,9 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     targets = save_targets(save_steps, steps)
     proc = setup(s)
     run = build(corpus_dirs, model_config, scheme, ranking_path, s, proc)
-    ckpts = Checkpoints(output, *fingerprint(scheme, {**s, "bf16": bf16_key(run.bf16, proc.device)}, model_config,
-                                             ranking_path, corpus_dirs, {**run.train.sha256, **run.valid.sha256}))
+    done_as = {**s, "bf16": bf16_key(run.bf16, proc.device, run.host_rng is not None)}
+    ckpts = Checkpoints(output, *fingerprint(scheme, done_as, model_config, ranking_path, corpus_dirs,
+                                             {**run.train.sha256, **run.valid.sha256}))
     if proc.master:
         _say_other_fingerprints(ckpts.dir, ckpts.blob, bool(ckpts.kept))
     state, missing = resume_point(ckpts, targets, run, proc)
@@ -284,7 +287,8 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     if proc.master and state["step"] < end:
         print(f"pretrain {scheme}: training from step {state['step']} to {end} of {steps} (checkpoints in "
               f"{ckpts.dir}; {describe_precision(s['bf16'], proc.device)}"
-              f"{', compiled' if s['compile'] else ''})", file=sys.stderr, flush=True)
+              f"{', compiled' if s['compile'] else ''}{', dropout masks from numpy' if run.host_rng is not None else ''})",
+              file=sys.stderr, flush=True)
     feed, loss = None, float("nan")
     try:
         while state["step"] < end:
@@ -326,6 +330,7 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
                 "train_pieces": len(run.train), "train_tokens": run.train.n_tokens(), "steps": steps,
                 "tokens_seen": state["tokens_seen"], "world_size": proc.world, "device": str(proc.device),
                 "peak_gpu_mem_gib": peak_gib, "precision": describe_precision(s["bf16"], proc.device),
+                "dropout": "numpy PCG64 masks (bf16 on CPU)" if run.host_rng is not None else "torch",
                 "switch_step": run.masker.switch_step if run.masker is not None else None}  # cm_gems; else null
         export_run(output, run.model, run.k, meta, state, {t: ckpts.path(t) for t in targets}, proc.device)
         if not s["keep_checkpoints"]:
@@ -394,6 +399,8 @@ class Run:
       while gradients accumulate);
     bf16: whether the forward passes run under bf16 autocast (`precision.use_bf16` of settings.bf16
       on this device), `autocast` that context (else a null context);
+    host_rng: bf16 on a CPU, not compiled: the numpy Generator every dropout mask of the model is
+      drawn from (`host_dropout`), reseeded per micro-batch; else None (torch's dropout);
     width: settings.compile: the one batch width every micro-batch is padded to (the longest
       training piece + 2, at most max_len), so the compiled step sees one shape; else None."""
 
@@ -410,6 +417,7 @@ class Run:
     bf16: bool
     autocast: object
     width: int | None
+    host_rng: np.random.Generator | None = None
 
 
 def build(corpus_dirs: list[str], model_config: dict, scheme: str, ranking_path: str | None, s: dict,
@@ -431,6 +439,8 @@ def build(corpus_dirs: list[str], model_config: dict, scheme: str, ranking_path:
     masker = None
     if steps > 0:
         masker = make_masker(scheme, k=k, ranking=ranking, **s["masking"])
+    bf16 = use_bf16(s["bf16"], proc.device)
+    host_rng = host_dropout(model, s) if bf16 and proc.device.type == "cpu" and not s["compile"] else None
     loss_model = MaskedLMLoss(model)
     train_forward = torch.compile(loss_model, fullgraph=True, dynamic=False) if s["compile"] else loss_model
     if proc.world > 1:
@@ -438,20 +448,41 @@ def build(corpus_dirs: list[str], model_config: dict, scheme: str, ranking_path:
         train_forward = torch.nn.parallel.DistributedDataParallel(train_forward, device_ids=device_ids)
     opt = torch.optim.AdamW(param_groups(model, s["weight_decay"]), lr=s["lr"], betas=tuple(s["betas"]), eps=s["eps"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(int(s["warmup_steps"]), steps, warmup_offset=1))
-    bf16 = use_bf16(s["bf16"], proc.device)
     token_ranks = rank_table(ranking, k) if ranking is not None else None
     width = None
     if s["compile"] and len(train):
         width = min(int(s["max_len"]), int((train.ends - train.starts).max()) + 2)
     return Run(k, train, valid, model, loss_model, train_forward, masker, token_ranks, opt, sched, bf16,
-               bf16_autocast(proc.device, bf16), width)
+               bf16_autocast(proc.device, bf16), width, host_rng)
 
 
-def bf16_key(bf16: bool, device: torch.device):
+def host_dropout(model, s: dict) -> np.random.Generator:
+    """Every dropout mask of `model` (hidden states and attention probabilities) from one numpy
+    Generator (`fused_adamw_dropout`: HostDropout, host_dropout_attention), returned for
+    `accumulate` to reseed per micro-batch. Used for bf16 on a CPU, where torch's dropout would cost
+    as much as the bf16 arithmetic: its CPU attention with dropout cannot take the fused kernel
+    and falls back to float32 products with a bernoulli_ mask (BERT-base: most of a bf16 step).
+    float32 keeps torch's dropout (today's arithmetic bit for bit); a compiled step keeps it too
+    (inductor draws the masks inside its kernels; a numpy draw would break the graph)."""
+    from .fused_adamw_dropout import use_host_attention_dropout, use_host_dropout
+
+    rng = np.random.Generator(np.random.PCG64(s["seed"]))
+    use_host_dropout(model, s["seed"], rng)
+    use_host_attention_dropout(model)
+    return rng
+
+
+def bf16_key(bf16: bool, device: torch.device, host_dropout: bool = False):
     """settings.bf16 as the checkpoint fingerprint holds it: what it did on `device`. False: float32;
     True: bf16 autocast on a GPU (what `true` always meant there); "cpu": bf16 autocast on the CPU
-    (new: `true` used to mean float32 on a CPU, so such a checkpoint is never resumed in bf16)."""
-    return False if not bf16 else "cpu" if device.type == "cpu" else True
+    (new: `true` used to mean float32 on a CPU, so such a checkpoint is never resumed in bf16);
+    "cpu, host dropout": that with the dropout masks from numpy (`host_dropout`), so a checkpoint
+    made with torch's masks is never continued with numpy's."""
+    if not bf16:
+        return False
+    if device.type != "cpu":
+        return True
+    return "cpu, host dropout" if host_dropout else "cpu"
 
 
 def new_state(k: int) -> dict:
@@ -581,7 +612,10 @@ def accumulate(run: Run, s: dict, proc: Process, feed: Feed, counts: RankCounts 
     for m in range(A):
         g_micro = proc.rank * A + m
         mb = feed.get(step, m).to(proc.device)
-        torch.manual_seed(micro_seed(s["seed"] + 1, step, g_micro))  # dropout, seeded like the masks
+        dropout_seed = micro_seed(s["seed"] + 1, step, g_micro)  # dropout, seeded like the masks
+        torch.manual_seed(dropout_seed)
+        if run.host_rng is not None:
+            run.host_rng.bit_generator.state = np.random.PCG64(dropout_seed).state
         if counts is not None:
             counts.add(mb)
         sync = nullcontext() if (world == 1 or m == A - 1) else run.train_forward.no_sync()
