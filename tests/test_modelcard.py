@@ -11,6 +11,7 @@ PRETRAINED = {"scheme": "genemask", "k": 6, "settings": {"steps": 300, "lr": 0.0
               "ranking_sha256": "ab" * 32, "corpus": ["results/corpus/c0000"], "train_pieces": 4000,
               "train_tokens": 2020000, "steps": 300, "tokens_seen": 768000, "world_size": 1, "device": "cpu",
               "pretrain_step": 300, "pretrain_seed": 42, "val_loss": 7.912345, "tokens_per_s": 5321.7,
+              "precision": "bf16 autocast (auto: cpu with avx512_bf16)", "dropout": "numpy PCG64 masks (bf16 on CPU)",
               "weights_sha256": "cd" * 32}
 CLASSIFIER = {"kind": "classifier", "k": 6, "task": "Prom-core", "shot": 10, "seed": 2, "num_labels": 2,
               "labels": ["non-promoter", "promoter"], "source_model": "results/models/genemask/seed42/step300",
@@ -31,7 +32,9 @@ def test_pretrained_card_parses_and_its_numbers_are_the_metadata(tmp_path):
     assert {"genomics", "dna", "6-mer", "masking-genemask"} <= set(d["tags"])
     text = card.text
     for what, v in (("tokens seen", "768000"), ("validation loss", "7.912"), ("throughput (tokens/s)", "5322"),
-                    ("pretraining step", "300"), ("NPMI ranking sha256", "ab" * 32)):
+                    ("pretraining step", "300"), ("NPMI ranking sha256", "ab" * 32),
+                    ("precision", "bf16 autocast (auto: cpu with avx512_bf16)"),
+                    ("dropout masks", "numpy PCG64 masks (bf16 on CPU)")):
         assert f"| {what} | {v} |" in text, what
     assert "sha256 `" + "cd" * 32 + "`" in text
     assert "space-separated 6-mers" in text and "kmerize" in text and "AutoModelForMaskedLM" in text

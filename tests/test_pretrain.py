@@ -216,9 +216,10 @@ def _newest(folder):
 @pytest.mark.slow  # torchrun and two ranks: three more interpreters importing torch (make test runs it)
 @pytest.mark.subprocess
 def test_ddp_two_processes_match_one_process(setup, data_a):
-    """2 gloo ranks x 1 micro-batch == 1 process x 2 micro-batches (same global batch and masks)."""
+    """2 gloo ranks x 1 micro-batch == 1 process x 2 micro-batches (same global batch and masks,
+    the dropout masks from numpy: bf16 on a CPU)."""
     one, two = setup / "one", setup / "two"
-    common = ["steps=8", "batch_size=4"]
+    common = ["steps=8", "batch_size=4", "bf16=true"]
     assert _here(_cmd(setup, one, data_a, *common, "grad_accum=2")) == 0
     torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2",
                 "-m", "genemask.cli"]
