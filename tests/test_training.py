@@ -302,65 +302,99 @@ def _attention_inputs(seed=0, B=3, H=2, L=9, D=4):
     return q, k, v, keep[:, None, None, :].expand(B, 1, L, L)
 
 
-def test_host_dropout_attention_is_math_attention_with_the_host_mask():
+def test_cpu_training_attention_is_math_attention_with_the_host_mask():
     """Training, p = 0.25, a padded row: softmax(q k^T / sqrt(d), masked) with the HostDropout's
     dropped probabilities zeroed, times v, times 1/(1-p), as float64 arithmetic gives it; the mask is
     the HostDropout's next draw (same seed, same mask)."""
-    from genemask.fused_adamw_dropout import HostDropout, host_dropout_attention
+    from genemask.fused_adamw_dropout import HostDropout, cpu_training_attention
 
     q, k, v, mask = _attention_inputs()
     p = 0.25
     module = torch.nn.Module()
     module.dropout = HostDropout(p, np.random.default_rng(7))
-    out, weights = host_dropout_attention(module, q, k, v, mask, scaling=0.5, dropout=p)
+    out, weights = cpu_training_attention(module, q, k, v, mask, scaling=0.5, dropout=p)
     keep = HostDropout(p, np.random.default_rng(7)).keep((3, 2, 9, 9))
     s = (q.double() @ k.double().transpose(-1, -2) * 0.5).masked_fill(~mask, float("-inf"))
     ref = (torch.softmax(s, dim=-1) * keep / (1 - p)) @ v.double()
     assert weights is None and out.shape == (3, 9, 2, 4)  # [B, L, heads, d], as transformers' attention returns
     torch.testing.assert_close(out.double(), ref.transpose(1, 2), rtol=1e-6, atol=1e-6)
     assert 0.15 < 1 - keep.float().mean().item() < 0.35  # about p of 486 draws dropped
-    again, _ = host_dropout_attention(module, q, k, v, mask, scaling=0.5, dropout=p)
+    again, _ = cpu_training_attention(module, q, k, v, mask, scaling=0.5, dropout=p)
     assert not torch.equal(out, again)  # a fresh mask every call
+    no_drop, _ = cpu_training_attention(module, q, k, v, mask, scaling=0.5, dropout=0.0)
+    torch.testing.assert_close(no_drop.double(), (torch.softmax(s, dim=-1) @ v.double()).transpose(1, 2),
+                               rtol=1e-6, atol=1e-6)
+    module.dropout = torch.nn.Dropout(p)
+    with pytest.raises(TypeError, match="HostDropout"):
+        cpu_training_attention(module, q, k, v, mask, scaling=0.5, dropout=p)
 
 
-def test_host_dropout_attention_in_evaluation_is_sdpa_bit_for_bit():
+def test_cpu_training_attention_in_evaluation_is_sdpa_bit_for_bit():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from genemask.fused_adamw_dropout import HostDropout, host_dropout_attention
+    from genemask.fused_adamw_dropout import HostDropout, cpu_training_attention
 
     q, k, v, mask = _attention_inputs(1)
     module = torch.nn.Module()
     module.dropout = HostDropout(0.1, np.random.default_rng(0))
     module.eval()
-    ours, _ = host_dropout_attention(module, q, k, v, mask, scaling=0.5, dropout=0.0)
+    ours, _ = cpu_training_attention(module, q, k, v, mask, scaling=0.5, dropout=0.0)
     sdpa, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.5, dropout=0.0)
     assert torch.equal(ours, sdpa)
 
 
-def test_host_attention_dropout_model_is_seeded_and_saves_a_plain_folder(tmp_path):
+def _tiny_mlm(seed):
+    from transformers import BertConfig, BertForMaskedLM
+
+    from genemask.fused_adamw_dropout import use_cpu_training_attention, use_host_dropout
+
+    torch.manual_seed(0)
+    m = BertForMaskedLM(BertConfig(vocab_size=4101, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=64, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1))
+    use_host_dropout(m, seed)
+    use_cpu_training_attention(m)
+    return m.train()
+
+
+def test_cpu_training_attention_model_is_seeded_and_saves_a_plain_folder(tmp_path):
     """A BertForMaskedLM with every mask from one numpy Generator: the same seed gives the same
     logits in training; its saved folder names no attention implementation and loads with the Auto
     classes (transformers' default attention), equal to the model in evaluation."""
-    from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
+    from transformers import AutoModelForMaskedLM
 
-    from genemask.fused_adamw_dropout import HOST_ATTENTION, use_host_attention_dropout, use_host_dropout
-
-    def model(seed):
-        torch.manual_seed(0)
-        m = BertForMaskedLM(BertConfig(vocab_size=4101, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                       intermediate_size=64, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1))
-        use_host_dropout(m, seed)
-        use_host_attention_dropout(m)
-        return m.train()
+    from genemask.fused_adamw_dropout import CPU_TRAINING_ATTENTION
 
     ids = torch.randint(5, 4101, (2, 12), generator=torch.Generator().manual_seed(3))
-    a, b, c = model(5), model(5), model(6)
-    assert a.config._attn_implementation == HOST_ATTENTION
+    a, b, c = _tiny_mlm(5), _tiny_mlm(5), _tiny_mlm(6)
+    assert a.config._attn_implementation == CPU_TRAINING_ATTENTION
     la, lb, lc = (m(input_ids=ids).logits.detach() for m in (a, b, c))
     assert torch.equal(la, lb) and not torch.equal(la, lc)
     a.save_pretrained(tmp_path)
-    assert HOST_ATTENTION not in (tmp_path / "config.json").read_text()
+    assert CPU_TRAINING_ATTENTION not in (tmp_path / "config.json").read_text()
     loaded = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
     assert loaded.config._attn_implementation == "sdpa"
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, a.eval()(input_ids=ids).logits, rtol=0, atol=1e-6)
+
+
+def test_cpu_training_attention_masks_padding_given_as_a_2d_mask():
+    """Fine-tuning hands the model a [B, L] padding mask: in training without dropout the logits equal
+    sdpa's (transformers makes no mask at all for an attention it does not know, so a padded row
+    would attend to its padding)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from genemask.fused_adamw_dropout import use_cpu_training_attention
+
+    torch.manual_seed(0)
+    m = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=0.0,
+                                                 attention_probs_dropout_prob=0.0)).train()
+    ids = torch.randint(5, 50, (3, 9), generator=torch.Generator().manual_seed(1))
+    am = torch.ones(3, 9, dtype=torch.long)
+    am[1, 5:] = 0
+    sdpa = m(input_ids=ids, attention_mask=am).logits
+    use_cpu_training_attention(m)
+    ours = m(input_ids=ids, attention_mask=am).logits
+    torch.testing.assert_close(ours, sdpa, rtol=0, atol=1e-6)
+    ids[1, 5:] = 7  # what sits under the padding must not matter
+    torch.testing.assert_close(m(input_ids=ids, attention_mask=am).logits, sdpa, rtol=0, atol=1e-6)

@@ -41,7 +41,11 @@ float32); the weights, their gradients, the AdamW moments and the update stay fl
 is the cross-entropy of the logits, outside autocast; the classifier's output layer runs in float32
 (`precision.float32_head`: bf16 logits would be rounded to 8 significant bits). A HostDropout mask stays
 float32, so a dropped-out bf16 activation comes back float32 (it is added to a float32 residual
-next). The JSON records the precision used (`precision`: bf16 or float32).
+next). In bf16 on a CPU, training's attention is the math attention in bf16 with its dropout mask
+from the same numpy Generator (`fused_adamw_dropout.cpu_training_attention`): torch's fused CPU
+attention has a slow bf16 backward (at Splice-40's 37 tokens the bf16 step was slower than
+float32's with it), and with attention dropout torch's falls back to float32 products; scoring
+keeps torch's attention. The JSON records the precision used (`precision`: bf16 or float32).
 
 Metrics: accuracy, macro-F1, MCC and AUROC (binary: ROC AUC of the class-1 probability; more
 classes: the one-vs-one macro AUROC of Hand & Till, the mean over class pairs (a, b) of the mean of
@@ -250,11 +254,12 @@ def train_classifier(model, ids, lengths, labels, regime: dict, settings: dict, 
     the device once, a batch is an index into them cut to its longest row, the learning rate is
     set from the schedule's formula directly, the optimiser is fused and applies the gradient
     clip itself (`clip_scale`), the running loss stays on the device (one host sync per epoch,
-    for the progress line), and on CPU the dropout masks come from numpy (`fused_adamw_dropout.py`).
+    for the progress line), and on CPU the dropout masks come from numpy (`fused_adamw_dropout.py`),
+    and in bf16 on CPU training's attention is `fused_adamw_dropout.cpu_training_attention`.
     """
     import torch
 
-    from .fused_adamw_dropout import FusedAdamW, clip_scale, use_host_dropout
+    from .fused_adamw_dropout import FusedAdamW, clip_scale, use_cpu_training_attention, use_host_dropout
 
     n = len(labels)
     bs, epochs, lr = int(regime["batch_size"]), int(regime["epochs"]), float(regime["lr"])
@@ -263,6 +268,8 @@ def train_classifier(model, ids, lengths, labels, regime: dict, settings: dict, 
     warmup = math.ceil(settings["warmup_ratio"] * total)
     if torch.device(device).type == "cpu":
         use_host_dropout(model, seed)
+        if bf16:  # torch's CPU attention trains slower in bf16 than the math attention (module docstring)
+            use_cpu_training_attention(model)
     opt = make_optimizer(model, lr, settings["weight_decay"], device)
     fused = isinstance(opt, FusedAdamW)  # the kernel applies the clip
     schedule = linear_schedule(warmup, total)

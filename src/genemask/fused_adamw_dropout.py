@@ -127,27 +127,28 @@ def use_host_dropout(model: torch.nn.Module, seed: int, rng: np.random.Generator
     return n
 
 
-HOST_ATTENTION = "genemask_host_dropout"  # the attention implementation's name in transformers' registry
+CPU_TRAINING_ATTENTION = "genemask_cpu_training"  # the attention implementation's name in transformers' registry
 
 
-def host_dropout_attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
-    """Attention whose probabilities' dropout mask comes from the module's `HostDropout`.
+def cpu_training_attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
+    """Attention for training on a CPU under bf16 autocast: the math attention in bf16, its dropout
+    mask from the module's `HostDropout`.
 
-    In training with p > 0: softmax(q k^T / sqrt(d), masked) with the dropped probabilities set to
-    0, times v, times 1/(1-p): the arithmetic of torch's math attention with dropout, which is
-    what torch's CPU attention falls back to whenever dropout is on (its fused kernel has none).
-    That path draws the mask with `bernoulli_` (about 8 ns per element: 10 x 12 x 508 x 508
-    per layer of a BERT-base micro-batch) and, under bf16 autocast, multiplies in float32; here the
-    mask is one PCG64 pass and the two products run in bf16 under autocast (the scores are
-    rounded to bf16 before the softmax, as every eager bf16 attention does). The 1/(1-p) scale
+    In training: softmax(q k^T / sqrt(d), masked), the dropped probabilities (p = `dropout` > 0)
+    set to 0, times v, times 1/(1-p). torch's own CPU attention under bf16 autocast is slower at
+    every training shape we measured: without dropout its fused (flash) kernel's bf16 backward is
+    slow (at a few-shot task's 37 tokens it made the whole bf16 fine-tuning step slower than
+    float32's), and with dropout it falls back to the math attention in float32 with a mask drawn
+    by `bernoulli_` (about 8 ns per element: 10 x 12 x 508 x 508 per layer of a BERT-base
+    micro-batch). Here both products run in bf16 (the scores are rounded to bf16 before the
+    softmax, as every eager bf16 attention does), the mask is one PCG64 pass, and the 1/(1-p) scale
     multiplies the [B, heads, L, d] output instead of the [B, heads, L, L] probabilities.
-    Otherwise (evaluation, p = 0, a module without a HostDropout, a causal module) it is
-    transformers' sdpa attention, so evaluation and inference are unchanged. `attention_mask`
-    is what the sdpa path takes: a boolean mask (True: attend) or an additive float one."""
+    In evaluation (and for a causal module) it is transformers' sdpa attention, so validation,
+    scoring and inference are unchanged. `attention_mask` is what the sdpa path takes: a boolean
+    mask (True: attend) or an additive float one."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    drop = getattr(module, "dropout", None)
-    if not (module.training and dropout > 0 and isinstance(drop, HostDropout)) or getattr(module, "is_causal", False):
+    if not module.training or getattr(module, "is_causal", False):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
@@ -156,17 +157,28 @@ def host_dropout_attention(module, query, key, value, attention_mask, scaling=No
         scores = (scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool
                   else scores + attention_mask)
     probs = torch.softmax(scores, dim=-1)
-    probs = probs.masked_fill(~drop.keep(probs.shape).to(probs.device), 0.0)
-    out = torch.matmul(probs, value) * (1.0 / (1.0 - dropout))
+    if dropout > 0:
+        drop = getattr(module, "dropout", None)
+        if not isinstance(drop, HostDropout):
+            raise TypeError("cpu_training_attention: the attention module's dropout is not a HostDropout "
+                            "(call use_host_dropout first)")
+        probs = probs.masked_fill(~drop.keep(probs.shape).to(probs.device), 0.0)
+    out = torch.matmul(probs, value)
+    if dropout > 0:
+        out = out * (1.0 / (1.0 - dropout))
     return out.transpose(1, 2).contiguous(), None
 
 
-def use_host_attention_dropout(model) -> None:
-    """Make a Hugging Face model's attention `host_dropout_attention` (registered once under
-    HOST_ATTENTION). Needs `use_host_dropout` first (the attention modules' `dropout` become
-    HostDropouts). Not saved with the model: a saved config.json names no attention implementation,
-    so a saved folder loads with transformers' default."""
+def use_cpu_training_attention(model) -> None:
+    """Make a Hugging Face model's attention `cpu_training_attention` (registered once under
+    CPU_TRAINING_ATTENTION). With attention dropout it needs `use_host_dropout` first (the attention
+    modules' `dropout` become HostDropouts). Not saved with the model: a saved config.json names no
+    attention implementation, so a saved folder loads with transformers' default. Its padding mask
+    is made as for sdpa (a boolean [B, 1, L, L]; transformers makes none for an attention it does
+    not know)."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(HOST_ATTENTION, host_dropout_attention)
-    model.set_attn_implementation(HOST_ATTENTION)
+    AttentionInterface.register(CPU_TRAINING_ATTENTION, cpu_training_attention)
+    AttentionMaskInterface.register(CPU_TRAINING_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(CPU_TRAINING_ATTENTION)

@@ -18,12 +18,12 @@ under bf16 autocast with float32 master weights.
 
 Dropout is torch's own (nn.Dropout and the attention kernel's), seeded per global micro-batch
 with torch.manual_seed as before, so a float32 run is bit for bit what it was. In bf16 on a CPU
-(not compiled) every dropout mask comes from numpy instead (`host_dropout`: fine-tuning's
-`fused_adamw_dropout.HostDropout` for the hidden states, `host_dropout_attention` for the
-attention probabilities, one PCG64 reseeded per global micro-batch like torch's): torch's CPU
-attention with dropout cannot use its fused kernel, and falls back to float32 products with a mask
-drawn by bernoulli_ (10 x 12 x 508 x 508 draws per BERT-base layer), which cost as much as the rest
-of the bf16 step. Compiled, inductor draws every dropout mask inside the fused kernels (Philox
+(not compiled) training's attention is the math attention in bf16 and every dropout mask comes
+from numpy instead (`cpu_bf16_training`: fine-tuning's `fused_adamw_dropout.HostDropout` for the
+hidden states, `fused_adamw_dropout.cpu_training_attention` for the attention, one PCG64 reseeded
+per global micro-batch like torch's): torch's CPU attention with dropout cannot use its fused
+kernel, and falls back to float32 products with a mask drawn by bernoulli_ (10 x 12 x 508 x 508
+draws per BERT-base layer), which cost as much as the rest of the bf16 step. Compiled, inductor draws every dropout mask inside the fused kernels (Philox
 seeded from torch's generator: still per micro-batch), without the separate draw-then-multiply
 passes.
 
@@ -137,7 +137,7 @@ class MaskedLMLoss(torch.nn.Module):
     def forward(self, input_ids, slots, targets, full: bool = False):
         B, W = input_ids.shape
         keep = input_ids != PAD
-        four_d = self.model.config._attn_implementation != "eager"  # sdpa, or host_dropout_attention
+        four_d = self.model.config._attn_implementation != "eager"  # sdpa, or cpu_training_attention
         mask = None if full else keep[:, None, None, :].expand(B, 1, W, W) if four_d else keep
         hidden = self.model.bert(input_ids=input_ids, attention_mask=mask).last_hidden_state
         logits = self.model.cls(hidden.reshape(B * W, -1).index_select(0, slots))
@@ -287,7 +287,7 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     if proc.master and state["step"] < end:
         print(f"pretrain {scheme}: training from step {state['step']} to {end} of {steps} (checkpoints in "
               f"{ckpts.dir}; {describe_precision(s['bf16'], proc.device)}"
-              f"{', compiled' if s['compile'] else ''}{', dropout masks from numpy' if run.host_rng is not None else ''})",
+              f"{', compiled' if s['compile'] else ''}{', math attention, dropout masks from numpy' if run.host_rng is not None else ''})",
               file=sys.stderr, flush=True)
     feed, loss = None, float("nan")
     try:
@@ -400,7 +400,7 @@ class Run:
     bf16: whether the forward passes run under bf16 autocast (`precision.use_bf16` of settings.bf16
       on this device), `autocast` that context (else a null context);
     host_rng: bf16 on a CPU, not compiled: the numpy Generator every dropout mask of the model is
-      drawn from (`host_dropout`), reseeded per micro-batch; else None (torch's dropout);
+      drawn from (`cpu_bf16_training`), reseeded per micro-batch; else None (torch's dropout);
     width: settings.compile: the one batch width every micro-batch is padded to (the longest
       training piece + 2, at most max_len), so the compiled step sees one shape; else None."""
 
@@ -440,7 +440,7 @@ def build(corpus_dirs: list[str], model_config: dict, scheme: str, ranking_path:
     if steps > 0:
         masker = make_masker(scheme, k=k, ranking=ranking, **s["masking"])
     bf16 = use_bf16(s["bf16"], proc.device)
-    host_rng = host_dropout(model, s) if bf16 and proc.device.type == "cpu" and not s["compile"] else None
+    host_rng = cpu_bf16_training(model, s) if bf16 and proc.device.type == "cpu" and not s["compile"] else None
     loss_model = MaskedLMLoss(model)
     train_forward = torch.compile(loss_model, fullgraph=True, dynamic=False) if s["compile"] else loss_model
     if proc.world > 1:
@@ -456,19 +456,21 @@ def build(corpus_dirs: list[str], model_config: dict, scheme: str, ranking_path:
                bf16_autocast(proc.device, bf16), width, host_rng)
 
 
-def host_dropout(model, s: dict) -> np.random.Generator:
-    """Every dropout mask of `model` (hidden states and attention probabilities) from one numpy
-    Generator (`fused_adamw_dropout`: HostDropout, host_dropout_attention), returned for
-    `accumulate` to reseed per micro-batch. Used for bf16 on a CPU, where torch's dropout would cost
-    as much as the bf16 arithmetic: its CPU attention with dropout cannot take the fused kernel
-    and falls back to float32 products with a bernoulli_ mask (BERT-base: most of a bf16 step).
-    float32 keeps torch's dropout (today's arithmetic bit for bit); a compiled step keeps it too
-    (inductor draws the masks inside its kernels; a numpy draw would break the graph)."""
-    from .fused_adamw_dropout import use_host_attention_dropout, use_host_dropout
+def cpu_bf16_training(model, s: dict) -> np.random.Generator:
+    """Training's attention the math attention in bf16, and every dropout mask of `model` (hidden
+    states and attention probabilities) from one numpy Generator (`fused_adamw_dropout`:
+    HostDropout, cpu_training_attention), returned for `accumulate` to reseed per micro-batch.
+    Used for bf16 on a CPU, where torch's attention is slower in training, and its dropout would
+    cost as much as the bf16 arithmetic: with dropout its CPU attention cannot take the fused
+    kernel and falls back to float32 products with a bernoulli_ mask (BERT-base: most of a bf16
+    step). float32 keeps torch's attention and dropout (today's arithmetic bit for bit); a compiled
+    step keeps them too (inductor draws the masks inside its kernels; a numpy draw would break the
+    graph)."""
+    from .fused_adamw_dropout import use_cpu_training_attention, use_host_dropout
 
     rng = np.random.Generator(np.random.PCG64(s["seed"]))
     use_host_dropout(model, s["seed"], rng)
-    use_host_attention_dropout(model)
+    use_cpu_training_attention(model)
     return rng
 
 
@@ -476,8 +478,8 @@ def bf16_key(bf16: bool, device: torch.device, host_dropout: bool = False):
     """settings.bf16 as the checkpoint fingerprint holds it: what it did on `device`. False: float32;
     True: bf16 autocast on a GPU (what `true` always meant there); "cpu": bf16 autocast on the CPU
     (new: `true` used to mean float32 on a CPU, so such a checkpoint is never resumed in bf16);
-    "cpu, host dropout": that with the dropout masks from numpy (`host_dropout`), so a checkpoint
-    made with torch's masks is never continued with numpy's."""
+    "cpu, host dropout": that with the attention and dropout masks of `cpu_bf16_training`, so a
+    checkpoint made with torch's is never continued with these."""
     if not bf16:
         return False
     if device.type != "cpu":
