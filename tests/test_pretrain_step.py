@@ -305,8 +305,8 @@ def test_fingerprint_holds_what_bf16_did_on_the_device():
     assert bf16_key(False, cpu) is False and bf16_key(False, gpu) is False  # float32: as `false` always was
     assert bf16_key(True, gpu) is True  # `true` on a GPU: what it always meant
     assert bf16_key(True, cpu) == "cpu"  # `true` on a CPU was float32: such a checkpoint is not resumed in bf16
-    assert bf16_key(True, cpu, host_dropout=True) == "cpu, host dropout"  # not resumed from torch's masks
-    assert bf16_key(True, gpu, host_dropout=False) is True and bf16_key(False, cpu, host_dropout=False) is False
+    assert bf16_key(True, cpu, cpu_training=True) == "cpu, cpu_bf16_training"  # not resumed from torch's masks
+    assert bf16_key(True, gpu) is True and bf16_key(False, cpu, cpu_training=False) is False
 
 
 # ---- torch.compile: one graph -------------------------------------------------------------------

@@ -83,7 +83,8 @@ def card_text(meta: dict) -> str:
         rows = [("pretraining step", meta.get("pretrain_step")), ("steps of the run", meta.get("steps")),
                 ("tokens seen", meta.get("tokens_seen")), ("validation loss", meta.get("val_loss")),
                 ("throughput (tokens/s)", meta.get("tokens_per_s")), ("device", meta.get("device")),
-                ("precision", meta.get("precision")), ("dropout masks", meta.get("dropout")), ("world size", meta.get("world_size")), ("training pieces", meta.get("train_pieces")),
+                ("precision", meta.get("precision")), ("dropout masks", meta.get("dropout")),
+                ("world size", meta.get("world_size")), ("training pieces", meta.get("train_pieces")),
                 ("training tokens", meta.get("train_tokens")), ("NPMI ranking sha256", meta.get("ranking_sha256")),
                 ("corpus", meta.get("corpus")), ("settings", meta.get("settings"))]
         lines += [f"| {w} | {_fmt(v)} |" for w, v in rows if v is not None] + [""]

@@ -23,9 +23,10 @@ from numpy instead (`cpu_bf16_training`: fine-tuning's `fused_adamw_dropout.Host
 hidden states, `fused_adamw_dropout.cpu_training_attention` for the attention, one PCG64 reseeded
 per global micro-batch like torch's): torch's CPU attention with dropout cannot use its fused
 kernel, and falls back to float32 products with a mask drawn by bernoulli_ (10 x 12 x 508 x 508
-draws per BERT-base layer), which cost as much as the rest of the bf16 step. Compiled, inductor draws every dropout mask inside the fused kernels (Philox
-seeded from torch's generator: still per micro-batch), without the separate draw-then-multiply
-passes.
+draws per BERT-base layer), which cost as much as the rest of the bf16 step, and without dropout
+its fused kernel's bf16 backward is slow. Compiled, inductor draws every dropout mask inside the
+fused kernels (Philox seeded from torch's generator: still per micro-batch), without the separate
+draw-then-multiply passes.
 
 Determinism and resumption: the data order is a pure function of (seed, step) (a seeded
 permutation per epoch), and each micro-batch's masking and dropout are seeded from
@@ -285,10 +286,10 @@ def pretrain(corpus_dirs: list[str], model_config: dict, scheme: str, output: st
     if state["step"] == 0 and 0 in missing and proc.master and steps > 0:
         ckpts.save(0, run, state)
     if proc.master and state["step"] < end:
+        how = describe_precision(s["bf16"], proc.device) + (", compiled" if s["compile"] else "") + (
+            ", math attention, dropout masks from numpy" if run.host_rng is not None else "")
         print(f"pretrain {scheme}: training from step {state['step']} to {end} of {steps} (checkpoints in "
-              f"{ckpts.dir}; {describe_precision(s['bf16'], proc.device)}"
-              f"{', compiled' if s['compile'] else ''}{', math attention, dropout masks from numpy' if run.host_rng is not None else ''})",
-              file=sys.stderr, flush=True)
+              f"{ckpts.dir}; {how})", file=sys.stderr, flush=True)
     feed, loss = None, float("nan")
     try:
         while state["step"] < end:
@@ -474,17 +475,17 @@ def cpu_bf16_training(model, s: dict) -> np.random.Generator:
     return rng
 
 
-def bf16_key(bf16: bool, device: torch.device, host_dropout: bool = False):
+def bf16_key(bf16: bool, device: torch.device, cpu_training: bool = False):
     """settings.bf16 as the checkpoint fingerprint holds it: what it did on `device`. False: float32;
     True: bf16 autocast on a GPU (what `true` always meant there); "cpu": bf16 autocast on the CPU
     (new: `true` used to mean float32 on a CPU, so such a checkpoint is never resumed in bf16);
-    "cpu, host dropout": that with the attention and dropout masks of `cpu_bf16_training`, so a
-    checkpoint made with torch's is never continued with these."""
+    "cpu, cpu_bf16_training": that with the attention and dropout masks of `cpu_bf16_training`, so
+    a checkpoint made with torch's is never continued with these."""
     if not bf16:
         return False
     if device.type != "cpu":
         return True
-    return "cpu, host dropout" if host_dropout else "cpu"
+    return "cpu, cpu_bf16_training" if cpu_training else "cpu"
 
 
 def new_state(k: int) -> dict:
