@@ -321,6 +321,8 @@ def test_compiled_steps_are_one_graph_without_breaks_or_recompiles(corpus, data_
     s = _settings(steps=20, compile=True, eval_every=1000, bf16="auto")
     with torch._dynamo.config.patch(error_on_recompile=True):
         state, weights, meta = _ours(corpus, "genemask", data_a, s, tmp_path / "compiled")
+    print(f"dynamo counters after 20 compiled steps: stats {dict(counters['stats'])}, "
+          f"graph breaks {dict(counters['graph_break'])}, recompiles {dict(counters['recompiles'])}")
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert len(state["log"]) == 20 and all(np.isfinite(r["loss"]) for r in state["log"])

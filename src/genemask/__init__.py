@@ -1,2 +1,2 @@
 """GeneMask: NPMI-guided masking for DNA language models, as a Snakemake pipeline (see README.md)."""
-__version__ = "0.9.0"
+__version__ = "0.10.0"
