@@ -113,11 +113,11 @@ class HostDropout(torch.nn.Module):
         return x * self.mask(x.shape).to(device=x.device)  # a bf16 x (autocast) comes back float32
 
 
-def use_host_dropout(model: torch.nn.Module, seed: int, rng: np.random.Generator | None = None) -> int:
+def use_host_dropout(model: torch.nn.Module, seed: int | np.random.Generator) -> int:
     """Replace every `nn.Dropout` of `model` (in place) by a `HostDropout` of the same p; all of
-    them draw from one Generator: `rng`, else a new one seeded with `seed`. Returns the number
-    replaced."""
-    rng = rng if rng is not None else np.random.Generator(np.random.PCG64(seed))
+    them draw from one Generator: `seed` itself if it is one, else a PCG64 seeded with it
+    (`np.random.default_rng`). Returns the number replaced."""
+    rng = np.random.default_rng(seed)
     n = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):

@@ -470,7 +470,7 @@ def cpu_bf16_training(model, s: dict) -> np.random.Generator:
     from .fused_adamw_dropout import use_cpu_training_attention, use_host_dropout
 
     rng = np.random.Generator(np.random.PCG64(s["seed"]))
-    use_host_dropout(model, s["seed"], rng)
+    use_host_dropout(model, rng)
     use_cpu_training_attention(model)
     return rng
 
